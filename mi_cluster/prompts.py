@@ -1,0 +1,300 @@
+"""Prompts and tokens: tokenizing the way the model does, finding words, checking single tokens.
+
+Every analysis that reads "the position of *lamp*" or "the logit of *Mary*" goes through
+here, so that BOS/CLS tokens, leading spaces and words split into several sub-tokens are
+handled in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "ClusteringPrompt",
+    "NotSingleTokenError",
+    "OBJECT_NOUNS",
+    "PERSON_NAMES",
+    "TokenizedPrompt",
+    "WordNotFoundError",
+    "WordTokenization",
+    "clustering_prompt_set",
+    "get_tokenizer",
+    "single_token_id",
+    "tokenize_prompt",
+    "word_positions",
+    "word_token_table",
+]
+
+
+class WordNotFoundError(ValueError):
+    """A word asked for is not in the prompt (or not that many times)."""
+
+
+class NotSingleTokenError(ValueError):
+    """An analysis needs a word to be one token and it is not."""
+
+
+def get_tokenizer(model_or_tokenizer: Any) -> Any:
+    """The Hugging Face tokenizer of a TransformerLens model, or the tokenizer itself."""
+    tokenizer = getattr(model_or_tokenizer, "tokenizer", None)
+    if tokenizer is not None:
+        return tokenizer
+    if callable(getattr(model_or_tokenizer, "convert_ids_to_tokens", None)):
+        return model_or_tokenizer
+    raise TypeError(
+        f"expected a TransformerLens model with a tokenizer, or a Hugging Face tokenizer; "
+        f"got {type(model_or_tokenizer).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """One prompt tokenized exactly as the model sees it.
+
+    Fields:
+        text: the prompt.
+        ids: token ids, including a prepended BOS or the tokenizer's own CLS/SEP.
+        str_tokens: the token strings (tokenizer vocabulary form, e.g. ``"Ġlamp"`` decoded
+            to ``" lamp"``).
+        offsets: for each token, the ``(start, end)`` character span it covers in ``text``;
+            ``(0, 0)`` for special tokens.
+        special: for each token, whether it is a special token (BOS, CLS, SEP, ...).
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    str_tokens: tuple[str, ...]
+    offsets: tuple[tuple[int, int], ...]
+    special: tuple[bool, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize_prompt(
+    model_or_tokenizer: Any, text: str, prepend_bos: bool | None = None
+) -> TokenizedPrompt:
+    """Tokenize ``text`` exactly as ``model.to_tokens(text)`` does, keeping character offsets.
+
+    With a model, the ids are the model's own (``to_tokens``, so its BOS convention holds:
+    GPT-2 gets ``<|endoftext|>`` prepended, BERT keeps its ``[CLS] ... [SEP]``);
+    ``prepend_bos`` overrides the model's default. With a bare tokenizer, a BOS is
+    prepended only if ``prepend_bos`` is true and the tokenizer did not add one.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"a prompt must be a non-empty string, got {text!r}")
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            "mi_cluster needs a fast (Rust) Hugging Face tokenizer to map words to token "
+            f"positions; {type(tokenizer).__name__} is not one"
+        )
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    special_ids = set(tokenizer.all_special_ids)
+    special = [i in special_ids and s == e for i, (s, e) in zip(ids, offsets, strict=True)]
+    cfg = getattr(model_or_tokenizer, "cfg", None)
+    n_ctx = getattr(cfg, "n_ctx", None)
+    will_prepend = bool(getattr(cfg, "default_prepend_bos", False)) and not (ids and special[0])
+    if isinstance(n_ctx, int) and len(ids) + int(will_prepend) > n_ctx:
+        raise ValueError(
+            f"prompt {text[:60]!r}... has {len(ids)} tokens, more than the model's context "
+            f"of {n_ctx}"
+        )
+    to_tokens = getattr(model_or_tokenizer, "to_tokens", None)
+    if to_tokens is not None:
+        # The model's own tokenization is the truth; the tokenizer supplies the offsets.
+        kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+        model_ids = [int(i) for i in to_tokens(text, **kwargs)[0].tolist()]
+        extra = len(model_ids) - len(ids)
+        if extra < 0 or model_ids[extra:] != ids or extra > 1:
+            raise ValueError(
+                f"cannot align the model's tokens for {text!r} with its tokenizer's: "
+                f"{model_ids} vs {ids}"
+            )
+        if extra == 1:
+            ids.insert(0, model_ids[0])
+            offsets.insert(0, (0, 0))
+            special.insert(0, True)
+    elif prepend_bos and tokenizer.bos_token_id is not None:
+        if not (ids and special[0] and ids[0] == tokenizer.bos_token_id):
+            ids.insert(0, tokenizer.bos_token_id)
+            offsets.insert(0, (0, 0))
+            special.insert(0, True)
+    str_tokens = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    return TokenizedPrompt(
+        text=text,
+        ids=tuple(ids),
+        str_tokens=tuple(str_tokens),
+        offsets=tuple(offsets),  # type: ignore[arg-type]
+        special=tuple(special),
+    )
+
+
+def _word_spans(text: str, word: str, case_sensitive: bool) -> list[tuple[int, int]]:
+    pattern = r"(?<!\w)" + re.escape(word.strip()) + r"(?!\w)"
+    flags = 0 if case_sensitive else re.IGNORECASE
+    return [(m.start(), m.end()) for m in re.finditer(pattern, text, flags)]
+
+
+def word_positions(
+    prompt: TokenizedPrompt,
+    word: str,
+    occurrence: int = 0,
+    case_sensitive: bool = True,
+) -> tuple[int, ...]:
+    """Token positions of ``word`` in a tokenized prompt: all of its sub-tokens, in order.
+
+    Positions count from the start of ``prompt.ids``, so a prepended BOS is position 0.
+    The word is matched as a whole word (``"Ann"`` does not match inside ``"Anna"``); a
+    leading space belongs to the token, not the word, so ``" lamp"`` and ``"lamp"`` are the
+    same word. ``occurrence`` picks among repeated mentions (0 = first, -1 = last).
+    """
+    if not word.strip():
+        raise ValueError("the word to find is empty")
+    spans = _word_spans(prompt.text, word, case_sensitive)
+    if not spans:
+        hint = ""
+        if case_sensitive and _word_spans(prompt.text, word, case_sensitive=False):
+            hint = " (it occurs with other capitalisation; pass case_sensitive=False)"
+        raise WordNotFoundError(f"word {word.strip()!r} not found in prompt {prompt.text!r}{hint}")
+    try:
+        start, end = spans[occurrence]
+    except IndexError:
+        raise WordNotFoundError(
+            f"word {word.strip()!r} occurs {len(spans)} time(s) in prompt {prompt.text!r}; "
+            f"occurrence={occurrence} does not exist"
+        ) from None
+    positions = tuple(
+        p
+        for p, ((s, e), sp) in enumerate(zip(prompt.offsets, prompt.special, strict=True))
+        if not sp and s < end and e > start
+    )
+    if not positions:  # pragma: no cover - a tokenizer whose offsets skip the word
+        raise WordNotFoundError(
+            f"word {word.strip()!r} is in prompt {prompt.text!r} but no token covers it"
+        )
+    return positions
+
+
+@dataclass(frozen=True)
+class WordTokenization:
+    """How one word tokenizes, bare and after a space (the table researchers build by hand).
+
+    Fields:
+        word: the word.
+        no_space: its tokens when it starts the text (``"Mary"``).
+        with_space: its tokens after a space, as mid-sentence (``" Mary"``).
+    """
+
+    word: str
+    no_space: tuple[str, ...]
+    with_space: tuple[str, ...]
+
+    @property
+    def n_no_space(self) -> int:
+        return len(self.no_space)
+
+    @property
+    def n_with_space(self) -> int:
+        return len(self.with_space)
+
+
+def _bare_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[str]]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids, [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+
+def word_token_table(model_or_tokenizer: Any, words: Sequence[str]) -> list[WordTokenization]:
+    """For each word, its tokens with and without a leading space."""
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    return [
+        WordTokenization(
+            word=w,
+            no_space=tuple(_bare_tokens(tokenizer, w)[1]),
+            with_space=tuple(_bare_tokens(tokenizer, " " + w)[1]),
+        )
+        for w in words
+    ]
+
+
+def single_token_id(model_or_tokenizer: Any, word: str, leading_space: bool = True) -> int:
+    """The id of ``word`` as one token, or a :class:`NotSingleTokenError` naming it.
+
+    ``leading_space=True`` asks for the mid-sentence form (``" Mary"``), which is what a
+    model predicts after ``"... gave it to"``.
+    """
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    text = (" " + word.strip()) if leading_space else word.strip()
+    ids, strs = _bare_tokens(tokenizer, text)
+    if len(ids) != 1:
+        form = "with a leading space" if leading_space else "without a leading space"
+        raise NotSingleTokenError(
+            f"word {word.strip()!r} is not a single token {form}: it tokenizes as {strs!r} "
+            f"(ids {ids}); choose another word or set leading_space={not leading_space}"
+        )
+    return ids[0]
+
+
+# ----------------------------------------------------------------------------------------
+# The clustering prompt set: person names (subjects) vs object nouns, alone and in context.
+
+PERSON_NAMES: tuple[str, ...] = (
+    "Adam", "Mary", "John", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah",
+)  # fmt: skip
+OBJECT_NOUNS: tuple[str, ...] = (
+    "lamp", "table", "house", "pen", "ball", "window", "chair", "book", "cup", "door",
+)  # fmt: skip
+
+Group = Literal["name alone", "object alone", "name in context", "object in context"]
+
+
+@dataclass(frozen=True)
+class ClusteringPrompt:
+    """One prompt of the clustering study.
+
+    Fields:
+        text: the prompt.
+        word: the word whose representation is read.
+        group: which of the four groups it belongs to.
+    """
+
+    text: str
+    word: str
+    group: Group
+
+
+IN_CONTEXT_TEMPLATE = "{subject} went to the store. {word} went to the"
+
+
+def clustering_prompt_set(
+    names: Sequence[str] = PERSON_NAMES,
+    objects: Sequence[str] = OBJECT_NOUNS,
+    template: str = IN_CONTEXT_TEMPLATE,
+) -> list[ClusteringPrompt]:
+    """Names and objects alone, and each in subject position of an in-context template.
+
+    The template names a person as the subject of the first sentence and puts the word
+    in subject position of the second ("Adam went to the store. Lamp went to the"): the
+    question is whether an object there moves toward the names. The in-context subject is
+    a name other than the word itself, cycled so every name serves as context.
+    """
+    if "{word}" not in template or "{subject}" not in template:
+        raise ValueError("the template needs both {subject} and {word} placeholders")
+    out: list[ClusteringPrompt] = []
+    out += [ClusteringPrompt(n, n, "name alone") for n in names]
+    out += [ClusteringPrompt(o, o, "object alone") for o in objects]
+    for i, n in enumerate(names):
+        subject = names[(i + 1) % len(names)]
+        out.append(ClusteringPrompt(template.format(subject=subject, word=n), n, "name in context"))
+    for i, o in enumerate(objects):
+        subject = names[i % len(names)]
+        word = o.capitalize() if template.index("{word}") == 0 or ". {word}" in template else o
+        out.append(
+            ClusteringPrompt(template.format(subject=subject, word=word), word, "object in context")
+        )
+    return out

@@ -1,0 +1,27 @@
+"""The project's own trained toy IOI model, shipped with the package (``load_model("toy-ioi")``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOY_IOI_DIR = Path(__file__).parent / "weights"
+
+__all__ = ["TOY_IOI_DIR", "load_toy_ioi"]
+
+
+def load_toy_ioi(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, compatibility_mode: bool = True
+) -> Any:
+    """Load the shipped toy IOI model (offline) as a TransformerLens bridge."""
+    from mi_cluster.models import ModelInfo, ModelUnavailableError, _bridge_class, prepare_bridge
+
+    if not (TOY_IOI_DIR / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"the toy IOI weights are missing from {TOY_IOI_DIR}; regenerate them with "
+            "`mi-cluster train-toy`"
+        )
+    bridge = _bridge_class().boot_transformers(str(TOY_IOI_DIR), device=device, dtype=dtype)
+    return prepare_bridge(bridge, ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR)), compatibility_mode)
