@@ -33,6 +33,7 @@ __all__ = [
     "collect",
     "collect_many",
     "hook_name",
+    "pad_tokens",
     "site_hooks",
 ]
 
@@ -303,6 +304,28 @@ class Activations:
         )
 
 
+def pad_tokens(
+    model: Any, tokenized: Sequence[TokenizedPrompt], padding_side: str = "right"
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Pad tokenized prompts into ``(tokens [batch, pos], attention_mask, shifts)``, where
+    ``shifts[b]`` is how far prompt ``b``'s positions moved (non-zero for left padding)."""
+    tokenizer = get_tokenizer(model)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    width = max(len(t) for t in tokenized)
+    toks = torch.full((len(tokenized), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(tokenized), width), dtype=torch.long)
+    shifts = []
+    for b, tp in enumerate(tokenized):
+        n = len(tp)
+        start = 0 if padding_side == "right" else width - n
+        toks[b, start : start + n] = torch.tensor(tp.ids)
+        mask[b, start : start + n] = 1
+        shifts.append(start)
+    return toks, mask, shifts
+
+
 def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Prompt indices grouped into batches of similar length (less padding)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -384,11 +407,6 @@ def collect_many(
     spec = _as_positions(positions)
     dev = torch.device(device) if device is not None else model_device(model)
     store = torch.device(storage_device)
-    tokenizer = get_tokenizer(model)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
     tokenized = [tokenize_prompt(model, p) for p in prompts]
     rows = spec.rows(tokenized)
     rows_of_prompt: list[list[int]] = [[] for _ in tokenized]
@@ -412,16 +430,7 @@ def collect_many(
     try:
         batches = _batches([len(t) for t in tokenized], batch_size)
         for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
-            width = max(len(tokenized[i]) for i in batch)
-            toks = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            shift = []
-            for b, i in enumerate(batch):
-                n = len(tokenized[i])
-                start = 0 if padding_side == "right" else width - n
-                toks[b, start : start + n] = torch.tensor(tokenized[i].ids)
-                mask[b, start : start + n] = 1
-                shift.append(start)
+            toks, mask, shift = pad_tokens(model, [tokenized[i] for i in batch], padding_side)
             # For every output row of this batch: its batch element, its padded positions
             # and the averaging weights (exact copies for single-position rows).
             out_rows = [r for i in batch for r in rows_of_prompt[i]]

@@ -112,10 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="figures", help="output directory (default: figures)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
+    train = sub.add_parser(
+        "train-toy",
+        help="retrain the shipped toy IOI model (1 thread, fixed seed; see its MODEL_CARD.md)",
+        add_help=False,
+    )
+    train.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-toy"]:
+        from mi_cluster.toy.train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

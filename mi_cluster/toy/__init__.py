@@ -13,7 +13,9 @@ __all__ = ["TOY_IOI_DIR", "load_toy_ioi"]
 
 
 def load_toy_ioi(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, compatibility_mode: bool = True
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
 ) -> Any:
     """Load the shipped toy IOI model (offline) as a TransformerLens bridge."""
     from mi_cluster.models import ModelInfo, ModelUnavailableError, _bridge_class, prepare_bridge
@@ -24,4 +26,6 @@ def load_toy_ioi(
             "`mi-cluster train-toy`"
         )
     bridge = _bridge_class().boot_transformers(str(TOY_IOI_DIR), device=device, dtype=dtype)
-    return prepare_bridge(bridge, ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR)), compatibility_mode)
+    return prepare_bridge(
+        bridge, ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR)), compatibility_mode
+    )

@@ -29,7 +29,16 @@ OBJECTS: tuple[str, ...] = (
     "lamp", "table", "house", "pen", "ball", "window", "chair", "book", "cup", "door",
     "bag", "box", "key", "hat", "ring", "drink", "gift", "letter", "phone", "apple",
 )  # fmt: skip
-PLACES: tuple[str, ...] = ("store", "park", "school", "office", "garden", "station", "beach", "market")
+PLACES: tuple[str, ...] = (
+    "store",
+    "park",
+    "school",
+    "office",
+    "garden",
+    "station",
+    "beach",
+    "market",
+)
 VERBS_GIVE: tuple[str, ...] = ("gave", "handed", "sent", "passed", "showed", "brought")
 CONNECTIVES: tuple[str, ...] = ("then", "later", "so", "and", "after that", "afterwards")
 FUNCTION_WORDS: tuple[str, ...] = (
@@ -125,7 +134,11 @@ def _story(rng: random.Random) -> tuple[str, str]:
     clauses = []
     i = 0
     while i < len(mentions):
-        take = 2 if i + 1 < len(mentions) and mentions[i] != mentions[i + 1] and rng.random() < 0.5 else 1
+        take = (
+            2
+            if i + 1 < len(mentions) and mentions[i] != mentions[i + 1] and rng.random() < 0.5
+            else 1
+        )
         who = mentions[i : i + take]
         subj = " and ".join(who)
         verb = "were" if take == 2 else "was"
@@ -177,7 +190,9 @@ class Mixture:
     sentence: float = 0.1
 
 
-def training_sequences(n: int, seed: int = 0, mixture: Mixture = Mixture()) -> list[tuple[str, str | None]]:
+def training_sequences(
+    n: int, seed: int = 0, mixture: Mixture = Mixture()
+) -> list[tuple[str, str | None]]:
     """``n`` training sequences ``(text, answer)``; ``answer`` is None for sequences trained
     only with the language-modelling loss. Deterministic in ``seed``."""
     rng = random.Random(seed)
@@ -212,7 +227,9 @@ def eval_examples(kind: str, n: int = 400, seed: int = 123) -> list[IOIExample]:
             out.append(_rename(ioi_example(rng, NAMES, range(N_TRAIN_TEMPLATES)), io, s))
         return out
     if kind == "held_out_templates":
-        return [ioi_example(rng, NAMES, range(N_TRAIN_TEMPLATES, len(IOI_TEMPLATES))) for _ in range(n)]
+        return [
+            ioi_example(rng, NAMES, range(N_TRAIN_TEMPLATES, len(IOI_TEMPLATES))) for _ in range(n)
+        ]
     if kind == "unseen_names":
         return [ioi_example(rng, UNSEEN_NAMES, range(N_TRAIN_TEMPLATES)) for _ in range(n)]
     raise ValueError(f"unknown evaluation set {kind!r}")

@@ -89,7 +89,11 @@ def ioi_accuracy(model, tokenizer, examples: list[IOIExample], bos_id: int) -> t
     return float((diff > 0).float().mean()), float(diff.mean())
 
 
-def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = _log) -> dict:
     """Train and write ``out_dir`` (model, tokenizer, ``training.json``); return metrics."""
     from mi_cluster.models import build_word_tokenizer
 
@@ -100,11 +104,13 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
         tokenizer = build_word_tokenizer(tmp, vocabulary())
         bos = tokenizer.bos_token_id
         model = build_model(cfg, len(tokenizer), bos)
-        data = []
-        for text, ans in training_sequences(cfg.steps * cfg.batch_size, seed=cfg.seed):
-            ids = encode(tokenizer, text + (f" {ans}" if ans else ""), bos)
-            if len(ids) <= cfg.n_ctx:
-                data.append((ids, ans is not None))
+        seqs = training_sequences(cfg.steps * cfg.batch_size, seed=cfg.seed)
+        encoded = tokenizer([t + (f" {a}" if a else "") for t, a in seqs], add_special_tokens=False)
+        data = [
+            ([bos] + ids, ans is not None)
+            for ids, (_, ans) in zip(encoded["input_ids"], seqs, strict=True)
+            if len(ids) + 1 <= cfg.n_ctx
+        ]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -141,13 +147,20 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
                 acc = {k: ioi_accuracy(model, tokenizer, v, bos)[0] for k, v in evals.items()}
                 log(
                     f"step {step + 1:>5}/{cfg.steps}  loss {loss.item():.3f}  "
-                    f"acc pairs {acc['held_out_pairs']:.3f} templates {acc['held_out_templates']:.3f}  "
+                    f"acc pairs {acc['held_out_pairs']:.3f} "
+                    f"templates {acc['held_out_templates']:.3f}  "
                     f"{time.perf_counter() - start:.0f}s"
                 )
         seconds = time.perf_counter() - start
         model.eval()
         metrics = {
-            k: dict(zip(("accuracy", "logit_diff"), ioi_accuracy(model, tokenizer, eval_examples(k), bos), strict=True))
+            k: dict(
+                zip(
+                    ("accuracy", "logit_diff"),
+                    ioi_accuracy(model, tokenizer, eval_examples(k), bos),
+                    strict=True,
+                )
+            )
             for k in ("held_out_pairs", "held_out_templates", "unseen_names")
         }
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -167,7 +180,9 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = print) -
 def main(argv: list[str] | None = None) -> int:
     from mi_cluster.toy import TOY_IOI_DIR
 
-    parser = argparse.ArgumentParser(prog="mi-cluster train-toy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mi-cluster train-toy", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=TOY_IOI_DIR, help="output directory")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -176,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     args = parser.parse_args(argv)
     cfg = TrainConfig(
-        steps=args.steps, seed=args.seed, n_layers=args.layers, n_heads=args.heads, threads=args.threads
+        steps=args.steps,
+        seed=args.seed,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        threads=args.threads,
     )
     record = train(cfg, args.out)
     print(f"wrote {args.out} in {record['train_seconds']} s: {record['metrics']}")

@@ -1,0 +1,138 @@
+"""Measure the toy IOI model's circuit with mi_cluster's own head analyses and write the
+numbers (``figures/toy_ioi_circuit.json``) and a per-head figure.
+
+    python experiments/toy_ioi_circuit.py [--model toy-ioi | DIR] [--n 200]
+
+Head classes, as in the IOI paper (Wang et al. 2022), measured on held-out name pairs:
+- duplicate-token heads: attention from S2 to S1;
+- S-inhibition heads: patching their END output from prompts where S2 is replaced by a
+  third name (so nothing is duplicated) moves the name movers' attention from IO to S;
+- name movers: attention from END to IO (vs S1), direct logit attribution to IO - S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import plotly.graph_objects as go  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
+
+from mi_cluster.atomic import atomic_write_text  # noqa: E402
+from mi_cluster.heads import (  # noqa: E402
+    IOIPrompt,
+    attention_between,
+    head_direct_logit_attribution,
+    head_mean_ablation,
+    logit_difference,
+    patch_head_attention_effect,
+)
+from mi_cluster.models import load_model  # noqa: E402
+from mi_cluster.plotting import save_figure  # noqa: E402
+from mi_cluster.plotting.style import apply_paper_style  # noqa: E402
+from mi_cluster.toy.data import NAMES, eval_examples  # noqa: E402
+
+
+def measure(model, n: int = 200) -> dict:
+    examples = eval_examples("held_out_pairs", n=n)
+    clean = [IOIPrompt(e.text, e.io, e.s) for e in examples]
+    rng = random.Random(0)
+    corrupt = []
+    for e in examples:  # S2 -> a third name C: "S is duplicated" no longer holds
+        c = rng.choice([x for x in NAMES if x not in (e.io, e.s)])
+        head, _, tail = e.text.rpartition(f" {e.s} ")
+        corrupt.append(IOIPrompt(f"{head} {c} {tail}", e.io, e.s))
+    ld = logit_difference(model, clean)
+    end_io = attention_between(model, clean, "end", "io").mean(-1)
+    end_s1 = attention_between(model, clean, "end", "s1").mean(-1)
+    end_s2 = attention_between(model, clean, "end", "s2").mean(-1)
+    s2_s1 = attention_between(model, clean, "s2", "s1").mean(-1)
+    dla = head_direct_logit_attribution(model, clean).mean(-1)
+    ablation = head_mean_ablation(model, clean)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    last = n_layers - 1
+    movers = [
+        (last, h)
+        for h in range(n_heads)
+        if dla[last, h] > 0.5 and end_io[last, h] > end_s1[last, h]
+    ]
+    receivers = movers or [(last, h) for h in range(n_heads)]
+    s_inhibition = {}
+    for layer in range(last):
+        for head in range(n_heads):
+            eff = patch_head_attention_effect(model, clean, corrupt, (layer, head), receivers)
+            s_inhibition[f"L{layer}H{head}"] = [round(float(v), 4) for v in eff]
+
+    def grid(t):
+        return [[round(float(v), 4) for v in row] for row in t]
+
+    return {
+        "n_prompts": n,
+        "accuracy": float((ld > 0).float().mean()),
+        "mean_logit_diff": float(ld.mean()),
+        "attn_end_to_io": grid(end_io),
+        "attn_end_to_s1": grid(end_s1),
+        "attn_end_to_s2": grid(end_s2),
+        "attn_s2_to_s1": grid(s2_s1),
+        "dla_io_minus_s": grid(dla),
+        "mean_ablation_logit_diff_change": grid(ablation),
+        "name_mover_candidates": [f"L{a}H{h}" for a, h in movers],
+        "s_inhibition_receivers": [f"L{a}H{h}" for a, h in receivers],
+        "s_inhibition_patch_effect": s_inhibition,
+    }
+
+
+def figure(r: dict, name: str) -> go.Figure:
+    panels = [
+        ("attn_s2_to_s1", "S2 → S1 attention<br>(duplicate token)"),
+        ("attn_end_to_io", "END → IO attention<br>(name mover)"),
+        ("dla_io_minus_s", "direct logit attr.<br>IO − S"),
+        ("mean_ablation_logit_diff_change", "mean-ablation<br>Δ logit diff"),
+    ]
+    fig = make_subplots(
+        rows=1, cols=4, subplot_titles=[t for _, t in panels], horizontal_spacing=0.08
+    )
+    for i, (key, _) in enumerate(panels, start=1):
+        z = r[key]
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=[f"H{h}" for h in range(len(z[0]))],
+                y=[f"L{a}" for a in range(len(z))],
+                colorscale="RdBu_r",
+                zmid=0,
+                text=[[f"{v:.2f}" for v in row] for row in z],
+                texttemplate="%{text}",
+                showscale=False,
+            ),
+            row=1,
+            col=i,
+        )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(
+        title=f"IOI head roles — {name} (held-out name pairs, n={r['n_prompts']}, "
+        f"accuracy {100 * r['accuracy']:.1f}%)"
+    )
+    return apply_paper_style(fig, width=1100, height=380)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="toy-ioi")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("figures"))
+    args = parser.parse_args()
+    model = load_model(args.model, device="cpu")
+    r = measure(model, args.n)
+    atomic_write_text(args.out / "toy_ioi_circuit.json", json.dumps(r, indent=2) + "\n")
+    save_figure(figure(r, args.model), args.out / "toy_ioi_circuit.html")
+    print(json.dumps({k: v for k, v in r.items() if not k.startswith("attn")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

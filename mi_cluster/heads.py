@@ -1,0 +1,235 @@
+"""Attention-head analyses for IOI-style prompts: where heads attend, what they write to
+the logits, and what happens when they are ablated or patched.
+
+Prompts are given as :class:`IOIPrompt` (text, indirect object, subject); positions of IO,
+S1, S2 and END are found with :func:`mi_cluster.prompts.word_positions`, so any tokenizer
+works as long as both names are single tokens (a clear error names the one that is not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mi_cluster.activations import hook_name, pad_tokens
+from mi_cluster.models import model_device, require_meaningful_logits
+from mi_cluster.prompts import single_token_id, tokenize_prompt, word_positions
+
+__all__ = [
+    "IOIPositions",
+    "IOIPrompt",
+    "attention_between",
+    "head_direct_logit_attribution",
+    "head_mean_ablation",
+    "ioi_positions",
+    "logit_difference",
+    "patch_head_attention_effect",
+]
+
+
+@dataclass(frozen=True)
+class IOIPrompt:
+    """An IOI prompt: ``text`` ends where ``io`` (correct) or ``s`` (the repeated subject,
+    wrong) would come next."""
+
+    text: str
+    io: str
+    s: str
+
+
+@dataclass(frozen=True)
+class IOIPositions:
+    """Token positions in each prompt (BOS = 0).
+
+    Fields:
+        io: the indirect object's mention.
+        s1: the subject's first mention.
+        s2: the subject's last mention.
+        end: the last token, where the answer is predicted.
+        io_id, s_id: the token ids of the two names as the model would predict them.
+    """
+
+    io: Tensor
+    s1: Tensor
+    s2: Tensor
+    end: Tensor
+    io_id: Tensor
+    s_id: Tensor
+
+
+def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
+    """Locate IO, S1, S2 and END in each prompt and check both names are one token."""
+    cols: dict[str, list[int]] = {k: [] for k in ("io", "s1", "s2", "end", "io_id", "s_id")}
+    for p in prompts:
+        tp = tokenize_prompt(model, p.text)
+        for name, occ, key in ((p.io, 0, "io"), (p.s, 0, "s1"), (p.s, -1, "s2")):
+            pos = word_positions(tp, name, occ)
+            if len(pos) != 1:
+                single_token_id(model, name, leading_space=False)  # raises, naming the word
+            cols[key].append(pos[0])
+        if cols["s1"][-1] == cols["s2"][-1]:
+            raise ValueError(f"subject {p.s!r} is mentioned only once in {p.text!r}")
+        cols["end"].append(len(tp) - 1)
+        cols["io_id"].append(single_token_id(model, p.io))
+        cols["s_id"].append(single_token_id(model, p.s))
+    return IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()})
+
+
+def _run(model: Any, prompts: Sequence[IOIPrompt], hooks: list) -> Tensor:
+    tokenized = [tokenize_prompt(model, p.text) for p in prompts]
+    toks, mask, _ = pad_tokens(model, tokenized, "right")
+    dev = model_device(model)
+    with torch.no_grad():
+        return model.run_with_hooks(toks.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
+
+
+def logit_difference(
+    model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
+) -> Float[Tensor, " prompt"]:
+    """logit(IO) - logit(S) at END for each prompt (optionally under ``hooks``)."""
+    require_meaningful_logits(model, "logit difference")
+    pos = ioi_positions(model, prompts)
+    logits = _run(model, prompts, hooks or []).float().cpu()
+    end = logits[torch.arange(len(prompts)), pos.end]
+    return end.gather(1, pos.io_id[:, None])[:, 0] - end.gather(1, pos.s_id[:, None])[:, 0]
+
+
+def attention_between(
+    model: Any, prompts: Sequence[IOIPrompt], query: str, key: str
+) -> Float[Tensor, "layer head prompt"]:
+    """Attention probability from the ``query`` position to the ``key`` position, for every
+    head; positions are ``"io"``, ``"s1"``, ``"s2"``, ``"end"`` (e.g. ``"end"``, ``"io"``
+    for name movers, ``"s2"``, ``"s1"`` for duplicate-token heads)."""
+    pos = ioi_positions(model, prompts)
+    q, k = getattr(pos, query), getattr(pos, key)
+    n_layers = model.cfg.n_layers
+    out = torch.empty(n_layers, model.cfg.n_heads, len(prompts))
+    rows = torch.arange(len(prompts))
+
+    def grab(layer: int):
+        def hook(pattern: Tensor, hook: Any) -> None:  # [batch, head, query, key]
+            out[layer] = pattern[rows, :, q, k].T.float().cpu()
+
+        return hook
+
+    _run(model, prompts, [(hook_name("pattern", layer), grab(layer)) for layer in range(n_layers)])
+    return out
+
+
+def head_direct_logit_attribution(
+    model: Any, prompts: Sequence[IOIPrompt]
+) -> Float[Tensor, "layer head prompt"]:
+    """Each head's direct contribution to logit(IO) - logit(S) at END: its output there,
+    divided by the final LayerNorm scale, projected on ``W_U[:, IO] - W_U[:, S]``."""
+    require_meaningful_logits(model, "direct logit attribution")
+    pos = ioi_positions(model, prompts)
+    n_layers, rows = model.cfg.n_layers, torch.arange(len(prompts))
+    results: dict[int, Tensor] = {}
+    scale: dict[str, Tensor] = {}
+
+    def grab(layer: int):
+        def hook(z: Tensor, hook: Any) -> None:  # [batch, pos, head, d_head]
+            z_end = z[rows, pos.end.to(z.device)]
+            results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer])
+
+        return hook
+
+    def grab_scale(s: Tensor, hook: Any) -> None:
+        scale["end"] = s[rows, pos.end.to(s.device)]
+
+    hooks = [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)]
+    hooks.append(("ln_final.hook_scale", grab_scale))
+    _run(model, prompts, hooks)
+    w_u = model.W_U
+    direction = (
+        w_u[:, pos.io_id.to(w_u.device)] - w_u[:, pos.s_id.to(w_u.device)]
+    ).T  # [prompt, d]
+    out = torch.stack([results[layer] for layer in range(n_layers)])  # [layer, head, prompt, d]
+    return ((out / scale["end"][None, None]) * direction[None, None]).sum(-1).float().cpu()
+
+
+def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor, "layer head"]:
+    """Change in mean logit difference when one head's output (``hook_z``) is replaced by
+    its mean over the prompts at every position (a negative value: the head helps)."""
+    base = logit_difference(model, prompts).mean()
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    means: dict[int, Tensor] = {}
+
+    def grab(layer: int):
+        def hook(z: Tensor, hook: Any) -> None:
+            means[layer] = z.mean(dim=(0, 1))  # [head, d_head]
+
+        return hook
+
+    _run(model, prompts, [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)])
+    out = torch.empty(n_layers, n_heads)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+
+            def ablate(z: Tensor, hook: Any, layer=layer, head=head) -> Tensor:
+                z = z.clone()
+                z[:, :, head] = means[layer][head]
+                return z
+
+            out[layer, head] = (
+                logit_difference(model, prompts, [(hook_name("z", layer), ablate)]).mean() - base
+            )
+    return out
+
+
+def patch_head_attention_effect(
+    model: Any,
+    clean: Sequence[IOIPrompt],
+    corrupt: Sequence[IOIPrompt],
+    sender: tuple[int, int],
+    receivers: Sequence[tuple[int, int]],
+) -> Float[Tensor, " receiver"]:
+    """The S-inhibition test: patch head ``sender``'s output at END from the ``corrupt``
+    prompts (e.g. S2 replaced by a third name, so "S is duplicated" is false) into the
+    clean run, and return the change, per receiver head, of its END attention to IO minus
+    its END attention to S1. Clean and corrupt prompts must tokenize to the same lengths."""
+    c_pos = ioi_positions(model, clean)
+    tokenized = [tokenize_prompt(model, p.text) for p in corrupt]
+    lengths = [len(t) for t in tokenized]
+    if lengths != [int(e) + 1 for e in c_pos.end]:
+        raise ValueError("clean and corrupt prompts must have the same token lengths")
+    s_layer, s_head = sender
+    rows = torch.arange(len(clean))
+    stored: dict[str, Tensor] = {}
+
+    def save(z: Tensor, hook: Any) -> None:
+        stored["z"] = z[rows, c_pos.end.to(z.device), s_head].clone()
+
+    _run(model, corrupt, [(hook_name("z", s_layer), save)])
+
+    def patch(z: Tensor, hook: Any) -> Tensor:
+        z = z.clone()
+        z[rows, c_pos.end.to(z.device), s_head] = stored["z"]
+        return z
+
+    def preference(hooks: list) -> Tensor:
+        pref: dict[tuple[int, int], Tensor] = {}
+
+        def grab(layer: int):
+            def hook(pattern: Tensor, hook: Any) -> None:
+                for r_layer, r_head in receivers:
+                    if r_layer == layer:
+                        p = pattern[rows, r_head]
+                        io = p[rows, c_pos.end, c_pos.io]
+                        s1 = p[rows, c_pos.end, c_pos.s1]
+                        pref[(r_layer, r_head)] = (io - s1).mean().float().cpu()
+
+            return hook
+
+        layers = sorted({r for r, _ in receivers})
+        if any(r <= s_layer for r in layers):
+            raise ValueError("receivers must be in layers after the sender")
+        _run(model, clean, hooks + [(hook_name("pattern", layer), grab(layer)) for layer in layers])
+        return torch.stack([pref[r] for r in receivers])
+
+    return preference([(hook_name("z", s_layer), patch)]) - preference([])

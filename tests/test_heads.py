@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from mi_cluster.heads import (
+    IOIPrompt,
+    attention_between,
+    head_direct_logit_attribution,
+    head_mean_ablation,
+    ioi_positions,
+    logit_difference,
+    patch_head_attention_effect,
+)
+from mi_cluster.models import LogitsUnavailableError
+from mi_cluster.prompts import NotSingleTokenError
+
+PROMPTS = [
+    IOIPrompt("When Mary and John went to the store, John gave a lamp to", "Mary", "John"),
+    IOIPrompt("When Adam and Eve went to the store, Adam gave a ball to", "Eve", "Adam"),
+]
+
+
+def test_positions(tiny):
+    pos = ioi_positions(tiny, PROMPTS)
+    tokens = tiny.to_str_tokens(PROMPTS[0].text)
+    assert (
+        tokens[pos.io[0]] == " Mary"
+        and tokens[pos.s1[0]] == " John"
+        and tokens[pos.s2[0]] == " John"
+    )
+    assert pos.s1[0] < pos.s2[0] and pos.end[0] == len(tokens) - 1
+    assert pos.io_id[0] == tiny.to_single_token(" Mary")
+
+
+def test_positions_errors(tiny):
+    with pytest.raises(NotSingleTokenError, match="Zyxwv"):
+        ioi_positions(
+            tiny, [IOIPrompt("When Zyxwv and John went, John gave it to", "Zyxwv", "John")]
+        )
+    with pytest.raises(ValueError, match="mentioned only once"):
+        ioi_positions(tiny, [IOIPrompt("When Mary and John went, Paul gave it to", "Mary", "John")])
+
+
+def test_logit_difference_and_attention_match_cache(tiny):
+    pos = ioi_positions(tiny, PROMPTS)
+    ld = logit_difference(tiny, PROMPTS)
+    att = attention_between(tiny, PROMPTS, "end", "io")
+    for i, p in enumerate(PROMPTS):
+        logits, cache = tiny.run_with_cache(p.text)
+        end = logits[0, -1]
+        assert ld[i].item() == pytest.approx(
+            (end[pos.io_id[i]] - end[pos.s_id[i]]).item(), abs=1e-4
+        )
+        for layer in range(2):
+            ref = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, pos.io[i]]
+            torch.testing.assert_close(att[layer, :, i], ref, atol=1e-6, rtol=0)
+
+
+def test_direct_logit_attribution_matches_cache(tiny):
+    pos = ioi_positions(tiny, PROMPTS)
+    dla = head_direct_logit_attribution(tiny, PROMPTS)
+    assert dla.shape == (2, 4, 2)
+    for i, p in enumerate(PROMPTS):
+        _, cache = tiny.run_with_cache(p.text)
+        scale = cache["ln_final.hook_scale"][0, -1]
+        direction = tiny.W_U[:, pos.io_id[i]] - tiny.W_U[:, pos.s_id[i]]
+        for layer in range(2):
+            res = cache[f"blocks.{layer}.attn.hook_result"][0, -1]  # [head, d_model]
+            ref = (res / scale) @ direction
+            torch.testing.assert_close(dla[layer, :, i], ref.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_mean_ablation_and_patching_shapes(tiny):
+    eff = head_mean_ablation(tiny, PROMPTS)
+    assert eff.shape == (2, 4) and torch.isfinite(eff).all()
+    corrupt = [
+        IOIPrompt(p.text.replace(f", {p.s} gave", ", Paul gave"), p.io, p.s) for p in PROMPTS
+    ]
+    out = patch_head_attention_effect(tiny, PROMPTS, corrupt, (0, 1), [(1, 0), (1, 2)])
+    assert out.shape == (2,)
+    same = patch_head_attention_effect(tiny, PROMPTS, PROMPTS, (0, 1), [(1, 0)])
+    assert same.abs().max() < 1e-6  # patching a run into itself changes nothing
+    with pytest.raises(ValueError, match="after the sender"):
+        patch_head_attention_effect(tiny, PROMPTS, corrupt, (1, 1), [(1, 0)])
+
+
+def test_logit_analyses_refuse_minilm(minilm):
+    with pytest.raises(LogitsUnavailableError, match="direct logit attribution"):
+        head_direct_logit_attribution(minilm, PROMPTS)
