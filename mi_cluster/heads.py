@@ -18,7 +18,12 @@ from torch import Tensor
 
 from mi_cluster.activations import hook_name, pad_tokens
 from mi_cluster.models import model_device, require_meaningful_logits
-from mi_cluster.prompts import single_token_id, tokenize_prompt, word_positions
+from mi_cluster.prompts import (
+    NotSingleTokenError,
+    single_token_id,
+    tokenize_prompt,
+    word_positions,
+)
 
 __all__ = [
     "IOIPositions",
@@ -62,30 +67,55 @@ class IOIPositions:
     s_id: Tensor
 
 
-def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
-    """Locate IO, S1, S2 and END in each prompt and check both names are one token."""
+@dataclass(frozen=True)
+class _Prepared:
+    """Prompts tokenized once: their IOI positions and the padded batch to run."""
+
+    pos: IOIPositions
+    tokens: Tensor
+    mask: Tensor
+
+
+def _prepare(model: Any, prompts: Sequence[IOIPrompt]) -> _Prepared:
     cols: dict[str, list[int]] = {k: [] for k in ("io", "s1", "s2", "end", "io_id", "s_id")}
+    tokenized = []
     for p in prompts:
         tp = tokenize_prompt(model, p.text)
+        tokenized.append(tp)
         for name, occ, key in ((p.io, 0, "io"), (p.s, 0, "s1"), (p.s, -1, "s2")):
             pos = word_positions(tp, name, occ)
             if len(pos) != 1:
-                single_token_id(model, name, leading_space=False)  # raises, naming the word
+                raise NotSingleTokenError(
+                    f"name {name!r} is not a single token in prompt {p.text!r}: it tokenizes as "
+                    f"{[tp.str_tokens[i] for i in pos]!r}"
+                )
             cols[key].append(pos[0])
         if cols["s1"][-1] == cols["s2"][-1]:
             raise ValueError(f"subject {p.s!r} is mentioned only once in {p.text!r}")
         cols["end"].append(len(tp) - 1)
         cols["io_id"].append(single_token_id(model, p.io))
         cols["s_id"].append(single_token_id(model, p.s))
-    return IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()})
-
-
-def _run(model: Any, prompts: Sequence[IOIPrompt], hooks: list) -> Tensor:
-    tokenized = [tokenize_prompt(model, p.text) for p in prompts]
     toks, mask, _ = pad_tokens(model, tokenized, "right")
+    pos = IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()})
+    return _Prepared(pos, toks, mask)
+
+
+def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
+    """Locate IO, S1, S2 and END in each prompt and check both names are one token."""
+    return _prepare(model, prompts).pos
+
+
+def _run(model: Any, tokens: Tensor, mask: Tensor, hooks: list) -> Tensor:
     dev = model_device(model)
     with torch.no_grad():
-        return model.run_with_hooks(toks.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
+        return model.run_with_hooks(tokens.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
+
+
+def _logit_difference(model: Any, prep: _Prepared, hooks: list) -> Tensor:
+    pos = prep.pos
+    logits = _run(model, prep.tokens, prep.mask, hooks).float().cpu()
+    end = logits[torch.arange(len(pos.end)), pos.end]
+    return end.gather(1, pos.io_id[:, None])[:, 0] - end.gather(1, pos.s_id[:, None])[:, 0]
 
 
 def logit_difference(
@@ -93,10 +123,10 @@ def logit_difference(
 ) -> Float[Tensor, " prompt"]:
     """logit(IO) - logit(S) at END for each prompt (optionally under ``hooks``)."""
     require_meaningful_logits(model, "logit difference")
-    pos = ioi_positions(model, prompts)
-    logits = _run(model, prompts, hooks or []).float().cpu()
-    end = logits[torch.arange(len(prompts)), pos.end]
-    return end.gather(1, pos.io_id[:, None])[:, 0] - end.gather(1, pos.s_id[:, None])[:, 0]
+    return _logit_difference(model, _prepare(model, prompts), hooks or [])
+
+
+_POSITION_NAMES = ("io", "s1", "s2", "end")
 
 
 def attention_between(
@@ -105,8 +135,11 @@ def attention_between(
     """Attention probability from the ``query`` position to the ``key`` position, for every
     head; positions are ``"io"``, ``"s1"``, ``"s2"``, ``"end"`` (e.g. ``"end"``, ``"io"``
     for name movers, ``"s2"``, ``"s1"`` for duplicate-token heads)."""
-    pos = ioi_positions(model, prompts)
-    q, k = getattr(pos, query), getattr(pos, key)
+    for name in (query, key):
+        if name not in _POSITION_NAMES:
+            raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
+    prep = _prepare(model, prompts)
+    q, k = getattr(prep.pos, query), getattr(prep.pos, key)
     n_layers = model.cfg.n_layers
     out = torch.empty(n_layers, model.cfg.n_heads, len(prompts))
     rows = torch.arange(len(prompts))
@@ -117,7 +150,12 @@ def attention_between(
 
         return hook
 
-    _run(model, prompts, [(hook_name("pattern", layer), grab(layer)) for layer in range(n_layers)])
+    _run(
+        model,
+        prep.tokens,
+        prep.mask,
+        [(hook_name("pattern", layer), grab(layer)) for layer in range(n_layers)],
+    )
     return out
 
 
@@ -127,7 +165,8 @@ def head_direct_logit_attribution(
     """Each head's direct contribution to logit(IO) - logit(S) at END: its output there,
     divided by the final LayerNorm scale, projected on ``W_U[:, IO] - W_U[:, S]``."""
     require_meaningful_logits(model, "direct logit attribution")
-    pos = ioi_positions(model, prompts)
+    prep = _prepare(model, prompts)
+    pos = prep.pos
     n_layers, rows = model.cfg.n_layers, torch.arange(len(prompts))
     results: dict[int, Tensor] = {}
     scale: dict[str, Tensor] = {}
@@ -144,8 +183,8 @@ def head_direct_logit_attribution(
 
     hooks = [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)]
     hooks.append(("ln_final.hook_scale", grab_scale))
-    _run(model, prompts, hooks)
-    w_u = model.W_U
+    _run(model, prep.tokens, prep.mask, hooks)
+    w_u = model.W_U.detach()
     direction = (
         w_u[:, pos.io_id.to(w_u.device)] - w_u[:, pos.s_id.to(w_u.device)]
     ).T  # [prompt, d]
@@ -156,7 +195,9 @@ def head_direct_logit_attribution(
 def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor, "layer head"]:
     """Change in mean logit difference when one head's output (``hook_z``) is replaced by
     its mean over the prompts at every position (a negative value: the head helps)."""
-    base = logit_difference(model, prompts).mean()
+    require_meaningful_logits(model, "mean ablation of the logit difference")
+    prep = _prepare(model, prompts)
+    base = _logit_difference(model, prep, []).mean()
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     means: dict[int, Tensor] = {}
 
@@ -166,7 +207,12 @@ def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor
 
         return hook
 
-    _run(model, prompts, [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)])
+    _run(
+        model,
+        prep.tokens,
+        prep.mask,
+        [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)],
+    )
     out = torch.empty(n_layers, n_heads)
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -176,9 +222,8 @@ def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor
                 z[:, :, head] = means[layer][head]
                 return z
 
-            out[layer, head] = (
-                logit_difference(model, prompts, [(hook_name("z", layer), ablate)]).mean() - base
-            )
+            ablated = _logit_difference(model, prep, [(hook_name("z", layer), ablate)])
+            out[layer, head] = ablated.mean() - base
     return out
 
 
@@ -193,19 +238,23 @@ def patch_head_attention_effect(
     prompts (e.g. S2 replaced by a third name, so "S is duplicated" is false) into the
     clean run, and return the change, per receiver head, of its END attention to IO minus
     its END attention to S1. Clean and corrupt prompts must tokenize to the same lengths."""
-    c_pos = ioi_positions(model, clean)
-    tokenized = [tokenize_prompt(model, p.text) for p in corrupt]
-    lengths = [len(t) for t in tokenized]
-    if lengths != [int(e) + 1 for e in c_pos.end]:
-        raise ValueError("clean and corrupt prompts must have the same token lengths")
     s_layer, s_head = sender
+    layers = sorted({r for r, _ in receivers})
+    if any(r <= s_layer for r in layers):
+        raise ValueError("receivers must be in layers after the sender")
+    prep = _prepare(model, clean)
+    c_pos = prep.pos
+    tokenized = [tokenize_prompt(model, p.text) for p in corrupt]  # S is not repeated there
+    if [len(t) for t in tokenized] != [int(e) + 1 for e in c_pos.end]:
+        raise ValueError("clean and corrupt prompts must have the same token lengths")
+    c_toks, c_mask, _ = pad_tokens(model, tokenized, "right")
     rows = torch.arange(len(clean))
     stored: dict[str, Tensor] = {}
 
     def save(z: Tensor, hook: Any) -> None:
         stored["z"] = z[rows, c_pos.end.to(z.device), s_head].clone()
 
-    _run(model, corrupt, [(hook_name("z", s_layer), save)])
+    _run(model, c_toks, c_mask, [(hook_name("z", s_layer), save)])
 
     def patch(z: Tensor, hook: Any) -> Tensor:
         z = z.clone()
@@ -226,10 +275,12 @@ def patch_head_attention_effect(
 
             return hook
 
-        layers = sorted({r for r, _ in receivers})
-        if any(r <= s_layer for r in layers):
-            raise ValueError("receivers must be in layers after the sender")
-        _run(model, clean, hooks + [(hook_name("pattern", layer), grab(layer)) for layer in layers])
+        _run(
+            model,
+            prep.tokens,
+            prep.mask,
+            hooks + [(hook_name("pattern", layer), grab(layer)) for layer in layers],
+        )
         return torch.stack([pref[r] for r in receivers])
 
     return preference([(hook_name("z", s_layer), patch)]) - preference([])

@@ -29,6 +29,7 @@ __all__ = [
     "ModelUnavailableError",
     "TinyConfig",
     "build_word_tokenizer",
+    "load_directory",
     "load_model",
     "model_device",
     "model_info",
@@ -350,6 +351,18 @@ def _unavailable(name: str, why: str) -> ModelUnavailableError:
     )
 
 
+def load_directory(
+    path: str | os.PathLike,
+    info: ModelInfo,
+    device: torch.device,
+    dtype: torch.dtype,
+    compatibility_mode: bool = True,
+) -> Any:
+    """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge."""
+    bridge = _bridge_class().boot_transformers(str(path), device=device, dtype=dtype)
+    return prepare_bridge(bridge, info, compatibility_mode)
+
+
 def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
     local = Path(source).expanduser()
     if local.is_dir():
@@ -358,8 +371,7 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, comp
                 f"{local} is a directory but has no config.json: expected a "
                 "save_pretrained directory holding the model and its tokenizer"
             )
-        bridge = _bridge_class().boot_transformers(str(local), device=device, dtype=dtype)
-        return prepare_bridge(bridge, ModelInfo(name=local.name, source=str(local)), compat)
+        return load_directory(local, ModelInfo(local.name, str(local)), device, dtype, compat)
     if _hub_offline():
         if _cached_snapshot(source) is None:
             raise _unavailable(source, "HF_HUB_OFFLINE is set and it is not in the local cache")
@@ -367,8 +379,7 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, comp
         snapshot = _cached_snapshot(source)
         if snapshot is None:
             raise _unavailable(source, "the hub cannot be reached and it is not cached")
-        bridge = _bridge_class().boot_transformers(str(snapshot), device=device, dtype=dtype)
-        return prepare_bridge(bridge, ModelInfo(name=source, source=str(snapshot)), compat)
+        return load_directory(snapshot, ModelInfo(source, str(snapshot)), device, dtype, compat)
     try:
         bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype)
     except OSError as exc:

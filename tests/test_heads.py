@@ -36,6 +36,8 @@ def test_positions_errors(tiny):
         ioi_positions(
             tiny, [IOIPrompt("When Zyxwv and John went, John gave it to", "Zyxwv", "John")]
         )
+    with pytest.raises(ValueError, match="unknown position 'start'"):
+        attention_between(tiny, PROMPTS, "start", "io")
     with pytest.raises(ValueError, match="mentioned only once"):
         ioi_positions(tiny, [IOIPrompt("When Mary and John went, Paul gave it to", "Mary", "John")])
 

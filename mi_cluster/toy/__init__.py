@@ -18,14 +18,12 @@ def load_toy_ioi(
     compatibility_mode: bool = True,
 ) -> Any:
     """Load the shipped toy IOI model (offline) as a TransformerLens bridge."""
-    from mi_cluster.models import ModelInfo, ModelUnavailableError, _bridge_class, prepare_bridge
+    from mi_cluster.models import ModelInfo, ModelUnavailableError, load_directory
 
     if not (TOY_IOI_DIR / "config.json").is_file():
         raise ModelUnavailableError(
             f"the toy IOI weights are missing from {TOY_IOI_DIR}; regenerate them with "
             "`mi-cluster train-toy`"
         )
-    bridge = _bridge_class().boot_transformers(str(TOY_IOI_DIR), device=device, dtype=dtype)
-    return prepare_bridge(
-        bridge, ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR)), compatibility_mode
-    )
+    info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR))
+    return load_directory(TOY_IOI_DIR, info, torch.device(device), dtype, compatibility_mode)
