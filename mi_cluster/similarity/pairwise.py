@@ -1,0 +1,346 @@
+"""Layer-by-layer (one model) and layer-by-layer (two models) similarity matrices.
+
+Work is shared instead of repeated per pair:
+- linear CKA (biased and debiased): each layer's centred Gram matrix is built once, as its
+  upper-triangular row blocks (a symmetric Gram's off-diagonal blocks are counted twice
+  by weighting them sqrt(2)), and every pair's HSIC is one entry of a single matrix
+  product of those packed Grams. When features are fewer than samples the cheaper
+  feature-space products ``||Xa^T Xb||^2`` are used instead; the choice is made by
+  counting flops.
+- RBF CKA and RSA: each layer's centred kernel or standardised RDM is built once, then one
+  matrix product gives every pair.
+- CCA, SVCCA, PWCCA and Procrustes: each layer's whitened basis (or normalised data) is
+  computed once; pairs then cost one small product and SVD.
+
+Layers are processed in blocks that fit ``max_memory`` bytes, so stacks whose Grams do not
+fit in memory at once are streamed (the blocks' Grams are then rebuilt once per block
+pair). Within one model only the upper triangle of a symmetric metric is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mi_cluster.similarity.cca import pwcca_from_bases, svd_reduce, whitened_basis
+from mi_cluster.similarity.cka import center_gram, rbf_gram
+from mi_cluster.similarity.inputs import (
+    SimilarityInputError,
+    center,
+    check_matrix,
+    require_more_samples_than_features,
+)
+from mi_cluster.similarity.rsa import average_ranks, rdm
+
+METRICS = (
+    "linear_cka",
+    "debiased_cka",
+    "rbf_cka",
+    "debiased_rbf_cka",
+    "cca",
+    "svcca",
+    "pwcca",
+    "rsa",
+    "procrustes",
+)
+SYMMETRIC = {m for m in METRICS if m != "pwcca"}
+
+
+@dataclass(frozen=True)
+class SimilarityMatrix:
+    """A matrix of one metric between every layer of ``xs`` and every layer of ``ys``.
+
+    Fields:
+        values: ``values[i, j]`` is ``metric(xs[i], ys[j])``.
+        metric: the metric's name (one of ``METRICS``).
+        symmetric: True when computed within one stack (``ys`` omitted) for a symmetric
+            metric, so ``values`` is symmetric by construction.
+    """
+
+    values: Float[Tensor, "layer_x layer_y"]
+    metric: str
+    symmetric: bool
+
+
+Stack = Tensor | Sequence[Tensor]
+Progress = Callable[[int, int], None]
+
+
+def _layers(stack: Stack, name: str) -> list[Tensor]:
+    if isinstance(stack, Tensor):
+        if stack.ndim != 3:
+            raise SimilarityInputError(
+                f"{name} must be (layer, n, d) or a list of (n, d) tensors, got shape "
+                f"{tuple(stack.shape)}"
+            )
+        stack = list(stack.unbind(0))
+    layers = [check_matrix(x, f"{name}[{i}]") for i, x in enumerate(stack)]
+    if not layers:
+        raise SimilarityInputError(f"{name} has no layers")
+    n = layers[0].shape[0]
+    for i, x in enumerate(layers):
+        if x.shape[0] != n:
+            raise SimilarityInputError(
+                f"every layer must have the same samples: {name}[0] has {n} rows, "
+                f"{name}[{i}] has {x.shape[0]}"
+            )
+    return layers
+
+
+def _packed_grams(xs: list[Tensor], blocks: int) -> Float[Tensor, "layer m"]:
+    """Centred linear Grams of same-width layers, packed as upper-triangular row blocks
+    (off-diagonal blocks scaled by sqrt(2)) so that packed_a . packed_b = <K_a, K_b>."""
+    stack = torch.stack([center(x) for x in xs])
+    edges = [round(i * stack.shape[1] / blocks) for i in range(blocks + 1)]
+    parts = []
+    for p in range(blocks):
+        rows_p = stack[:, edges[p] : edges[p + 1]]
+        for q in range(p, blocks):
+            k = rows_p @ stack[:, edges[q] : edges[q + 1]].transpose(1, 2)
+            parts.append(k.flatten(1) * (math.sqrt(2) if q > p else 1.0))
+    return torch.cat(parts, 1)
+
+
+def _groups(xs: list[Tensor]) -> list[list[int]]:
+    """Runs of consecutive layers with the same width (they can be stacked)."""
+    out: list[list[int]] = []
+    for i, x in enumerate(xs):
+        if out and xs[out[-1][-1]].shape[1] == x.shape[1]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _chunks(idx: list[int], size: int) -> list[list[int]]:
+    return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+def _gram_products(
+    xs: list[Tensor], ys: list[Tensor] | None, max_memory: int, progress: Progress | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """<K_a, K_b> for all pairs, and <K_a, K_a>, <K_b, K_b>, from packed Grams."""
+    n = xs[0].shape[0]
+    blocks = max(1, min(8, n // 256))
+    per_layer = (n * n * (blocks + 1) // (2 * blocks) + 2 * n * n // blocks) * xs[0].element_size()
+    size = max(1, max_memory // (2 * per_layer))
+    targets = xs if ys is None else ys
+    chunks_x = [c for g in _groups(xs) for c in _chunks(g, size)]
+    chunks_y = chunks_x if ys is None else [c for g in _groups(ys) for c in _chunks(g, size)]
+    out = xs[0].new_zeros(len(xs), len(targets))
+    self_x = xs[0].new_zeros(len(xs))
+    self_y = xs[0].new_zeros(len(targets))
+    total, done = len(chunks_x) * len(chunks_y), 0
+    for i, cx in enumerate(chunks_x):
+        gx = _packed_grams([xs[k] for k in cx], blocks)
+        self_x[cx] = gx.pow(2).sum(1)
+        for j, cy in enumerate(chunks_y):
+            if ys is None and j < i:
+                continue
+            gy = gx if (ys is None and j == i) else _packed_grams([targets[k] for k in cy], blocks)
+            out[torch.tensor(cx)[:, None], torch.tensor(cy)[None, :]] = gx @ gy.T
+            if ys is not None and i == 0:
+                self_y[cy] = gy.pow(2).sum(1)
+            done += 1
+            if progress:
+                progress(done, total)
+    if ys is None:
+        out = torch.triu(out) + torch.triu(out, 1).T
+        self_y = self_x
+    return out, self_x, self_y
+
+
+def _feature_products(
+    xs: list[Tensor], ys: list[Tensor] | None, progress: Progress | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same quantities as :func:`_gram_products` from ``||Xa^T Yb||_F^2``."""
+    xc = [center(x) for x in xs]
+    yc = xc if ys is None else [center(y) for y in ys]
+    out = xc[0].new_zeros(len(xc), len(yc))
+    for a, x in enumerate(xc):
+        start = a if ys is None else 0
+        for b in range(start, len(yc)):
+            out[a, b] = (x.T @ yc[b]).pow(2).sum()
+        if progress:
+            progress(a + 1, len(xc))
+    if ys is None:
+        out = torch.triu(out) + torch.triu(out, 1).T
+        return out, out.diagonal().clone(), out.diagonal().clone()
+    self_x = torch.stack([(x.T @ x).pow(2).sum() for x in xc])
+    self_y = torch.stack([(y.T @ y).pow(2).sum() for y in yc])
+    return out, self_x, self_y
+
+
+def _linear_cka(
+    xs: list[Tensor],
+    ys: list[Tensor] | None,
+    debiased: bool,
+    max_memory: int,
+    progress: Progress | None,
+) -> Tensor:
+    n = xs[0].shape[0]
+    targets = xs if ys is None else ys
+    dx = sum(x.shape[1] for x in xs) / len(xs)
+    dy = sum(y.shape[1] for y in targets) / len(targets)
+    pairs = len(xs) * len(targets) / (2 if ys is None else 1)
+    gram_flops = (len(xs) + (0 if ys is None else len(targets))) * n * n * (dx + dy) / 2
+    gram_flops += pairs * n * n
+    feature_flops = pairs * n * dx * dy + (0 if ys is None else n * (len(xs) * dx * dx))
+    if gram_flops < feature_flops:
+        xy, xx, yy = _gram_products(xs, ys, max_memory, progress)
+    else:
+        xy, xx, yy = _feature_products(xs, ys, progress)
+    if debiased:
+        rx = torch.stack([center(x).pow(2).sum(1) for x in xs])
+        ry = rx if ys is None else torch.stack([center(y).pow(2).sum(1) for y in ys])
+        tx, ty = rx.sum(1), ry.sum(1)
+        c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+        xy = xy - c1 * (rx @ ry.T) + c2 * tx[:, None] * ty[None, :]
+        xx = xx - c1 * rx.pow(2).sum(1) + c2 * tx * tx
+        yy = yy - c1 * ry.pow(2).sum(1) + c2 * ty * ty
+    return xy / (xx[:, None] * yy[None, :]).clamp_min(0).sqrt()
+
+
+def _vector_similarity(
+    vx: list[Tensor], vy: list[Tensor] | None, max_memory: int, progress: Progress | None
+) -> Tensor:
+    """Cosine similarity between per-layer vectors, built in blocks of layers."""
+    vy_ = vx if vy is None else vy
+    ux = torch.stack([v / v.norm() for v in vx])
+    uy = ux if vy is None else torch.stack([v / v.norm() for v in vy_])
+    out = ux.new_zeros(ux.shape[0], uy.shape[0])
+    size = max(1, max_memory // max(1, ux.shape[1] * ux.element_size()))
+    for start in range(0, ux.shape[0], size):
+        out[start : start + size] = ux[start : start + size] @ uy.T
+        if progress:
+            progress(min(start + size, ux.shape[0]), ux.shape[0])
+    return out
+
+
+def _kernel_vector(x: Tensor, threshold: float, debiased: bool) -> Tensor:
+    return center_gram(rbf_gram(x, threshold), unbiased=debiased).flatten()
+
+
+def _rdm_vector(x: Tensor, rdm_metric: str, compare: str) -> Tensor:
+    v = rdm(x, rdm_metric)
+    if compare == "spearman":
+        v = average_ranks(v)
+    return v - v.mean()
+
+
+def _pair_loop(prep_x, prep_y, compare, symmetric: bool, progress: Progress | None) -> Tensor:
+    px = prep_x
+    py = prep_x if prep_y is None else prep_y
+    out = torch.zeros(len(px), len(py), dtype=torch.float64)
+    for a in range(len(px)):
+        for b in range(len(py)):
+            if symmetric and prep_y is None and b < a:
+                out[a, b] = out[b, a]
+            else:
+                out[a, b] = compare(px[a], py[b])
+        if progress:
+            progress(a + 1, len(px))
+    return out
+
+
+def pairwise(
+    xs: Stack,
+    ys: Stack | None = None,
+    metric: str = "linear_cka",
+    *,
+    threshold: float = 1.0,
+    variance: float = 0.99,
+    dims: int | None = None,
+    ridge: float = 0.0,
+    rdm_metric: str = "correlation",
+    compare: str = "spearman",
+    max_memory: int = 2 * 1024**3,
+    progress: Progress | None = None,
+) -> SimilarityMatrix:
+    """``metric`` between every layer of ``xs`` and every layer of ``ys`` (or of ``xs``).
+
+    Args:
+        xs: ``Float[Tensor, "layer n d"]`` or a list of ``(n, d_l)`` tensors (rows are the
+            same samples in every layer).
+        ys: a second stack over the same samples (another model); widths may differ.
+        metric: one of ``METRICS``. ``threshold`` sets the RBF bandwidth; ``variance`` /
+            ``dims`` the SVCCA reduction; ``ridge`` the CCA/PWCCA regularisation;
+            ``rdm_metric`` and ``compare`` the RSA variant.
+        max_memory: bytes the Gram/kernel blocks may take; larger stacks are streamed.
+        progress: called as ``progress(done, total)`` while the matrix is filled.
+
+    Values equal the single-pair functions (``linear_cka``, ``cca``, ...) to rounding.
+    """
+    if metric not in METRICS:
+        raise SimilarityInputError(f"unknown metric {metric!r}; use one of {METRICS}")
+    lx = _layers(xs, "xs")
+    ly = None if ys is None else _layers(ys, "ys")
+    if ly is not None:
+        if ly[0].shape[0] != lx[0].shape[0]:
+            raise SimilarityInputError(
+                f"xs and ys must hold the same samples: {lx[0].shape[0]} and {ly[0].shape[0]} rows"
+            )
+        if ly[0].device != lx[0].device:
+            raise SimilarityInputError(f"xs is on {lx[0].device} but ys is on {ly[0].device}")
+    dtype = lx[0].dtype
+    for t in lx + (ly or []):
+        dtype = torch.promote_types(dtype, t.dtype)
+    lx = [x.to(dtype) for x in lx]
+    ly = None if ly is None else [y.to(dtype) for y in ly]
+    n = lx[0].shape[0]
+    if metric in ("debiased_cka", "debiased_rbf_cka") and n < 4:
+        raise SimilarityInputError("debiased CKA needs at least 4 samples")
+
+    if metric in ("linear_cka", "debiased_cka"):
+        values = _linear_cka(lx, ly, metric == "debiased_cka", max_memory, progress)
+    elif metric in ("rbf_cka", "debiased_rbf_cka"):
+        deb = metric == "debiased_rbf_cka"
+        vx = [_kernel_vector(x, threshold, deb) for x in lx]
+        vy = None if ly is None else [_kernel_vector(y, threshold, deb) for y in ly]
+        values = _vector_similarity(vx, vy, max_memory, progress)
+    elif metric == "rsa":
+        vx = [_rdm_vector(x, rdm_metric, compare) for x in lx]
+        vy = None if ly is None else [_rdm_vector(y, rdm_metric, compare) for y in ly]
+        values = _vector_similarity(vx, vy, max_memory, progress)
+    elif metric == "procrustes":
+
+        def prep(x):
+            xc = center(x)
+            return xc / xc.norm()
+
+        def comp(a, b):
+            nuc = torch.linalg.svdvals(a.T @ b).sum()
+            return (2 - 2 * nuc).clamp_min(0).sqrt()
+
+        px = [prep(x) for x in lx]
+        py = None if ly is None else [prep(y) for y in ly]
+        values = _pair_loop(px, py, comp, True, progress)
+    else:
+        if metric == "svcca":
+            lx = [svd_reduce(x, variance, dims) for x in lx]
+            ly = None if ly is None else [svd_reduce(y, variance, dims) for y in ly]
+        if ridge == 0:
+            hint = "use svcca or pass ridge > 0"
+            for name, stack in (("xs", lx), ("ys", ly or [])):
+                for i, x in enumerate(stack):
+                    require_more_samples_than_features(x, f"{name}[{i}]", metric.upper(), hint)
+        bx = [(x, whitened_basis(x, ridge)) for x in lx]
+        by = None if ly is None else [(y, whitened_basis(y, ridge)) for y in ly]
+        if metric == "pwcca":
+
+            def comp(a, b):
+                return pwcca_from_bases(a[0], a[1], b[1])
+
+        else:
+
+            def comp(a, b):
+                return torch.linalg.svdvals(a[1].T @ b[1]).clamp(0, 1).mean()
+
+        values = _pair_loop(bx, by, comp, metric in SYMMETRIC, progress)
+    values = values.to(dtype=dtype, device=lx[0].device)
+    return SimilarityMatrix(values, metric, ly is None and metric in SYMMETRIC)
