@@ -413,22 +413,29 @@ def test_pairwise_equals_the_per_pair_loop(metric):
 
 
 @pytest.mark.parametrize("debiased", [False, True])
-def test_pairwise_cka_gram_path_streamed_and_unstreamed(debiased):
+def test_pairwise_cka_gram_path_streamed_and_unstreamed(debiased, monkeypatch):
+    import mi_cluster.similarity.matrices as pw
+
+    def refuse(*args):
+        raise AssertionError("expected the Gram path for n=600, d=300")
+
+    monkeypatch.setattr(pw, "_feature_products", refuse)
     metric = "debiased_cka" if debiased else "linear_cka"
-    xs = stack(5, 600, 200, 3)  # n and d such that the packed-Gram path is chosen
-    full = S.pairwise(xs, metric=metric).values
-    tiny = S.pairwise(xs, metric=metric, max_memory=600 * 600 * 8 * 2).values  # 1 layer/block
+    xs = stack(5, 600, 300, 3)
+    full = S.pairwise(xs, metric=metric).values  # one block of samples
+    small = 2 * 5 * 8 * 130 * 130  # blocks of 130 samples: 5 blocks, the last one short
+    streamed = S.pairwise(xs, metric=metric, max_memory=small).values
     calls = []
     across = S.pairwise(
-        xs, xs[:2], metric=metric, max_memory=1, progress=lambda d, n: calls.append((d, n))
+        xs, xs[:2], metric=metric, max_memory=small, progress=lambda d, n: calls.append((d, n))
     ).values
     for i in range(5):
         for j in range(5):
             ref = float(S.linear_cka(xs[i], xs[j], debiased=debiased))
             assert float(full[i, j]) == pytest.approx(ref, abs=1e-10)
-    torch.testing.assert_close(tiny, full, atol=1e-10, rtol=0)
+    torch.testing.assert_close(streamed, full, atol=1e-10, rtol=0)
     torch.testing.assert_close(across, full[:, :2], atol=1e-10, rtol=0)
-    assert calls and calls[-1][0] == calls[-1][1]
+    assert len(calls) > 1 and calls[-1][0] == calls[-1][1]
 
 
 def test_pairwise_float32_and_list_input():
@@ -447,3 +454,14 @@ def test_runs_on_cuda():
     gpu = S.pairwise(xs.cuda(), metric="debiased_cka").values
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), S.pairwise(xs, metric="debiased_cka").values)
+
+
+def test_rbf_bandwidth_median_is_numpys_over_all_entries():
+    from mi_cluster.similarity.cka import median_of_distances, squared_distances
+
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 4, 5, 8, 9):
+        x = rng.normal(size=(n, 3))
+        x[n // 2] = x[0]  # a duplicated row: zero distances off the diagonal, ties
+        d2 = squared_distances(t(x))
+        assert float(median_of_distances(d2)) == pytest.approx(np.median(d2.numpy()), abs=1e-12)

@@ -39,7 +39,7 @@ from mi_cluster.similarity.distances import (
 )
 from mi_cluster.similarity.ecco import ecco_cca, ecco_cka, ecco_pwcca, ecco_svcca
 from mi_cluster.similarity.inputs import SimilarityInputError
-from mi_cluster.similarity.pairwise import METRICS, SimilarityMatrix, pairwise
+from mi_cluster.similarity.matrices import METRICS, SimilarityMatrix, pairwise
 from mi_cluster.similarity.rsa import compare_rdms, rdm, rsa
 
 __all__ = [

@@ -102,14 +102,28 @@ def squared_distances(x: Float[Tensor, "n d"]) -> Float[Tensor, "n n"]:
     return d2
 
 
-def median(values: Tensor) -> Tensor:
-    """numpy's median (mean of the two middle values for an even count) of all entries."""
-    flat = values.reshape(-1)
-    k = flat.numel()
-    lo = flat.kthvalue((k + 1) // 2).values
-    if k % 2:
-        return lo
-    return (lo + flat.kthvalue(k // 2 + 1).values) / 2
+def median_of_distances(d2: Float[Tensor, "n n"]) -> Tensor:
+    """numpy's median (mean of the two middle values for an even count) of all n^2 entries
+    of a symmetric, non-negative matrix with a zero diagonal, found from its upper
+    triangle alone: the full multiset is n zeros plus every upper entry twice."""
+    n = d2.shape[0]
+    iu = torch.triu_indices(n, n, offset=1, device=d2.device)
+    upper = d2[iu[0], iu[1]]
+
+    def rank(k: int) -> int:  # k-th smallest (1-based) of all n^2 entries is upper's rank()
+        return (k - n + 1) // 2 if k > n else 0
+
+    total = n * n
+    lo_k, hi_k = (total + 1) // 2, total // 2 + 1
+    lo_r, hi_r = rank(lo_k), rank(hi_k)
+    lo = upper.kthvalue(lo_r).values if lo_r else d2.new_zeros(())
+    if hi_r == lo_r:
+        hi = lo
+    elif int((upper <= lo).sum()) >= hi_r:  # ties: the next rank has the same value
+        hi = lo
+    else:
+        hi = upper[upper > lo].min()
+    return (lo + hi) / 2
 
 
 def rbf_gram(x: Tensor, threshold: float = 1.0) -> Float[Tensor, "n n"]:
@@ -120,7 +134,7 @@ def rbf_gram(x: Tensor, threshold: float = 1.0) -> Float[Tensor, "n n"]:
     if threshold <= 0:
         raise SimilarityInputError(f"threshold must be positive, got {threshold}")
     d2 = squared_distances(x)
-    med = median(d2)
+    med = median_of_distances(d2)
     if float(med) == 0.0:
         raise SimilarityInputError(
             "RBF bandwidth is 0: the median squared distance between samples is 0 "
