@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-slow bench lint format
+.PHONY: install demo figures test test-slow bench lint format
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mi-cluster demo
 
+# Every figure under figures/: the demo and each experiment (offline).
+figures: $(STAMP)
+	$(VENV)/bin/mi-cluster demo
+	HF_HUB_OFFLINE=1 $(PY) experiments/layer_similarity.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/toy_ioi_circuit.py
+
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
 
@@ -29,6 +35,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_collect.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
