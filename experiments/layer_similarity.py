@@ -148,9 +148,16 @@ def main() -> None:
     atomic_write_text(args.out / "layer_similarity.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(args.out / "layer_similarity.md", table)
     save_figure(fig, args.out / "layer_similarity.html")
-    if not args.no_png:
-        save_figure(fig, args.out / "layer_similarity.png")
     print(table)
+    if not args.no_png:
+        try:
+            save_figure(fig, args.out / "layer_similarity.png")
+        except (RuntimeError, ValueError) as err:  # kaleido or Chromium missing
+            raise SystemExit(
+                f"layer_similarity.png not written (the JSON, table and HTML were): {err}\n"
+                "Install the figures extra (kaleido>=1) and a Chromium "
+                "(apt-get install chromium), or pass --no-png."
+            ) from err
 
 
 if __name__ == "__main__":
