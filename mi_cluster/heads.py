@@ -8,7 +8,7 @@ works as long as both names are single tokens (a clear error names the one that 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,21 @@ def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
     return _prepare(model, prompts).pos
 
 
+def _each_layer(
+    site: str, layers: Iterable[int], store: Callable[[int, Tensor], None]
+) -> list[tuple[str, Callable]]:
+    """One read-only hook per layer at ``site``, handing ``(layer, activation)`` to
+    ``store``."""
+
+    def make(layer: int) -> Callable:
+        def hook(act: Tensor, hook: Any) -> None:
+            store(layer, act)
+
+        return hook
+
+    return [(hook_name(site, layer), make(layer)) for layer in layers]
+
+
 def _run(model: Any, tokens: Tensor, mask: Tensor, hooks: list) -> Tensor:
     dev = model_device(model)
     with torch.no_grad():
@@ -144,18 +159,10 @@ def attention_between(
     out = torch.empty(n_layers, model.cfg.n_heads, len(prompts))
     rows = torch.arange(len(prompts))
 
-    def grab(layer: int):
-        def hook(pattern: Tensor, hook: Any) -> None:  # [batch, head, query, key]
-            out[layer] = pattern[rows, :, q, k].T.float().cpu()
+    def store(layer: int, pattern: Tensor) -> None:  # [batch, head, query, key]
+        out[layer] = pattern[rows, :, q, k].T.float().cpu()
 
-        return hook
-
-    _run(
-        model,
-        prep.tokens,
-        prep.mask,
-        [(hook_name("pattern", layer), grab(layer)) for layer in range(n_layers)],
-    )
+    _run(model, prep.tokens, prep.mask, _each_layer("pattern", range(n_layers), store))
     return out
 
 
@@ -171,17 +178,14 @@ def head_direct_logit_attribution(
     results: dict[int, Tensor] = {}
     scale: dict[str, Tensor] = {}
 
-    def grab(layer: int):
-        def hook(z: Tensor, hook: Any) -> None:  # [batch, pos, head, d_head]
-            z_end = z[rows, pos.end.to(z.device)]
-            results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer])
-
-        return hook
+    def store(layer: int, z: Tensor) -> None:  # [batch, pos, head, d_head]
+        z_end = z[rows, pos.end.to(z.device)]
+        results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer])
 
     def grab_scale(s: Tensor, hook: Any) -> None:
         scale["end"] = s[rows, pos.end.to(s.device)]
 
-    hooks = [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)]
+    hooks = _each_layer("z", range(n_layers), store)
     hooks.append(("ln_final.hook_scale", grab_scale))
     _run(model, prep.tokens, prep.mask, hooks)
     w_u = model.W_U.detach()
@@ -201,18 +205,10 @@ def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     means: dict[int, Tensor] = {}
 
-    def grab(layer: int):
-        def hook(z: Tensor, hook: Any) -> None:
-            means[layer] = z.mean(dim=(0, 1))  # [head, d_head]
+    def store(layer: int, z: Tensor) -> None:
+        means[layer] = z.mean(dim=(0, 1))  # [head, d_head]
 
-        return hook
-
-    _run(
-        model,
-        prep.tokens,
-        prep.mask,
-        [(hook_name("z", layer), grab(layer)) for layer in range(n_layers)],
-    )
+    _run(model, prep.tokens, prep.mask, _each_layer("z", range(n_layers), store))
     out = torch.empty(n_layers, n_heads)
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -264,23 +260,15 @@ def patch_head_attention_effect(
     def preference(hooks: list) -> Tensor:
         pref: dict[tuple[int, int], Tensor] = {}
 
-        def grab(layer: int):
-            def hook(pattern: Tensor, hook: Any) -> None:
-                for r_layer, r_head in receivers:
-                    if r_layer == layer:
-                        p = pattern[rows, r_head]
-                        io = p[rows, c_pos.end, c_pos.io]
-                        s1 = p[rows, c_pos.end, c_pos.s1]
-                        pref[(r_layer, r_head)] = (io - s1).mean().float().cpu()
+        def store(layer: int, pattern: Tensor) -> None:
+            for r_layer, r_head in receivers:
+                if r_layer == layer:
+                    p = pattern[rows, r_head]
+                    io = p[rows, c_pos.end, c_pos.io]
+                    s1 = p[rows, c_pos.end, c_pos.s1]
+                    pref[(r_layer, r_head)] = (io - s1).mean().float().cpu()
 
-            return hook
-
-        _run(
-            model,
-            prep.tokens,
-            prep.mask,
-            hooks + [(hook_name("pattern", layer), grab(layer)) for layer in layers],
-        )
+        _run(model, prep.tokens, prep.mask, hooks + _each_layer("pattern", layers, store))
         return torch.stack([pref[r] for r in receivers])
 
     return preference([(hook_name("z", s_layer), patch)]) - preference([])
