@@ -68,14 +68,23 @@ def whitened_basis(x: Float[Tensor, "n d"], ridge: float = 0.0) -> Float[Tensor,
     return xc @ (evecs * evals.clamp_min(torch.finfo(xc.dtype).tiny).rsqrt()) @ evecs.T
 
 
+def require_cca_samples(x: Tensor, name: str, metric: str) -> None:
+    """Unregularised CCA, PWCCA and SVCCA's final CCA need more samples than (kept)
+    neurons in every input; the error says what to change for ``metric``."""
+    if metric == "SVCCA":
+        hint = "keep fewer directions (a lower variance or dims) or use more samples"
+    else:
+        hint = "use svcca (which reduces dimensions first) or pass ridge > 0"
+    require_more_samples_than_features(x, name, metric, hint)
+
+
 def _checked(x: Tensor, y: Tensor, ridge: float, metric: str) -> tuple[Tensor, Tensor]:
     x, y = check_pair(x, y, min_rows=3)
     if ridge < 0:
         raise SimilarityInputError(f"ridge must be >= 0, got {ridge}")
     if ridge == 0:
-        hint = "use svcca (which reduces dimensions first) or pass ridge > 0"
-        require_more_samples_than_features(x, "x", metric, hint)
-        require_more_samples_than_features(y, "y", metric, hint)
+        require_cca_samples(x, "x", metric)
+        require_cca_samples(y, "y", metric)
     return x, y
 
 
@@ -116,9 +125,8 @@ def svcca(x: Tensor, y: Tensor, variance: float = 0.99, dims: int | None = None)
     directions."""
     x, y = check_pair(x, y, min_rows=3)
     xr, yr = svd_reduce(x, variance, dims), svd_reduce(y, variance, dims)
-    hint = "keep fewer directions (a lower variance or dims) or use more samples"
-    require_more_samples_than_features(xr, "x after the SVD step", "SVCCA", hint)
-    require_more_samples_than_features(yr, "y after the SVD step", "SVCCA", hint)
+    require_cca_samples(xr, "x after the SVD step", "SVCCA")
+    require_cca_samples(yr, "y after the SVD step", "SVCCA")
     return cca(xr, yr)
 
 

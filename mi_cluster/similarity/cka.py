@@ -34,8 +34,18 @@ def linear_hsic_terms(
         cross = ((xc @ xc.T) * (yc @ yc.T)).sum()
     if not debiased:
         return cross
-    rx, ry = xc.pow(2).sum(1), yc.pow(2).sum(1)
-    return cross - n / (n - 2) * (rx @ ry) + rx.sum() * ry.sum() / ((n - 1) * (n - 2))
+    return debias_hsic(cross[None, None], xc.pow(2).sum(1)[None], yc.pow(2).sum(1)[None])[0, 0]
+
+
+def debias_hsic(
+    cross: Float[Tensor, "a b"], rx: Float[Tensor, "a n"], ry: Float[Tensor, "b n"]
+) -> Float[Tensor, "a b"]:
+    """Turn biased scaled HSICs ``<K_i, L_j>`` of centred data into the unbiased
+    ``n (n - 3) HSIC_1`` (Kornblith et al.'s feature-space form of Song et al.'s estimator),
+    given each input's squared row norms (the diagonals of its centred Gram)."""
+    n = rx.shape[-1]
+    tx, ty = rx.sum(-1), ry.sum(-1)
+    return cross - n / (n - 2) * (rx @ ry.T) + tx[:, None] * ty[None, :] / ((n - 1) * (n - 2))
 
 
 def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Float[Tensor, ""]:

@@ -20,11 +20,23 @@ def procrustes_distance(x: Tensor, y: Tensor) -> Float[Tensor, ""]:
     narrower input is zero-padded). 0 for inputs equal up to rotation, translation and
     scale; at most sqrt(2). scipy's ``procrustes`` disparity is ``1 - ||X^T Y||_*^2``."""
     x, y = check_pair(x, y)
-    xc, yc = center(x), center(y)
-    nx, ny = xc.norm(), yc.norm()
-    if float(nx) == 0 or float(ny) == 0:
-        raise SimilarityInputError("Procrustes distance is undefined for a constant input")
-    nuclear = torch.linalg.svdvals((xc / nx).T @ (yc / ny)).sum()
+    return procrustes_of_normalised(unit_centred(x, "x"), unit_centred(y, "y"))
+
+
+def unit_centred(x: Float[Tensor, "n d"], name: str) -> Float[Tensor, "n d"]:
+    """``x`` centred and scaled to unit Frobenius norm (Procrustes' normal form)."""
+    xc = center(x)
+    norm = xc.norm()
+    if float(norm) == 0:
+        raise SimilarityInputError(
+            f"Procrustes distance is undefined: {name} is constant across samples"
+        )
+    return xc / norm
+
+
+def procrustes_of_normalised(a: Tensor, b: Tensor) -> Float[Tensor, ""]:
+    """Procrustes distance between two inputs already in :func:`unit_centred` form."""
+    nuclear = torch.linalg.svdvals(a.T @ b).sum()
     return (2 - 2 * nuclear).clamp_min(0).sqrt()
 
 

@@ -75,9 +75,8 @@ def _google_cca(a: Tensor, b: Tensor, epsilon: float):
         return None
     sxx, syy = sxx[keep_x][:, keep_x], syy[keep_y][:, keep_y]
     sxy = sxy[keep_x][:, keep_y]
-    eye = torch.eye
-    sxx = sxx + epsilon * eye(sxx.shape[0], dtype=a.dtype, device=a.device)
-    syy = syy + epsilon * eye(syy.shape[0], dtype=a.dtype, device=a.device)
+    sxx = sxx + epsilon * torch.eye(sxx.shape[0], dtype=a.dtype, device=a.device)
+    syy = syy + epsilon * torch.eye(syy.shape[0], dtype=a.dtype, device=a.device)
     arr = _inv_sqrt(sxx) @ sxy @ _inv_sqrt(syy)
     return arr, keep_x, keep_y
 

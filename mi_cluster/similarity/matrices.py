@@ -27,13 +27,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.similarity.cca import pwcca_from_bases, svd_reduce, whitened_basis
-from mi_cluster.similarity.cka import center_gram, rbf_gram
+from mi_cluster.similarity.cca import (
+    pwcca_from_bases,
+    require_cca_samples,
+    svd_reduce,
+    whitened_basis,
+)
+from mi_cluster.similarity.cka import center_gram, debias_hsic, rbf_gram
+from mi_cluster.similarity.distances import procrustes_of_normalised, unit_centred
 from mi_cluster.similarity.inputs import (
     SimilarityInputError,
     center,
     check_matrix,
-    require_more_samples_than_features,
 )
 from mi_cluster.similarity.rsa import average_ranks, rdm
 
@@ -117,9 +122,10 @@ def _gram_block(stacks, rows_p: slice, rows_q: slice, n_layers: int) -> Tensor:
 
 def _gram_products(
     xs: list[Tensor], ys: list[Tensor] | None, max_memory: int, progress: Progress | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``<K_a, K_b>`` for all pairs, and ``<K_a, K_a>``, ``<K_b, K_b>``, accumulated over
-    blocks of samples: a symmetric Gram's block ``(p, q)`` with ``p < q`` is built once and
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``<K_a, K_b>`` for all pairs, ``<K_a, K_a>``, ``<K_b, K_b>``, and each layer's
+    squared centred row norms (the Gram diagonals, for debiasing), accumulated over blocks
+    of samples: a symmetric Gram's block ``(p, q)`` with ``p < q`` is built once and
     counted twice, so the Grams cost about half a full product, and only one block of
     every layer's Gram is in memory at a time."""
     n = xs[0].shape[0]
@@ -150,15 +156,16 @@ def _gram_products(
             done += 1
             if progress:
                 progress(done, total)
+    rx = torch.cat([stack.pow(2).sum(-1) for _, stack in sx])
     if sy is None:
         self_x = out.diagonal().clone()
-        self_y = self_x
-    return out, self_x, self_y
+        return out, self_x, self_x, rx, rx
+    return out, self_x, self_y, rx, torch.cat([stack.pow(2).sum(-1) for _, stack in sy])
 
 
 def _feature_products(
     xs: list[Tensor], ys: list[Tensor] | None, progress: Progress | None
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The same quantities as :func:`_gram_products` from ``||Xa^T Yb||_F^2``."""
     xc = [center(x) for x in xs]
     yc = xc if ys is None else [center(y) for y in ys]
@@ -169,12 +176,14 @@ def _feature_products(
             out[a, b] = (x.T @ yc[b]).pow(2).sum()
         if progress:
             progress(a + 1, len(xc))
+    rx = torch.stack([x.pow(2).sum(1) for x in xc])
     if ys is None:
         out = torch.triu(out) + torch.triu(out, 1).T
-        return out, out.diagonal().clone(), out.diagonal().clone()
+        self_x = out.diagonal().clone()
+        return out, self_x, self_x, rx, rx
     self_x = torch.stack([(x.T @ x).pow(2).sum() for x in xc])
     self_y = torch.stack([(y.T @ y).pow(2).sum() for y in yc])
-    return out, self_x, self_y
+    return out, self_x, self_y, rx, torch.stack([y.pow(2).sum(1) for y in yc])
 
 
 def _linear_cka(
@@ -195,17 +204,13 @@ def _linear_cka(
     gram_flops = packed * widths + pairs * packed
     feature_flops = pairs * n * dx * dy + (0 if ys is None else n * len(xs) * dx * dx)
     if gram_flops < feature_flops:
-        xy, xx, yy = _gram_products(xs, ys, max_memory, progress)
+        xy, xx, yy, rx, ry = _gram_products(xs, ys, max_memory, progress)
     else:
-        xy, xx, yy = _feature_products(xs, ys, progress)
+        xy, xx, yy, rx, ry = _feature_products(xs, ys, progress)
     if debiased:
-        rx = torch.stack([center(x).pow(2).sum(1) for x in xs])
-        ry = rx if ys is None else torch.stack([center(y).pow(2).sum(1) for y in ys])
-        tx, ty = rx.sum(1), ry.sum(1)
-        c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
-        xy = xy - c1 * (rx @ ry.T) + c2 * tx[:, None] * ty[None, :]
-        xx = xx - c1 * rx.pow(2).sum(1) + c2 * tx * tx
-        yy = yy - c1 * ry.pow(2).sum(1) + c2 * ty * ty
+        xy = debias_hsic(xy, rx, ry)
+        xx = debias_hsic(torch.diag(xx), rx, rx).diagonal()
+        yy = debias_hsic(torch.diag(yy), ry, ry).diagonal()
     return xy / (xx[:, None] * yy[None, :]).clamp_min(0).sqrt()
 
 
@@ -311,27 +316,18 @@ def pairwise(
         vy = None if ly is None else [_rdm_vector(y, rdm_metric, compare) for y in ly]
         values = _vector_similarity(vx, vy, max_memory, progress)
     elif metric == "procrustes":
-
-        def prep(x):
-            xc = center(x)
-            return xc / xc.norm()
-
-        def comp(a, b):
-            nuc = torch.linalg.svdvals(a.T @ b).sum()
-            return (2 - 2 * nuc).clamp_min(0).sqrt()
-
-        px = [prep(x) for x in lx]
-        py = None if ly is None else [prep(y) for y in ly]
-        values = _pair_loop(px, py, comp, True, progress)
+        px = [unit_centred(x, f"xs[{i}]") for i, x in enumerate(lx)]
+        py = None if ly is None else [unit_centred(y, f"ys[{i}]") for i, y in enumerate(ly)]
+        values = _pair_loop(px, py, procrustes_of_normalised, True, progress)
     else:
         if metric == "svcca":
             lx = [svd_reduce(x, variance, dims) for x in lx]
             ly = None if ly is None else [svd_reduce(y, variance, dims) for y in ly]
         if ridge == 0:
-            hint = "use svcca or pass ridge > 0"
             for name, stack in (("xs", lx), ("ys", ly or [])):
                 for i, x in enumerate(stack):
-                    require_more_samples_than_features(x, f"{name}[{i}]", metric.upper(), hint)
+                    where = f"{name}[{i}]" + (" after the SVD step" if metric == "svcca" else "")
+                    require_cca_samples(x, where, metric.upper())
         bx = [(x, whitened_basis(x, ridge)) for x in lx]
         by = None if ly is None else [(y, whitened_basis(y, ridge)) for y in ly]
         if metric == "pwcca":

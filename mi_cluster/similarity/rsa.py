@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.similarity.cka import squared_distances
 from mi_cluster.similarity.inputs import SimilarityInputError, check_matrix, check_pair
 
 RDM_METRICS = ("correlation", "cosine", "euclidean")
@@ -28,10 +29,7 @@ def rdm(x: Tensor, metric: str = "correlation") -> Float[Tensor, " pair"]:
     n = x.shape[0]
     iu = torch.triu_indices(n, n, offset=1, device=x.device)
     if metric == "euclidean":
-        xc = x - x.mean(0, keepdim=True)  # distances do not change; float32 keeps digits
-        sq = xc.pow(2).sum(1)
-        d2 = (sq[:, None] + sq[None, :] - 2 * xc @ xc.T).clamp_min(0)
-        return d2[iu[0], iu[1]].sqrt()
+        return squared_distances(x)[iu[0], iu[1]].sqrt()
     rows = x - x.mean(1, keepdim=True) if metric == "correlation" else x
     norms = rows.norm(dim=1)
     if bool((norms == 0).any()):
