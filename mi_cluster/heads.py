@@ -29,6 +29,7 @@ __all__ = [
     "IOIPositions",
     "IOIPrompt",
     "attention_between",
+    "copy_scores",
     "head_direct_logit_attribution",
     "head_mean_ablation",
     "ioi_positions",
@@ -141,20 +142,27 @@ def logit_difference(
     return _logit_difference(model, _prepare(model, prompts), hooks or [])
 
 
-_POSITION_NAMES = ("io", "s1", "s2", "end")
+_POSITION_NAMES = ("io", "s1", "s1_next", "s2", "end")
+
+
+def _position(pos: IOIPositions, name: str) -> Tensor:
+    if name == "s1_next":  # the token after S1: where induction heads at S2 look
+        return pos.s1 + 1
+    return getattr(pos, name)
 
 
 def attention_between(
     model: Any, prompts: Sequence[IOIPrompt], query: str, key: str
 ) -> Float[Tensor, "layer head prompt"]:
     """Attention probability from the ``query`` position to the ``key`` position, for every
-    head; positions are ``"io"``, ``"s1"``, ``"s2"``, ``"end"`` (e.g. ``"end"``, ``"io"``
-    for name movers, ``"s2"``, ``"s1"`` for duplicate-token heads)."""
+    head; positions are ``"io"``, ``"s1"``, ``"s1_next"`` (the token after S1), ``"s2"``,
+    ``"end"``: e.g. ``"end"``, ``"io"`` for name movers; ``"s2"``, ``"s1"`` for
+    duplicate-token heads; ``"s2"``, ``"s1_next"`` for induction heads."""
     for name in (query, key):
         if name not in _POSITION_NAMES:
             raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
     prep = _prepare(model, prompts)
-    q, k = getattr(prep.pos, query), getattr(prep.pos, key)
+    q, k = _position(prep.pos, query), _position(prep.pos, key)
     n_layers = model.cfg.n_layers
     out = torch.empty(n_layers, model.cfg.n_heads, len(prompts))
     rows = torch.arange(len(prompts))
@@ -194,6 +202,40 @@ def head_direct_logit_attribution(
     ).T  # [prompt, d]
     out = torch.stack([results[layer] for layer in range(n_layers)])  # [layer, head, prompt, d]
     return ((out / scale["end"][None, None]) * direction[None, None]).sum(-1).float().cpu()
+
+
+def copy_scores(
+    model: Any, names: Sequence[str], k: int = 5, negative: bool = False
+) -> Float[Tensor, "layer head"]:
+    """The IOI paper's copy score of every head's OV circuit: the fraction of ``names`` that
+    come out among the top ``k`` logits when the name's token embedding (LayerNorm-normalised)
+    goes through the head's OV circuit, the final LayerNorm and the unembedding. With
+    ``negative=True`` the OV output is negated (heads that write "not this name").
+
+    The embedding stands for the residual stream at the name, as in the paper's "after the
+    first MLP"; for attention-only models that is exactly the input the first layer sees,
+    less the positional embedding. Assumes LayerNorm folded into the weights
+    (compatibility mode, which :func:`mi_cluster.models.load_model` turns on)."""
+    require_meaningful_logits(model, "copy scores")
+    if not names:
+        raise ValueError("copy_scores needs at least one name")
+    ids = torch.tensor([single_token_id(model, n) for n in names])
+    with torch.no_grad():
+        w_e = model.W_E.detach()
+        x = _layer_norm_pre(w_e[ids.to(w_e.device)], model.cfg.eps)  # [name, d_model]
+        v = torch.einsum("nm,lhmd->lhnd", x, model.W_V) + model.b_V[:, :, None]
+        out = torch.einsum("lhnd,lhdm->lhnm", v, model.W_O)
+        out = -out if negative else out
+        logits = _layer_norm_pre(out, model.cfg.eps) @ model.W_U + model.b_U
+        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [layer, head, name, k]
+        hit = (top == ids.to(top.device)[None, None, :, None]).any(-1)
+    return hit.float().mean(-1).cpu()
+
+
+def _layer_norm_pre(x: Tensor, eps: float) -> Tensor:
+    """LayerNorm without weights (what remains of it once folded): centre, unit RMS."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor, "layer head"]:

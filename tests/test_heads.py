@@ -4,6 +4,7 @@ import torch
 from mi_cluster.heads import (
     IOIPrompt,
     attention_between,
+    copy_scores,
     head_direct_logit_attribution,
     head_mean_ablation,
     ioi_positions,
@@ -55,6 +56,44 @@ def test_logit_difference_and_attention_match_cache(tiny):
         for layer in range(2):
             ref = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, pos.io[i]]
             torch.testing.assert_close(att[layer, :, i], ref, atol=1e-6, rtol=0)
+
+
+def test_induction_position_is_the_token_after_s1(tiny):
+    pos = ioi_positions(tiny, PROMPTS)
+    att = attention_between(tiny, PROMPTS, "s2", "s1_next")
+    for i, (p, after_s1) in enumerate(zip(PROMPTS, [" went", " and"], strict=True)):
+        _, cache = tiny.run_with_cache(p.text)
+        assert tiny.to_str_tokens(p.text)[pos.s1[i] + 1] == after_s1
+        for layer in range(2):
+            ref = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, pos.s2[i], pos.s1[i] + 1]
+            torch.testing.assert_close(att[layer, :, i], ref, atol=1e-6, rtol=0)
+
+
+NAMES = ["Mary", "John", "Adam", "Eve"]
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_copy_scores_match_a_forward_pass(tiny, negative):
+    """Reference: each name run alone through the model with the positional embedding
+    zeroed, so a layer-0 head attends only to it; its output (hook_result) through
+    torch's LayerNorm and the unembedding gives the logits the copy score ranks."""
+    k = 100  # of 378 tokens: a random model's scores then differ between heads
+    scores = copy_scores(tiny, NAMES, k=k, negative=negative)
+    assert scores.shape == (2, 4) and ((scores >= 0) & (scores <= 1)).all()
+    hits = torch.zeros(4)
+    for name in NAMES:
+        tok = tiny.to_single_token(" " + name)
+        with tiny.hooks(fwd_hooks=[("hook_pos_embed", lambda x, hook: torch.zeros_like(x))]):
+            _, cache = tiny.run_with_cache(torch.tensor([[tok]]))
+        out = cache["blocks.0.attn.hook_result"][0, 0]  # [head, d_model]
+        out = -out if negative else out
+        normed = torch.nn.functional.layer_norm(out, (out.shape[-1],), eps=tiny.cfg.eps)
+        logits = normed @ tiny.W_U + tiny.b_U
+        hits += (logits.topk(k, dim=-1).indices == tok).any(-1).float()
+    assert len(set(hits.tolist())) > 1
+    torch.testing.assert_close(scores[0], hits / len(NAMES))
+    with pytest.raises(NotSingleTokenError, match="Zyxwv"):
+        copy_scores(tiny, ["Zyxwv"])
 
 
 def test_direct_logit_attribution_matches_cache(tiny):
