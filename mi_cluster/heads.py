@@ -77,7 +77,7 @@ class _Prepared:
     mask: Tensor
 
 
-def _prepare(model: Any, prompts: Sequence[IOIPrompt]) -> _Prepared:
+def _prepare(model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True) -> _Prepared:
     cols: dict[str, list[int]] = {k: [] for k in ("io", "s1", "s2", "end", "io_id", "s_id")}
     tokenized = []
     for p in prompts:
@@ -91,7 +91,7 @@ def _prepare(model: Any, prompts: Sequence[IOIPrompt]) -> _Prepared:
                     f"{[tp.str_tokens[i] for i in pos]!r}"
                 )
             cols[key].append(pos[0])
-        if cols["s1"][-1] == cols["s2"][-1]:
+        if repeated and cols["s1"][-1] == cols["s2"][-1]:
             raise ValueError(f"subject {p.s!r} is mentioned only once in {p.text!r}")
         cols["end"].append(len(tp) - 1)
         cols["io_id"].append(single_token_id(model, p.io))
@@ -137,9 +137,11 @@ def _logit_difference(model: Any, prep: _Prepared, hooks: list) -> Tensor:
 def logit_difference(
     model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
 ) -> Float[Tensor, " prompt"]:
-    """logit(IO) - logit(S) at END for each prompt (optionally under ``hooks``)."""
+    """logit(IO) - logit(S) at END for each prompt (optionally under ``hooks``). Here S may
+    be mentioned only once (e.g. prompts whose first S is replaced by another name, to see
+    how much the answer depends on S being repeated)."""
     require_meaningful_logits(model, "logit difference")
-    return _logit_difference(model, _prepare(model, prompts), hooks or [])
+    return _logit_difference(model, _prepare(model, prompts, repeated=False), hooks or [])
 
 
 _POSITION_NAMES = ("io", "s1", "s1_next", "s2", "end")
@@ -271,11 +273,18 @@ def patch_head_attention_effect(
     corrupt: Sequence[IOIPrompt],
     sender: tuple[int, int],
     receivers: Sequence[tuple[int, int]],
+    at: str = "end",
+    key: str = "s1",
 ) -> Float[Tensor, " receiver"]:
-    """The S-inhibition test: patch head ``sender``'s output at END from the ``corrupt``
-    prompts (e.g. S2 replaced by a third name, so "S is duplicated" is false) into the
-    clean run, and return the change, per receiver head, of its END attention to IO minus
-    its END attention to S1. Clean and corrupt prompts must tokenize to the same lengths."""
+    """The S-inhibition test: patch head ``sender``'s output at position ``at`` from the
+    ``corrupt`` prompts (e.g. S2 replaced by a third name, so "S is duplicated" is false)
+    into the clean run, and return the change, per receiver head, of its END attention to
+    IO minus its END attention to ``key`` (``"s1"`` or ``"s2"``). With ``at="s2"`` it tests
+    duplicate-token heads: does what they write at S2 steer later heads' attention? Clean
+    and corrupt prompts must tokenize to the same lengths."""
+    for name in (at, key):
+        if name not in _POSITION_NAMES:
+            raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
     s_layer, s_head = sender
     layers = sorted({r for r, _ in receivers})
     if any(r <= s_layer for r in layers):
@@ -289,14 +298,16 @@ def patch_head_attention_effect(
     rows = torch.arange(len(clean))
     stored: dict[str, Tensor] = {}
 
+    where = _position(c_pos, at)
+
     def save(z: Tensor, hook: Any) -> None:
-        stored["z"] = z[rows, c_pos.end.to(z.device), s_head].clone()
+        stored["z"] = z[rows, where.to(z.device), s_head].clone()
 
     _run(model, c_toks, c_mask, [(hook_name("z", s_layer), save)])
 
     def patch(z: Tensor, hook: Any) -> Tensor:
         z = z.clone()
-        z[rows, c_pos.end.to(z.device), s_head] = stored["z"]
+        z[rows, where.to(z.device), s_head] = stored["z"]
         return z
 
     def preference(hooks: list) -> Tensor:
@@ -307,8 +318,8 @@ def patch_head_attention_effect(
                 if r_layer == layer:
                     p = pattern[rows, r_head]
                     io = p[rows, c_pos.end, c_pos.io]
-                    s1 = p[rows, c_pos.end, c_pos.s1]
-                    pref[(r_layer, r_head)] = (io - s1).mean().float().cpu()
+                    other = p[rows, c_pos.end, _position(c_pos, key)]
+                    pref[(r_layer, r_head)] = (io - other).mean().float().cpu()
 
         _run(model, prep.tokens, prep.mask, hooks + _each_layer("pattern", layers, store))
         return torch.stack([pref[r] for r in receivers])

@@ -41,6 +41,10 @@ def test_positions_errors(tiny):
         attention_between(tiny, PROMPTS, "start", "io")
     with pytest.raises(ValueError, match="mentioned only once"):
         ioi_positions(tiny, [IOIPrompt("When Mary and John went, Paul gave it to", "Mary", "John")])
+    once = IOIPrompt("When Mary and Paul went to the store, John gave a lamp to", "Mary", "John")
+    logits = tiny(once.text)[0, -1]  # S mentioned once is fine for the logit difference
+    expected = logits[tiny.to_single_token(" Mary")] - logits[tiny.to_single_token(" John")]
+    assert logit_difference(tiny, [once])[0].item() == pytest.approx(expected.item(), abs=1e-4)
 
 
 def test_logit_difference_and_attention_match_cache(tiny):
@@ -122,6 +126,37 @@ def test_mean_ablation_and_patching_shapes(tiny):
     assert same.abs().max() < 1e-6  # patching a run into itself changes nothing
     with pytest.raises(ValueError, match="after the sender"):
         patch_head_attention_effect(tiny, PROMPTS, corrupt, (1, 1), [(1, 0)])
+
+
+def test_patching_at_s2_matches_a_manual_patch(tiny):
+    corrupt = [
+        IOIPrompt(p.text.replace(f", {p.s} gave", ", Paul gave"), p.io, p.s) for p in PROMPTS
+    ]
+    got = patch_head_attention_effect(tiny, PROMPTS, corrupt, (0, 2), [(1, 3)], at="s2", key="s2")
+    pos = ioi_positions(tiny, PROMPTS)
+    diffs = []
+    for i, (c, k) in enumerate(zip(PROMPTS, corrupt, strict=True)):
+        _, corrupt_cache = tiny.run_with_cache(k.text)
+        z_corrupt = corrupt_cache["blocks.0.attn.hook_z"][0, pos.s2[i], 2].clone()
+
+        def patch(z, hook, i=i, z_corrupt=z_corrupt):
+            z = z.clone()
+            z[0, pos.s2[i], 2] = z_corrupt
+            return z
+
+        def pref(cache, i=i):
+            pattern = cache["blocks.1.attn.hook_pattern"][0, 3, pos.end[i]]
+            return pattern[pos.io[i]] - pattern[pos.s2[i]]
+
+        _, clean_cache = tiny.run_with_cache(c.text)
+        with tiny.hooks(fwd_hooks=[("blocks.0.attn.hook_z", patch)]):
+            _, patched_cache = tiny.run_with_cache(c.text)
+        diffs.append(pref(patched_cache) - pref(clean_cache))
+    # a random model's effect is small (~1e-5), so compare relatively
+    assert got.abs().item() > 1e-6
+    assert got.item() == pytest.approx(torch.stack(diffs).mean().item(), rel=1e-3, abs=1e-9)
+    with pytest.raises(ValueError, match="unknown position 'middle'"):
+        patch_head_attention_effect(tiny, PROMPTS, corrupt, (0, 2), [(1, 3)], at="middle")
 
 
 def test_logit_analyses_refuse_minilm(minilm):
