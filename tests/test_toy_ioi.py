@@ -2,6 +2,7 @@
 documented head roles hold. These are the ground truth later analyses must recover."""
 
 import json
+import random
 import subprocess
 import sys
 
@@ -11,12 +12,14 @@ import torch
 from mi_cluster.heads import (
     IOIPrompt,
     attention_between,
+    copy_scores,
     head_direct_logit_attribution,
     logit_difference,
+    patch_head_attention_effect,
 )
 from mi_cluster.models import load_model, model_info
 from mi_cluster.toy import TOY_IOI_DIR
-from mi_cluster.toy.data import eval_examples
+from mi_cluster.toy.data import NAMES, eval_examples
 
 CARD = json.loads((TOY_IOI_DIR / "training.json").read_text())
 
@@ -48,17 +51,37 @@ def test_accuracy_matches_model_card(toy, kind):
 ACCURACY_FLOOR = {"held_out_pairs": 0.97, "held_out_templates": 0.97}
 
 
-def test_documented_shortcut_head(toy):
-    """MODEL_CARD.md: L0H1 attends from END to S2 and writes IO - S directly (it suppresses
-    the repeated name); it carries the task. No head moves IO (no name movers)."""
+def replaced(ps, occurrence):
+    """The prompts with S's first (0) or last (-1) mention replaced by a third name."""
+    rng = random.Random(0)
+    out = []
+    for p in ps:
+        c = rng.choice([n for n in NAMES if n not in (p.io, p.s)])
+        split = p.text.partition if occurrence == 0 else p.text.rpartition
+        head, _, tail = split(f" {p.s} ")
+        out.append(IOIPrompt(f"{head} {c} {tail}", p.io, p.s))
+    return out
+
+
+def test_documented_circuit(toy):
+    """MODEL_CARD.md: duplicate-token heads L0H0 and L0H2 attend S2 -> S1; L2H2 finds S2
+    from END through what they write there, and suppresses S (negative copying); no head
+    prefers IO over S1 (no name movers); the answer rests on S being repeated."""
     ps = prompts("held_out_pairs")
+    s2_s1 = attention_between(toy, ps, "s2", "s1").mean(-1)
+    assert s2_s1[0, 0] >= 0.35 and s2_s1[0, 2] >= 0.45
     to_s2 = attention_between(toy, ps, "end", "s2").mean(-1)
-    to_io = attention_between(toy, ps, "end", "io").mean(-1)
     dla = head_direct_logit_attribution(toy, ps).mean(-1)
-    assert to_s2[0, 1] >= 0.75 and dla[0, 1] >= 5.0
-    assert dla[0, 1] > 0.8 * logit_difference(toy, ps).mean()
-    last = toy.cfg.n_layers - 1
-    assert to_io[last].max() < 0.2  # no last-layer head attends to IO
+    neg = copy_scores(toy, NAMES, negative=True)
+    assert to_s2[2, 2] >= 0.85 and dla[2, 2] >= 6.0 and neg[2, 2] >= 0.9
+    corrupt = replaced(ps, -1)
+    for sender, floor in (((0, 2), 0.2), ((0, 0), 0.12)):
+        eff = patch_head_attention_effect(toy, ps, corrupt, sender, [(2, 2)], at="s2", key="s2")
+        assert eff.item() >= floor
+    gap = attention_between(toy, ps, "end", "io") - attention_between(toy, ps, "end", "s1")
+    assert gap.mean(-1).max() < 0.2
+    clean = logit_difference(toy, ps).mean()
+    assert logit_difference(toy, replaced(ps, 0)).mean() < 0.6 * clean
 
 
 def test_train_toy_cli_help():

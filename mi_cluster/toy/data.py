@@ -1,14 +1,16 @@
 """The synthetic corpus the toy IOI model is trained on: deterministic, word-level.
 
-Four kinds of sequences (see ``MODEL_CARD.md`` for why):
-- standard IOI prompts in ABBA and BABA order over many templates
-  ("When Mary and John went to the store , John gave a lamp to" -> Mary);
-- "stories": 2-4 names where the answer (IO) is mentioned once and every other name two or
-  three times, in shuffled clauses, so "the repeated name is the most recent" fails;
-- repeated random name sequences (the second copy is predictable only by finding the
-  earlier occurrence: the task that grows duplicate-token and induction heads);
+Five kinds of sequences (see ``MODEL_CARD.md`` for why):
+- "stories" (45%): 2-4 names where the answer (IO) is mentioned once and every other name
+  two or three times, in shuffled clauses, ending "Then they gave a O to": no giver is
+  named, so the repeated names can be told from IO only by their repetition;
+- roll calls (20%): "Mary went . John went . Mary returned ." (the word after a name says
+  whether it was seen before: the task that grows duplicate-token heads);
+- standard IOI prompts in ABBA and BABA order over many templates (15%, only in the second
+  half of the stream: "When Mary and John went to the store , John gave a lamp to" -> Mary);
+- repeated random name sequences (10%: induction);
 - simple subject-verb-object sentences with names and object nouns, objects also in
-  subject position ("The lamp went to the store .").
+  subject position ("The lamp went to the store .") (10%).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ FUNCTION_WORDS: tuple[str, ...] = (
     "When", "and", "went", "to", "the", "a", ",", ".", "Then", "The", "at", "were", "had",
     "fun", "long", "day", "lunch", "decided", "give", "said", "it", "they", "was", "saw",
     "liked", "found", "took", "in", "on", "with", "walked", "talked", "met", "while", "after",
-    "that", "afterwards", "later", "so", "Afterwards", "Later", "So", "After",
+    "that", "afterwards", "later", "so", "Afterwards", "Later", "So", "After", "returned",
 )  # fmt: skip
 
 # "{A}" and "{B}" are the two intro names, "{S}" the repeated subject. ABBA: A = IO, B = S;
@@ -126,11 +128,19 @@ def _ioi_train(rng: random.Random, excluded: set) -> tuple[str, str]:
 
 
 def _story(rng: random.Random) -> tuple[str, str]:
+    """2-4 names; the answer (IO) is mentioned once, every other name two or three times,
+    in shuffled clauses; the ending "Then they gave a O to" names no giver, so the only way
+    to tell IO from the others is that they are repeated. In 40% of stories IO is the most
+    recent name, so "suppress the last name" fails."""
     k = rng.choice([2, 2, 3, 3, 4])
     names = rng.sample(NAMES, k)
     io = names[0]
-    mentions = [io] + [n for n in names[1:] for _ in range(rng.choice([2, 3]))]
+    mentions = [n for n in names[1:] for _ in range(rng.choice([2, 3]))]
     rng.shuffle(mentions)
+    if rng.random() < 0.4:
+        mentions.append(io)
+    else:
+        mentions.insert(rng.randrange(len(mentions) + 1), io)
     clauses = []
     i = 0
     while i < len(mentions):
@@ -139,24 +149,34 @@ def _story(rng: random.Random) -> tuple[str, str]:
             if i + 1 < len(mentions) and mentions[i] != mentions[i + 1] and rng.random() < 0.5
             else 1
         )
-        who = mentions[i : i + take]
-        subj = " and ".join(who)
+        subj = " and ".join(mentions[i : i + take])
         verb = "were" if take == 2 else "was"
-        clauses.append(f"{subj} {verb} at the {rng.choice(PLACES)}")
+        place = rng.choice(PLACES)
+        forms = [
+            f"{subj} {verb} at the {place}",
+            f"{subj} went to the {place}",
+            f"{subj} had lunch at the {place}",
+            f"{subj} walked to the {place}",
+        ]
+        clauses.append(rng.choice(forms))
         i += take
-    body = clauses[0] + "".join(f" , {rng.choice(CONNECTIVES)} {c}" for c in clauses[1:])
-    others = names[1:]
-    ending = rng.random()
-    obj = rng.choice(OBJECTS)
-    if ending < 0.6:
-        giver = rng.choice(others)
-        end = f"{giver} gave a {obj} to"
-    elif ending < 0.8 and len(others) >= 2:
-        g1, g2 = rng.sample(others, 2)
-        end = f"{g1} and {g2} gave a {obj} to"
-    else:
-        end = f"they gave a {obj} to"
-    return f"{body} . Then {end}", io
+    opener = rng.choice(["", "", "When ", "After ", "While "])
+    body = opener + clauses[0] + "".join(f" , {rng.choice(CONNECTIVES)} {c}" for c in clauses[1:])
+    rng.random()  # drawn and unused: keeps the corpus the shipped weights were trained on
+    return f"{body} . Then they gave a {rng.choice(OBJECTS)} to", io
+
+
+def _roll_call(rng: random.Random) -> str:
+    """ "N went ." on a name's first mention, "N returned ." on a repeat: predicting the
+    word after each name needs "was this name seen before?" (a duplicate-token head)."""
+    names = rng.sample(NAMES, rng.randint(2, 5))
+    seen: set[str] = set()
+    parts = []
+    for _ in range(rng.randint(5, 12)):
+        n = rng.choice(names)
+        parts.append(f"{n} {'returned' if n in seen else 'went'} .")
+        seen.add(n)
+    return " ".join(parts)
 
 
 def _repeated_sequence(rng: random.Random) -> str:
@@ -165,8 +185,8 @@ def _repeated_sequence(rng: random.Random) -> str:
     return " ".join(seq + ["."] + seq)
 
 
-def _sentence(rng: random.Random) -> str:
-    who = rng.choice(NAMES + UNSEEN_NAMES)
+def _sentence(rng: random.Random, exclude: frozenset = frozenset()) -> str:
+    who = rng.choice([n for n in NAMES + UNSEEN_NAMES if n not in exclude])
     obj = rng.choice(OBJECTS)
     forms = [
         f"{who} went to the {rng.choice(PLACES)} .",
@@ -184,10 +204,15 @@ def _sentence(rng: random.Random) -> str:
 class Mixture:
     """Fractions of each sequence kind in the training stream."""
 
-    ioi: float = 0.3
-    story: float = 0.4
-    repeat: float = 0.2
+    ioi: float = 0.15
+    story: float = 0.45
+    roll_call: float = 0.2
+    repeat: float = 0.1
     sentence: float = 0.1
+    # IOI prompts appear only after this fraction of the stream (stories take their place
+    # before): the duplicate-token circuit the stories need forms first, and the IOI
+    # prompts then reuse it instead of growing a "suppress the giver" shortcut.
+    ioi_from: float = 0.5
 
 
 def training_sequences(
@@ -198,18 +223,23 @@ def training_sequences(
     rng = random.Random(seed)
     excluded = held_out_pairs()
     out: list[tuple[str, str | None]] = []
-    for _ in range(n):
+    for i in range(n):
         r = rng.random()
+        if r < mixture.ioi and i < mixture.ioi_from * n:
+            r = mixture.ioi + r / mixture.ioi * mixture.story  # a story instead
         if r < mixture.ioi:
             text, ans = _ioi_train(rng, excluded)
         elif r < mixture.ioi + mixture.story:
             text, ans = _story(rng)
-        elif r < mixture.ioi + mixture.story + mixture.repeat:
+        elif r < mixture.ioi + mixture.story + mixture.roll_call:
+            text, ans = _roll_call(rng), None
+        elif r < mixture.ioi + mixture.story + mixture.roll_call + mixture.repeat:
             text, ans = _repeated_sequence(rng), None
         else:
             text, ans = _sentence(rng), None
         if ans is not None and rng.random() < 0.5:  # filler before, so positions vary
-            text = " ".join(_sentence(rng) for _ in range(rng.randint(1, 2))) + " " + text
+            used = frozenset(text.split())  # filler names must not change the counts
+            text = " ".join(_sentence(rng, used) for _ in range(rng.randint(1, 2))) + " " + text
         out.append((text, ans))
     return out
 
