@@ -4,10 +4,15 @@ numbers (``figures/toy_ioi_circuit.json``) and a per-head figure.
     python experiments/toy_ioi_circuit.py [--model toy-ioi | DIR] [--n 200]
 
 Head classes, as in the IOI paper (Wang et al. 2022), measured on held-out name pairs:
-- duplicate-token heads: attention from S2 to S1;
+- duplicate-token heads: attention from S2 to S1; induction heads: from S2 to the token
+  after S1;
 - S-inhibition heads: patching their END output from prompts where S2 is replaced by a
   third name (so nothing is duplicated) moves the name movers' attention from IO to S;
-- name movers: attention from END to IO (vs S1), direct logit attribution to IO - S.
+- name movers: attention from END to IO (vs S1), direct logit attribution to IO - S, and
+  the copy score of their OV circuit (negative copy score for heads that suppress).
+Behaviour: the logit difference when S1 is replaced by a third name, so S is no longer
+repeated: a model that finds S by its repetition loses it, one that suppresses whichever
+name gives the object does not.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from mi_cluster.atomic import atomic_write_text  # noqa: E402
 from mi_cluster.heads import (  # noqa: E402
     IOIPrompt,
     attention_between,
+    copy_scores,
     head_direct_logit_attribution,
     head_mean_ablation,
     logit_difference,
@@ -42,31 +48,48 @@ def measure(model, n: int = 200) -> dict:
     examples = eval_examples("held_out_pairs", n=n)
     clean = [IOIPrompt(e.text, e.io, e.s) for e in examples]
     rng = random.Random(0)
-    corrupt = []
-    for e in examples:  # S2 -> a third name C: "S is duplicated" no longer holds
+    corrupt, s1_replaced = [], []
+    for e in examples:  # a third name C for S2 (or S1): S is no longer repeated
         c = rng.choice([x for x in NAMES if x not in (e.io, e.s)])
         head, _, tail = e.text.rpartition(f" {e.s} ")
         corrupt.append(IOIPrompt(f"{head} {c} {tail}", e.io, e.s))
+        head, _, tail = e.text.partition(f" {e.s} ")
+        s1_replaced.append(IOIPrompt(f"{head} {c} {tail}", e.io, e.s))
     ld = logit_difference(model, clean)
     end_io = attention_between(model, clean, "end", "io").mean(-1)
     end_s1 = attention_between(model, clean, "end", "s1").mean(-1)
     end_s2 = attention_between(model, clean, "end", "s2").mean(-1)
     s2_s1 = attention_between(model, clean, "s2", "s1").mean(-1)
+    s2_s1_next = attention_between(model, clean, "s2", "s1_next").mean(-1)
     dla = head_direct_logit_attribution(model, clean).mean(-1)
     ablation = head_mean_ablation(model, clean)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    last = n_layers - 1
-    movers = [
-        (last, h)
-        for h in range(n_heads)
-        if dla[last, h] > 0.5 and end_io[last, h] > end_s1[last, h]
+    heads = [(layer, h) for layer in range(1, n_layers) for h in range(n_heads)]
+    movers = [  # attend END -> IO (more than to S1) and push IO up
+        (a, h) for a, h in heads if end_io[a, h] > max(0.2, end_s1[a, h]) and dla[a, h] > 0.5
     ]
-    receivers = movers or [(last, h) for h in range(n_heads)]
+    receivers = movers or [(n_layers - 1, h) for h in range(n_heads)]
     s_inhibition = {}
-    for layer in range(last):
+    for layer in range(max(a for a, _ in receivers)):
+        later = [r for r in receivers if r[0] > layer]
         for head in range(n_heads):
-            eff = patch_head_attention_effect(model, clean, corrupt, (layer, head), receivers)
-            s_inhibition[f"L{layer}H{head}"] = [round(float(v), 4) for v in eff]
+            eff = patch_head_attention_effect(model, clean, corrupt, (layer, head), later)
+            s_inhibition[f"L{layer}H{head}"] = {
+                f"L{a}H{h}": round(float(v), 4) for (a, h), v in zip(later, eff, strict=True)
+            }
+    # Heads that find S2 from END; does what earlier heads write at S2 (a duplicate flag)
+    # steer them? Patch each earlier head's S2 output from the S2-replaced prompts.
+    s_movers = [(a, h) for a, h in heads if end_s2[a, h] > 0.5]
+    duplicate_patch = {}
+    for layer in range(max((a for a, _ in s_movers), default=0)):
+        later = [r for r in s_movers if r[0] > layer]
+        for head in range(n_heads):
+            eff = patch_head_attention_effect(
+                model, clean, corrupt, (layer, head), later, at="s2", key="s2"
+            )
+            duplicate_patch[f"L{layer}H{head}"] = {
+                f"L{a}H{h}": round(float(v), 4) for (a, h), v in zip(later, eff, strict=True)
+            }
 
     def grid(t):
         return [[round(float(v), 4) for v in row] for row in t]
@@ -75,29 +98,43 @@ def measure(model, n: int = 200) -> dict:
         "n_prompts": n,
         "accuracy": float((ld > 0).float().mean()),
         "mean_logit_diff": float(ld.mean()),
+        "s1_replaced_mean_logit_diff": float(logit_difference(model, s1_replaced).mean()),
         "attn_end_to_io": grid(end_io),
         "attn_end_to_s1": grid(end_s1),
         "attn_end_to_s2": grid(end_s2),
         "attn_s2_to_s1": grid(s2_s1),
+        "attn_s2_to_s1_next": grid(s2_s1_next),
+        "copy_score": grid(copy_scores(model, NAMES)),
+        "negative_copy_score": grid(copy_scores(model, NAMES, negative=True)),
         "dla_io_minus_s": grid(dla),
         "mean_ablation_logit_diff_change": grid(ablation),
         "name_mover_candidates": [f"L{a}H{h}" for a, h in movers],
         "s_inhibition_receivers": [f"L{a}H{h}" for a, h in receivers],
         "s_inhibition_patch_effect": s_inhibition,
+        "s2_attending_heads": [f"L{a}H{h}" for a, h in s_movers],
+        "duplicate_patch_effect_on_io_minus_s2": duplicate_patch,
     }
 
 
 def figure(r: dict, name: str) -> go.Figure:
     panels = [
         ("attn_s2_to_s1", "S2 → S1 attention<br>(duplicate token)"),
+        ("attn_s2_to_s1_next", "S2 → S1+1 attention<br>(induction)"),
         ("attn_end_to_io", "END → IO attention<br>(name mover)"),
+        ("attn_end_to_s2", "END → S2 attention"),
         ("dla_io_minus_s", "direct logit attr.<br>IO − S"),
+        ("copy_score", "OV copy score"),
+        ("negative_copy_score", "OV negative<br>copy score"),
         ("mean_ablation_logit_diff_change", "mean-ablation<br>Δ logit diff"),
     ]
     fig = make_subplots(
-        rows=1, cols=4, subplot_titles=[t for _, t in panels], horizontal_spacing=0.08
+        rows=2,
+        cols=4,
+        subplot_titles=[t for _, t in panels],
+        horizontal_spacing=0.07,
+        vertical_spacing=0.2,
     )
-    for i, (key, _) in enumerate(panels, start=1):
+    for i, (key, _) in enumerate(panels):
         z = r[key]
         fig.add_trace(
             go.Heatmap(
@@ -110,15 +147,15 @@ def figure(r: dict, name: str) -> go.Figure:
                 texttemplate="%{text}",
                 showscale=False,
             ),
-            row=1,
-            col=i,
+            row=i // 4 + 1,
+            col=i % 4 + 1,
         )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title=f"IOI head roles — {name} (held-out name pairs, n={r['n_prompts']}, "
         f"accuracy {100 * r['accuracy']:.1f}%)"
     )
-    return apply_paper_style(fig, width=1100, height=380)
+    return apply_paper_style(fig, width=1100, height=640)
 
 
 def main() -> None:
@@ -131,7 +168,8 @@ def main() -> None:
     r = measure(model, args.n)
     atomic_write_text(args.out / "toy_ioi_circuit.json", json.dumps(r, indent=2) + "\n")
     save_figure(figure(r, args.model), args.out / "toy_ioi_circuit.html")
-    print(json.dumps({k: v for k, v in r.items() if not k.startswith("attn")}, indent=1))
+    scalars = {k: v for k, v in r.items() if not (isinstance(v, list) and isinstance(v[0], list))}
+    print(json.dumps(scalars, indent=1))
 
 
 if __name__ == "__main__":
