@@ -37,6 +37,7 @@ from mi_cluster.heads import (  # noqa: E402
     head_mean_ablation,
     logit_difference,
     patch_head_attention_effect,
+    replace_subject,
 )
 from mi_cluster.models import load_model  # noqa: E402
 from mi_cluster.plotting import save_figure  # noqa: E402
@@ -48,13 +49,9 @@ def measure(model, n: int = 200) -> dict:
     examples = eval_examples("held_out_pairs", n=n)
     clean = [IOIPrompt(e.text, e.io, e.s) for e in examples]
     rng = random.Random(0)
-    corrupt, s1_replaced = [], []
-    for e in examples:  # a third name C for S2 (or S1): S is no longer repeated
-        c = rng.choice([x for x in NAMES if x not in (e.io, e.s)])
-        head, _, tail = e.text.rpartition(f" {e.s} ")
-        corrupt.append(IOIPrompt(f"{head} {c} {tail}", e.io, e.s))
-        head, _, tail = e.text.partition(f" {e.s} ")
-        s1_replaced.append(IOIPrompt(f"{head} {c} {tail}", e.io, e.s))
+    thirds = [rng.choice([x for x in NAMES if x not in (p.io, p.s)]) for p in clean]
+    corrupt = [replace_subject(p, "s2", c) for p, c in zip(clean, thirds, strict=True)]
+    s1_replaced = [replace_subject(p, "s1", c) for p, c in zip(clean, thirds, strict=True)]
     ld = logit_difference(model, clean)
     end_io = attention_between(model, clean, "end", "io").mean(-1)
     end_s1 = attention_between(model, clean, "end", "s1").mean(-1)
@@ -69,27 +66,26 @@ def measure(model, n: int = 200) -> dict:
         (a, h) for a, h in heads if end_io[a, h] > max(0.2, end_s1[a, h]) and dla[a, h] > 0.5
     ]
     receivers = movers or [(n_layers - 1, h) for h in range(n_heads)]
-    s_inhibition = {}
-    for layer in range(max(a for a, _ in receivers)):
-        later = [r for r in receivers if r[0] > layer]
-        for head in range(n_heads):
-            eff = patch_head_attention_effect(model, clean, corrupt, (layer, head), later)
-            s_inhibition[f"L{layer}H{head}"] = {
-                f"L{a}H{h}": round(float(v), 4) for (a, h), v in zip(later, eff, strict=True)
-            }
+
+    def patch_table(receivers, **where) -> dict:
+        """{sender: {receiver: effect}} for every head in a layer before some receiver."""
+        table = {}
+        for layer in range(max((a for a, _ in receivers), default=0)):
+            later = [r for r in receivers if r[0] > layer]
+            for head in range(n_heads):
+                eff = patch_head_attention_effect(
+                    model, clean, corrupt, (layer, head), later, **where
+                )
+                table[f"L{layer}H{head}"] = {
+                    f"L{a}H{h}": round(float(v), 4) for (a, h), v in zip(later, eff, strict=True)
+                }
+        return table
+
+    s_inhibition = patch_table(receivers)
     # Heads that find S2 from END; does what earlier heads write at S2 (a duplicate flag)
     # steer them? Patch each earlier head's S2 output from the S2-replaced prompts.
     s_movers = [(a, h) for a, h in heads if end_s2[a, h] > 0.5]
-    duplicate_patch = {}
-    for layer in range(max((a for a, _ in s_movers), default=0)):
-        later = [r for r in s_movers if r[0] > layer]
-        for head in range(n_heads):
-            eff = patch_head_attention_effect(
-                model, clean, corrupt, (layer, head), later, at="s2", key="s2"
-            )
-            duplicate_patch[f"L{layer}H{head}"] = {
-                f"L{a}H{h}": round(float(v), 4) for (a, h), v in zip(later, eff, strict=True)
-            }
+    duplicate_patch = patch_table(s_movers, at="s2", key="s2")
 
     def grid(t):
         return [[round(float(v), 4) for v in row] for row in t]

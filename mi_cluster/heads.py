@@ -35,6 +35,7 @@ __all__ = [
     "ioi_positions",
     "logit_difference",
     "patch_head_attention_effect",
+    "replace_subject",
 ]
 
 
@@ -101,6 +102,20 @@ def _prepare(model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True) ->
     return _Prepared(pos, toks, mask)
 
 
+def replace_subject(prompt: IOIPrompt, mention: str, name: str) -> IOIPrompt:
+    """The prompt with S's first (``mention="s1"``) or last (``"s2"``) mention, a whole
+    space-separated word, replaced by ``name``: S is then no longer repeated (the IOI
+    paper's corrupted prompts for the S-inhibition and duplicate-head tests)."""
+    if mention not in ("s1", "s2"):
+        raise ValueError(f"mention must be 's1' or 's2', not {mention!r}")
+    padded = f" {prompt.text} "  # a mention at the start or end is a word too
+    split = padded.partition if mention == "s1" else padded.rpartition
+    head, found, tail = split(f" {prompt.s} ")
+    if not found:
+        raise ValueError(f"subject {prompt.s!r} is not a word of {prompt.text!r}")
+    return IOIPrompt(f"{head} {name} {tail}".strip(), prompt.io, prompt.s)
+
+
 def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
     """Locate IO, S1, S2 and END in each prompt and check both names are one token."""
     return _prepare(model, prompts).pos
@@ -147,6 +162,12 @@ def logit_difference(
 _POSITION_NAMES = ("io", "s1", "s1_next", "s2", "end")
 
 
+def _check_positions(*names: str) -> None:
+    for name in names:
+        if name not in _POSITION_NAMES:
+            raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
+
+
 def _position(pos: IOIPositions, name: str) -> Tensor:
     if name == "s1_next":  # the token after S1: where induction heads at S2 look
         return pos.s1 + 1
@@ -160,9 +181,7 @@ def attention_between(
     head; positions are ``"io"``, ``"s1"``, ``"s1_next"`` (the token after S1), ``"s2"``,
     ``"end"``: e.g. ``"end"``, ``"io"`` for name movers; ``"s2"``, ``"s1"`` for
     duplicate-token heads; ``"s2"``, ``"s1_next"`` for induction heads."""
-    for name in (query, key):
-        if name not in _POSITION_NAMES:
-            raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
+    _check_positions(query, key)
     prep = _prepare(model, prompts)
     q, k = _position(prep.pos, query), _position(prep.pos, key)
     n_layers = model.cfg.n_layers
@@ -282,9 +301,7 @@ def patch_head_attention_effect(
     IO minus its END attention to ``key`` (``"s1"`` or ``"s2"``). With ``at="s2"`` it tests
     duplicate-token heads: does what they write at S2 steer later heads' attention? Clean
     and corrupt prompts must tokenize to the same lengths."""
-    for name in (at, key):
-        if name not in _POSITION_NAMES:
-            raise ValueError(f"unknown position {name!r}; expected one of {_POSITION_NAMES}")
+    _check_positions(at, key)
     s_layer, s_head = sender
     layers = sorted({r for r, _ in receivers})
     if any(r <= s_layer for r in layers):

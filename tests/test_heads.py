@@ -10,6 +10,7 @@ from mi_cluster.heads import (
     ioi_positions,
     logit_difference,
     patch_head_attention_effect,
+    replace_subject,
 )
 from mi_cluster.models import LogitsUnavailableError
 from mi_cluster.prompts import NotSingleTokenError
@@ -60,6 +61,21 @@ def test_logit_difference_and_attention_match_cache(tiny):
         for layer in range(2):
             ref = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, pos.io[i]]
             torch.testing.assert_close(att[layer, :, i], ref, atol=1e-6, rtol=0)
+
+
+def test_replace_subject():
+    p = IOIPrompt("When Mary and John went to the store , John gave a lamp to", "Mary", "John")
+    assert replace_subject(p, "s1", "Kate").text.startswith("When Mary and Kate went")
+    assert replace_subject(p, "s2", "Kate").text.endswith(", Kate gave a lamp to")
+    assert replace_subject(p, "s2", "Kate").s == "John"
+    first = IOIPrompt("John and Mary met . Then John gave a lamp to", "Mary", "John")
+    assert (
+        replace_subject(first, "s1", "Kate").text == "Kate and Mary met . Then John gave a lamp to"
+    )
+    with pytest.raises(ValueError, match="'John' is not a word of"):
+        replace_subject(IOIPrompt("Johnny went .", "Mary", "John"), "s1", "Kate")
+    with pytest.raises(ValueError, match="mention must be"):
+        replace_subject(p, "io", "Kate")
 
 
 def test_induction_position_is_the_token_after_s1(tiny):

@@ -16,6 +16,7 @@ from mi_cluster.heads import (
     head_direct_logit_attribution,
     logit_difference,
     patch_head_attention_effect,
+    replace_subject,
 )
 from mi_cluster.models import load_model, model_info
 from mi_cluster.toy import TOY_IOI_DIR
@@ -51,16 +52,13 @@ def test_accuracy_matches_model_card(toy, kind):
 ACCURACY_FLOOR = {"held_out_pairs": 0.97, "held_out_templates": 0.97}
 
 
-def replaced(ps, occurrence):
-    """The prompts with S's first (0) or last (-1) mention replaced by a third name."""
+def replaced(ps, mention):
+    """The prompts with S's ``mention`` ("s1" or "s2") replaced by a third name."""
     rng = random.Random(0)
-    out = []
-    for p in ps:
-        c = rng.choice([n for n in NAMES if n not in (p.io, p.s)])
-        split = p.text.partition if occurrence == 0 else p.text.rpartition
-        head, _, tail = split(f" {p.s} ")
-        out.append(IOIPrompt(f"{head} {c} {tail}", p.io, p.s))
-    return out
+    return [
+        replace_subject(p, mention, rng.choice([n for n in NAMES if n not in (p.io, p.s)]))
+        for p in ps
+    ]
 
 
 def test_documented_circuit(toy):
@@ -74,14 +72,14 @@ def test_documented_circuit(toy):
     dla = head_direct_logit_attribution(toy, ps).mean(-1)
     neg = copy_scores(toy, NAMES, negative=True)
     assert to_s2[2, 2] >= 0.85 and dla[2, 2] >= 6.0 and neg[2, 2] >= 0.9
-    corrupt = replaced(ps, -1)
+    corrupt = replaced(ps, "s2")
     for sender, floor in (((0, 2), 0.2), ((0, 0), 0.12)):
         eff = patch_head_attention_effect(toy, ps, corrupt, sender, [(2, 2)], at="s2", key="s2")
         assert eff.item() >= floor
     gap = attention_between(toy, ps, "end", "io") - attention_between(toy, ps, "end", "s1")
     assert gap.mean(-1).max() < 0.2
     clean = logit_difference(toy, ps).mean()
-    assert logit_difference(toy, replaced(ps, 0)).mean() < 0.6 * clean
+    assert logit_difference(toy, replaced(ps, "s1")).mean() < 0.6 * clean
 
 
 def test_train_toy_cli_help():
