@@ -12,6 +12,7 @@ features before any product and returns tensors on the inputs' device in their d
 ``svcca``              SVD to 99% variance (or ``dims``), then CCA (Raghu 2017)
 ``pwcca``              projection-weighted CCA (Morcos 2018)
 ``rsa``                RDMs (correlation/cosine/euclidean) compared by Spearman/Pearson
+``mantel_test``        permutation test of two (dis)similarity matrices (items relabelled)
 ``procrustes_distance``  orthogonal Procrustes distance (Ding 2021)
 ``token_cosine``       per-row cosine similarity
 ``kl_divergence``, ``js_divergence``  between next-token distributions, from logits
@@ -40,11 +41,12 @@ from mi_cluster.similarity.distances import (
 from mi_cluster.similarity.ecco import ecco_cca, ecco_cka, ecco_pwcca, ecco_svcca
 from mi_cluster.similarity.inputs import SimilarityInputError
 from mi_cluster.similarity.matrices import METRICS, SimilarityMatrix, pairwise
-from mi_cluster.similarity.rsa import compare_rdms, rdm, rsa
+from mi_cluster.similarity.rsa import MantelResult, compare_rdms, mantel_test, rdm, rsa
 
 __all__ = [
     "CCAResult",
     "METRICS",
+    "MantelResult",
     "MinibatchCKA",
     "SimilarityInputError",
     "SimilarityMatrix",
@@ -59,6 +61,7 @@ __all__ = [
     "kernel_cka",
     "kl_divergence",
     "linear_cka",
+    "mantel_test",
     "pairwise",
     "procrustes_distance",
     "pwcca",

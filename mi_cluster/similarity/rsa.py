@@ -8,6 +8,8 @@ have any widths (e.g. GPT-2's 768 against BERT's 384).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -79,3 +81,114 @@ def rsa(
     their ``rdm_metric`` RDMs. Needs n >= 3 (at least 3 pairs)."""
     x, y = check_pair(x, y, min_rows=3)
     return compare_rdms(rdm(x, rdm_metric), rdm(y, rdm_metric), compare)
+
+
+@dataclass(frozen=True)
+class MantelResult:
+    """A Mantel test of two square (dis)similarity matrices over the same items.
+
+    Fields:
+        r: ``Float[Tensor, "layer"]``, the correlation of the upper triangles (the RSA
+            score; Pearson or Spearman).
+        p_value: ``Float[Tensor, "layer"]``, the share of item relabellings of the second
+            matrix (rows and columns permuted together) giving a correlation at least as
+            large (``alternative="greater"``), as in ``scipy.stats.permutation_test``.
+        null_high: the 95th percentile of the permutation null per layer.
+        method: ``"pearson"`` or ``"spearman"``.
+        n_permutations: relabellings used (all ``n!`` when ``exact``).
+        exact: whether every relabelling was enumerated.
+    """
+
+    r: Float[Tensor, " layer"]
+    p_value: Float[Tensor, " layer"]
+    null_high: Float[Tensor, " layer"]
+    method: str
+    n_permutations: int
+    exact: bool
+
+
+def _square_stack(m: Tensor, name: str) -> Tensor:
+    if not isinstance(m, Tensor) or m.ndim not in (2, 3) or m.shape[-1] != m.shape[-2]:
+        shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+        raise SimilarityInputError(
+            f"{name} must be a square matrix [n, n] or a stack [layer, n, n], got {shape}"
+        )
+    m = m if m.is_floating_point() else m.double()
+    if not bool(torch.isfinite(m).all()):
+        raise SimilarityInputError(f"{name} has NaN or inf entries")
+    if not torch.allclose(m, m.transpose(-1, -2), rtol=1e-5, atol=1e-6):
+        raise SimilarityInputError(
+            f"{name} is not symmetric: a Mantel test compares symmetric matrices"
+        )
+    return m if m.ndim == 3 else m[None]
+
+
+def mantel_test(
+    a: Tensor,
+    b: Tensor,
+    *,
+    method: str = "pearson",
+    alternative: str = "greater",
+    n_permutations: int = 10_000,
+    seed: int | torch.Generator | None = 0,
+    max_memory: int = 256 * 2**20,
+) -> MantelResult:
+    """Mantel test: correlate the upper triangles of two symmetric ``[n, n]`` matrices
+    (similarities or dissimilarities of the same ``n`` items, e.g. cosine similarity of word
+    embeddings in two models), and compare with the correlations after relabelling the
+    items of ``b`` (its rows and columns permuted together). Either argument may be a stack
+    ``[layer, n, n]``; the same relabellings serve every layer."""
+    from mi_cluster.stats.resampling import (
+        chunked,
+        make_generator,
+        permutation_p_value,
+        permutations,
+    )
+
+    if method not in COMPARISONS:
+        raise SimilarityInputError(f"unknown method {method!r}; use one of {COMPARISONS}")
+    a, b = _square_stack(a, "a"), _square_stack(b, "b")
+    if a.shape[-1] != b.shape[-1]:
+        raise SimilarityInputError(f"a is over {a.shape[-1]} items and b over {b.shape[-1]}")
+    if a.device != b.device:
+        raise SimilarityInputError(f"a is on {a.device} but b is on {b.device}")
+    n = a.shape[-1]
+    if n < 4:
+        raise SimilarityInputError(f"a Mantel test needs at least 4 items, got {n}")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    iu = torch.triu_indices(n, n, offset=1, device=a.device)
+    va, vb = a[:, iu[0], iu[1]], b[:, iu[0], iu[1]]  # [layer, pair]
+    if method == "spearman":
+        va = torch.stack([average_ranks(v) for v in va])
+        vb = torch.stack([average_ranks(v) for v in vb])
+    for name, v in (("a", va), ("b", vb)):
+        if bool(((v - v.mean(-1, keepdim=True)).norm(dim=-1) == 0).any()):
+            raise SimilarityInputError(f"{name}'s upper triangle is constant: r is undefined")
+    za = va - va.mean(-1, keepdim=True)
+    za = za / za.norm(dim=-1, keepdim=True)
+    # b's ranks/values as a full symmetric matrix, so relabelling is a gather.
+    full = torch.zeros_like(b)
+    full[:, iu[0], iu[1]] = vb
+    full = full + full.transpose(1, 2)
+    orders, exact = permutations(n, n_permutations, make_generator(seed))
+    orders = torch.cat([torch.arange(n)[None], orders]).to(a.device)
+    item = torch.finfo(dtype).bits // 8
+    out = []
+    for sl in chunked(orders.shape[0], iu.shape[1] * full.shape[0] * item * 4, max_memory):
+        o = orders[sl]
+        perm_b = full[:, o[:, iu[0]], o[:, iu[1]]]  # [layer_b, R, pair]
+        zb = perm_b - perm_b.mean(-1, keepdim=True)
+        zb = zb / zb.norm(dim=-1, keepdim=True)
+        out.append((zb * za[:, None]).sum(-1))  # broadcast layers: [layer, R]
+    stats = torch.cat(out, dim=1).T  # [1 + P, layer]
+    observed, null = stats[0], stats[1:]
+    p = permutation_p_value(null, observed, alternative, exact)  # type: ignore[arg-type]
+    return MantelResult(
+        r=observed,
+        p_value=p,
+        null_high=torch.quantile(null, 0.95, dim=0),
+        method=method,
+        n_permutations=null.shape[0],
+        exact=exact,
+    )

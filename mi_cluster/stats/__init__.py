@@ -1,0 +1,86 @@
+"""Statistics on representations by layer: torch, vectorised over layers and resamples,
+on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Generator``.
+
+=================================  =====================================================
+``centroid_separation``            centroid distance / RMS within-group spread
+``variance_ratio``                 between / within variance (Calinski-Harabasz, 2 groups)
+``silhouette``                     mean silhouette width (Euclidean)
+``probe_accuracy``                 ridge probe accuracy, whole words held out
+``separation_test``                any of the above: label-permutation test + bootstrap CI
+``fit_subjecthood_axis``           name-vs-object axis per layer (centroid or probe)
+``cross_fitted_subjecthood``       scores from an axis fitted without the scored word
+``paired_test``                    mean paired difference: sign-flip test + bootstrap CI
+``two_sample_test``                difference of means: label-permutation test + CI
+``correlation_test``               Pearson's r with a covariate: permutation test + CI
+``correspondence_test``            matched pairs more similar than random pairings?
+``holm``, ``benjamini_hochberg``   corrections across layers
+=================================  =====================================================
+"""
+
+from mi_cluster.stats.corrections import benjamini_hochberg, holm
+from mi_cluster.stats.effects import (
+    EffectTest,
+    correlation_test,
+    correspondence_test,
+    paired_test,
+    two_sample_test,
+)
+from mi_cluster.stats.inputs import StatsInputError
+from mi_cluster.stats.probe import ProbeResult, probe_accuracy, ridge_fit, unit_folds
+from mi_cluster.stats.resampling import (
+    BootstrapInterval,
+    bootstrap_interval,
+    label_permutations,
+    make_generator,
+    permutation_p_value,
+    permutations,
+    sign_flips,
+)
+from mi_cluster.stats.separation import (
+    STATISTICS,
+    SeparationTest,
+    centroid_separation,
+    separation_test,
+    silhouette,
+    variance_ratio,
+)
+from mi_cluster.stats.subjecthood import (
+    AXIS_METHODS,
+    CrossFittedScores,
+    SubjecthoodAxis,
+    cross_fitted_subjecthood,
+    fit_subjecthood_axis,
+)
+
+__all__ = [
+    "AXIS_METHODS",
+    "STATISTICS",
+    "BootstrapInterval",
+    "CrossFittedScores",
+    "EffectTest",
+    "ProbeResult",
+    "SeparationTest",
+    "StatsInputError",
+    "SubjecthoodAxis",
+    "benjamini_hochberg",
+    "bootstrap_interval",
+    "centroid_separation",
+    "correlation_test",
+    "correspondence_test",
+    "cross_fitted_subjecthood",
+    "fit_subjecthood_axis",
+    "holm",
+    "label_permutations",
+    "make_generator",
+    "paired_test",
+    "permutation_p_value",
+    "permutations",
+    "probe_accuracy",
+    "ridge_fit",
+    "separation_test",
+    "sign_flips",
+    "silhouette",
+    "two_sample_test",
+    "unit_folds",
+    "variance_ratio",
+]

@@ -1,0 +1,259 @@
+"""Resampling: sign flips, label permutations and bootstrap resamples of units, drawn once
+from a seeded generator and applied to every layer at once.
+
+Patterns are drawn on the CPU from a ``torch.Generator`` (so a seed gives the same result
+on any device and for any ``max_memory``) and kept compact; the arithmetic that applies
+them runs on the data's device in chunks of resamples whose size ``max_memory`` bounds.
+
+p-values follow ``scipy.stats.permutation_test``: with random resamples the observed
+value counts as one of them (``(1 + count) / (1 + n_resamples)``), with exact enumeration
+it is already among them; "two-sided" is twice the smaller one-sided p-value; values that
+differ from the observed one by rounding only (relative ``100 eps``) count as ties.
+Bootstrap intervals follow ``scipy.stats.bootstrap`` (percentile, and BCa with the
+multi-sample jackknife acceleration of Efron & Tibshirani 1993, eq. 14.15 / 15.36).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mi_cluster.stats.inputs import StatsInputError
+
+__all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "Alternative",
+    "BootstrapInterval",
+    "Seed",
+    "bootstrap_interval",
+    "chunked",
+    "label_permutations",
+    "make_generator",
+    "permutation_p_value",
+    "permutations",
+    "sign_flips",
+    "stratified_bootstrap_counts",
+]
+
+Seed = int | torch.Generator | None
+Alternative = Literal["two-sided", "greater", "less"]
+DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of intermediate tensors per chunk of resamples
+
+
+def make_generator(seed: Seed) -> torch.Generator:
+    """A CPU generator: ``seed`` itself if it is one, else seeded with ``seed`` (0 if None)."""
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise StatsInputError("pass a CPU torch.Generator (patterns are drawn on the CPU)")
+        return seed
+    gen = torch.Generator()
+    gen.manual_seed(0 if seed is None else int(seed))
+    return gen
+
+
+def _check_count(n_resamples: int, what: str) -> None:
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise StatsInputError(f"{what} must be a positive integer, got {n_resamples!r}")
+
+
+def chunked(total: int, bytes_per_item: int, max_memory: int) -> Iterator[slice]:
+    """Slices of ``range(total)`` whose items fit ``max_memory`` bytes (at least one)."""
+    if max_memory <= 0:
+        raise StatsInputError(f"max_memory must be positive, got {max_memory}")
+    step = max(1, int(max_memory // max(1, bytes_per_item)))
+    for start in range(0, total, step):
+        yield slice(start, min(total, start + step))
+
+
+def sign_flips(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "resample n"], bool]:
+    """``±1`` patterns for a sign-flip test of ``n`` paired differences: all ``2**n`` (the
+    exact test, identity included) when that is at most ``n_resamples``, else
+    ``n_resamples`` random ones. Returns ``(patterns int8, exact)``."""
+    _check_count(n_resamples, "n_resamples")
+    if 2**n <= n_resamples:
+        bits = torch.arange(2**n).unsqueeze(1) >> torch.arange(n)
+        return (1 - 2 * (bits & 1)).to(torch.int8), True
+    gen = make_generator(seed)
+    draws = torch.randint(0, 2, (n_resamples, n), generator=gen, dtype=torch.int8)
+    return (1 - 2 * draws).to(torch.int8), False
+
+
+def label_permutations(
+    unit_labels: Bool[Tensor, " unit"], n_resamples: int, seed: Seed
+) -> tuple[Bool[Tensor, "resample unit"], bool]:
+    """Group labels of the units, shuffled: every distinct assignment (exact, identity
+    included) when there are at most ``n_resamples``, else ``n_resamples`` random
+    permutations. Returns ``(labels, exact)``."""
+    _check_count(n_resamples, "n_resamples")
+    n, k = unit_labels.shape[0], int(unit_labels.sum())
+    if math.comb(n, k) <= n_resamples:
+        out = torch.zeros((math.comb(n, k), n), dtype=torch.bool)
+        for row, chosen in enumerate(itertools.combinations(range(n), k)):
+            out[row, list(chosen)] = True
+        return out, True
+    gen = make_generator(seed)
+    perm = torch.rand((n_resamples, n), generator=gen).argsort(dim=1)
+    return unit_labels[perm], False
+
+
+def permutations(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "resample n"], bool]:
+    """Orderings of ``n`` items: all ``n!`` (exact, identity included) when that is at
+    most ``n_resamples``, else ``n_resamples`` uniformly random ones. Returns
+    ``(indices, exact)``."""
+    _check_count(n_resamples, "n_resamples")
+    if math.factorial(n) <= n_resamples:
+        return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long), True
+    gen = make_generator(seed)
+    return torch.rand((n_resamples, n), generator=gen).argsort(dim=1), False
+
+
+def stratified_bootstrap_counts(
+    strata: Int[Tensor, " unit"], n_resamples: int, seed: Seed
+) -> Int[Tensor, "resample unit"]:
+    """How often each unit is drawn in each bootstrap resample, resampling with
+    replacement within each stratum (each group keeps its size, as scipy's multi-sample
+    bootstrap does)."""
+    _check_count(n_resamples, "n_resamples")
+    gen = make_generator(seed)
+    counts = torch.zeros((n_resamples, strata.shape[0]), dtype=torch.int32)
+    for s in torch.unique(strata).tolist():
+        members = (strata == s).nonzero().squeeze(1)
+        draws = members[torch.randint(0, len(members), (n_resamples, len(members)), generator=gen)]
+        counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.int32))
+    return counts
+
+
+def permutation_p_value(
+    null: Float[Tensor, "resample layer"],
+    observed: Float[Tensor, " layer"],
+    alternative: Alternative,
+    exact: bool,
+) -> Float[Tensor, " layer"]:
+    """p-value of ``observed`` against a null distribution, as scipy computes it."""
+    if alternative not in ("two-sided", "greater", "less"):
+        raise StatsInputError(
+            f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}"
+        )
+    adjust = 0 if exact else 1
+    total = null.shape[0] + adjust
+    gamma = observed.abs() * torch.finfo(observed.dtype).eps * 100
+    greater = ((null >= observed - gamma).sum(0) + adjust).to(observed.dtype) / total
+    less = ((null <= observed + gamma).sum(0) + adjust).to(observed.dtype) / total
+    if alternative == "greater":
+        return greater.clamp(max=1.0)
+    if alternative == "less":
+        return less.clamp(max=1.0)
+    return (2 * torch.minimum(greater, less)).clamp(max=1.0)
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """Bootstrap confidence intervals of a statistic, per layer.
+
+    Fields:
+        estimate: ``Float[Tensor, "layer"]``, the statistic on the data.
+        low, high: the percentile interval.
+        bca_low, bca_high: the bias-corrected and accelerated (BCa) interval; NaN where
+            the bootstrap distribution is degenerate (all resamples on one side).
+        confidence: the confidence level (e.g. 0.95).
+        n_resamples: bootstrap resamples drawn.
+    """
+
+    estimate: Float[Tensor, " layer"]
+    low: Float[Tensor, " layer"]
+    high: Float[Tensor, " layer"]
+    bca_low: Float[Tensor, " layer"]
+    bca_high: Float[Tensor, " layer"]
+    confidence: float
+    n_resamples: int
+
+
+def _quantile_rows(sorted_rows: Tensor, q: Tensor) -> Tensor:
+    """Row-wise quantiles with linear interpolation (numpy's default), one level per row."""
+    b = sorted_rows.shape[-1]
+    h = (b - 1) * q.clamp(0, 1)
+    lo = h.floor().long().clamp(0, b - 1)
+    hi = (lo + 1).clamp(max=b - 1)
+    frac = (h - lo.to(h.dtype)).unsqueeze(-1)
+    x_lo = sorted_rows.gather(-1, lo.unsqueeze(-1))
+    x_hi = sorted_rows.gather(-1, hi.unsqueeze(-1))
+    return (x_lo + frac * (x_hi - x_lo)).squeeze(-1)
+
+
+WeightedStatistic = Callable[[Tensor], Tensor]
+
+
+def _apply(stat: WeightedStatistic, weights: Tensor, bytes_per: int, max_memory: int) -> Tensor:
+    parts = [stat(weights[sl]) for sl in chunked(weights.shape[0], bytes_per, max_memory)]
+    return torch.cat(parts, dim=1)
+
+
+def bootstrap_interval(
+    stat: WeightedStatistic,
+    strata: Int[Tensor, " unit"],
+    *,
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: Seed = 0,
+    bytes_per_resample: int = 1024,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> BootstrapInterval:
+    """Percentile and BCa intervals of a statistic given as a function of unit weights.
+
+    ``stat(weights)`` takes ``[resample, unit]`` weights (how often each unit is in the
+    resample: all ones for the data, multinomial counts for a bootstrap resample, ones
+    with one zero for a jackknife resample) and returns ``[layer, resample]``. Units are
+    resampled within their stratum (one stratum per group for two-sample statistics).
+    """
+    if not 0 < confidence < 1:
+        raise StatsInputError(f"confidence must be between 0 and 1, got {confidence}")
+    n_units = strata.shape[0]
+    ones = torch.ones((1, n_units), dtype=dtype, device=device)
+    estimate = stat(ones)[:, 0]
+    counts = stratified_bootstrap_counts(strata, n_resamples, seed)
+    boot = _apply(
+        stat, counts.to(device=device, dtype=dtype), bytes_per_resample, max_memory
+    )  # [layer, B]
+    boot_sorted = boot.sort(dim=-1).values
+    alpha = (1 - confidence) / 2
+    level = torch.full_like(estimate, alpha)
+    low, high = _quantile_rows(boot_sorted, level), _quantile_rows(boot_sorted, 1 - level)
+
+    # BCa: bias from the share of resamples below the estimate (ties count half).
+    below = (boot < estimate[:, None]).sum(-1) + (boot <= estimate[:, None]).sum(-1)
+    z0 = torch.special.ndtri(below.to(dtype) / (2 * boot.shape[-1]))
+    # acceleration from the jackknife, leaving out one unit of one stratum at a time.
+    jack_w = ones.expand(n_units, n_units).clone()
+    jack_w.fill_diagonal_(0)
+    jack = _apply(stat, jack_w, bytes_per_resample, max_memory)  # [layer, unit]
+    num = torch.zeros_like(estimate)
+    den = torch.zeros_like(estimate)
+    for s in torch.unique(strata).tolist():
+        members = (strata == s).nonzero().squeeze(1).to(jack.device)
+        theta = jack[:, members]
+        n_j = float(len(members))
+        u = (n_j - 1) * (theta.mean(-1, keepdim=True) - theta)
+        num += (u**3).sum(-1) / n_j**3
+        den += (u**2).sum(-1) / n_j**2
+    accel = num / (6 * den.pow(1.5))
+    accel = torch.where(den > 0, accel, torch.zeros_like(accel))
+    z_alpha = float(torch.special.ndtri(torch.tensor(alpha, dtype=torch.float64)))
+
+    def adjusted(z: float) -> Tensor:
+        shifted = z0 + z
+        return torch.special.ndtr(z0 + shifted / (1 - accel * shifted))
+
+    a1, a2 = adjusted(z_alpha), adjusted(-z_alpha)
+    finite = torch.isfinite(a1) & torch.isfinite(a2)
+    bca_low = torch.where(finite, _quantile_rows(boot_sorted, a1.nan_to_num(0.5)), float("nan"))
+    bca_high = torch.where(finite, _quantile_rows(boot_sorted, a2.nan_to_num(0.5)), float("nan"))
+    return BootstrapInterval(estimate, low, high, bca_low, bca_high, confidence, n_resamples)

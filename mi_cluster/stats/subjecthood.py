@@ -1,0 +1,159 @@
+"""A "subjecthood" score: how name-like (vs object-like) a vector is, per layer.
+
+An axis is fitted per layer on labelled vectors (names = True, objects = False):
+
+- ``"centroid"``: ``score(x) = (x - c_obj) . (c_name - c_obj) / |c_name - c_obj|^2``, so
+  0 is the object centroid, 1 the name centroid, and a shift of 0.1 moves a vector a tenth
+  of the way from objects to names, whatever the layer's norm;
+- ``"probe"``: the decision value of a ridge probe (:mod:`mi_cluster.stats.probe`),
+  ``+1``/``-1`` being the names'/objects' targets.
+
+Both are linear: ``score(x) = x . direction + offset``. :func:`fit_subjecthood_axis`
+gives an axis to score any vector with (e.g. a patching metric);
+:func:`cross_fitted_subjecthood` scores every row with an axis fitted without the row's
+unit (word), so a word's own vectors never define the axis it is scored on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mi_cluster.stats.inputs import StatsInputError, check_labels, check_layered, check_units
+from mi_cluster.stats.probe import ridge_fit, unit_folds
+from mi_cluster.stats.resampling import Seed
+
+__all__ = [
+    "AXIS_METHODS",
+    "CrossFittedScores",
+    "SubjecthoodAxis",
+    "cross_fitted_subjecthood",
+    "fit_subjecthood_axis",
+]
+
+AxisMethod = Literal["centroid", "probe"]
+AXIS_METHODS: tuple[str, ...] = ("centroid", "probe")
+
+
+@dataclass(frozen=True)
+class SubjecthoodAxis:
+    """A fitted name-vs-object axis per layer: ``score(x) = x . direction + offset``.
+
+    Fields:
+        direction: ``Float[Tensor, "layer d_model"]``.
+        offset: ``Float[Tensor, "layer"]``.
+        method: ``"centroid"`` (0 = object centroid, 1 = name centroid) or ``"probe"``
+            (ridge decision value, targets ``+1`` names / ``-1`` objects).
+        n_names, n_objects: rows it was fitted on.
+    """
+
+    direction: Float[Tensor, "layer d_model"]
+    offset: Float[Tensor, " layer"]
+    method: str
+    n_names: int
+    n_objects: int
+
+    def score(self, x: Float[Tensor, "layer ... d_model"]) -> Float[Tensor, "layer ..."]:
+        """Scores of vectors with a leading layer axis matching the fitted layers."""
+        if x.shape[0] != self.direction.shape[0] or x.shape[-1] != self.direction.shape[1]:
+            raise StatsInputError(
+                f"vectors of shape {tuple(x.shape)} do not match an axis fitted on "
+                f"{self.direction.shape[0]} layers of width {self.direction.shape[1]}"
+            )
+        shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        off = self.offset.reshape(shape[:-1])
+        return (x * self.direction.reshape(shape).to(x)).sum(-1) + off.to(x)
+
+
+def _fit(x: Tensor, is_name: Tensor, method: str, ridge: float) -> SubjecthoodAxis:
+    n_names, n_objects = int(is_name.sum()), int((~is_name).sum())
+    if n_names < 1 or n_objects < 1:
+        raise StatsInputError(
+            f"a subjecthood axis needs names and objects to fit on; got {n_names} name and "
+            f"{n_objects} object rows"
+        )
+    if method == "centroid":
+        dev_mask = is_name.to(x.device)
+        c_name, c_obj = x[:, dev_mask].mean(1), x[:, ~dev_mask].mean(1)
+        gap = c_name - c_obj
+        norm2 = gap.pow(2).sum(-1)
+        if bool((norm2 == 0).any()):
+            layer = int((norm2 == 0).nonzero()[0])
+            raise StatsInputError(
+                f"the name and object centroids coincide at layer {layer}: no axis to fit"
+            )
+        direction = gap / norm2[:, None]
+        offset = -(c_obj * direction).sum(-1)
+    elif method == "probe":
+        direction, offset = ridge_fit(x, is_name.to(x.dtype) * 2 - 1, ridge)
+    else:
+        raise StatsInputError(f"unknown subjecthood method {method!r}; use one of {AXIS_METHODS}")
+    return SubjecthoodAxis(direction, offset, method, n_names, n_objects)
+
+
+def fit_subjecthood_axis(
+    x: Float[Tensor, "layer row d_model"],
+    is_name: Tensor,
+    method: AxisMethod = "centroid",
+    ridge: float = 1.0,
+) -> SubjecthoodAxis:
+    """Fit the name-vs-object axis of every layer on all rows of ``x``."""
+    x = check_layered(x, "x", 3)
+    lab = check_labels(is_name, x.shape[1], "is_name", min_per_group=1)
+    return _fit(x, lab, method, ridge)
+
+
+@dataclass(frozen=True)
+class CrossFittedScores:
+    """Subjecthood of every row, each scored by an axis fitted without its unit.
+
+    Fields:
+        scores: ``Float[Tensor, "layer row"]``.
+        folds: ``Tensor``, the fold of each unit (units of one fold share an axis).
+        method: the axis method.
+        n_folds: number of folds.
+    """
+
+    scores: Float[Tensor, "layer row"]
+    folds: Tensor
+    method: str
+    n_folds: int
+
+
+def cross_fitted_subjecthood(
+    x: Float[Tensor, "layer row d_model"],
+    is_name: Tensor,
+    units: Tensor,
+    fit_rows: Tensor | None = None,
+    *,
+    method: AxisMethod = "centroid",
+    n_folds: int = 5,
+    ridge: float = 1.0,
+    seed: Seed = 0,
+) -> CrossFittedScores:
+    """Score every row of ``x`` on a name-vs-object axis fitted without the row's unit.
+
+    Units (words) are dealt into ``n_folds`` folds, both groups in proportion; the rows of
+    fold ``f`` are scored by the axis fitted on the ``fit_rows`` (default: all rows) of the
+    other folds. With ``fit_rows`` one may, e.g., fit on in-context rows of both roles and
+    still score the words alone.
+    """
+    x = check_layered(x, "x", 3)
+    lab = check_labels(is_name, x.shape[1], "is_name")
+    row_unit, unit_label = check_units(units, lab)
+    fit = torch.ones_like(lab) if fit_rows is None else torch.as_tensor(fit_rows, dtype=torch.bool)
+    if fit.shape != lab.shape:
+        raise StatsInputError(f"fit_rows has {fit.shape[0]} entries for {lab.shape[0]} rows")
+    folds = unit_folds(unit_label, n_folds, seed)
+    row_fold = folds[row_unit]
+    scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
+    for f in range(n_folds):
+        held = row_fold == f
+        train = fit & ~held
+        axis = _fit(x[:, train.to(x.device)], lab[train], method, ridge)
+        scores[:, held.to(x.device)] = axis.score(x[:, held.to(x.device)])
+    return CrossFittedScores(scores, folds, method, n_folds)
