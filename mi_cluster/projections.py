@@ -1,64 +1,230 @@
-"""Low-dimensional projections of representations, layer by layer (PCA via SVD)."""
+"""Low-dimensional views of representations, layer by layer.
+
+Three PCA bases for ``[layer, prompt, d_model]`` (:func:`pca_by_layer`):
+
+- ``"per_layer"``: each layer's own principal axes (sign fixed so each axis's largest
+  loading is positive). Faithful per frame, but consecutive frames may rotate or mirror.
+- ``"shared"``: one basis for every layer, fitted on one layer (``fit_layer``) or on all
+  layers stacked after each is centred and scaled to unit RMS norm (so the larger norms of
+  late layers do not dominate). Frames are directly comparable.
+- ``"aligned"``: each layer's own top-``k`` subspace, rotated (orthogonal Procrustes, which
+  includes reflections) to best match the previous layer's coordinates, so an animation
+  neither spins nor mirrors between frames while every frame still shows its own layer's
+  top-``k`` subspace.
+
+And projections on given directions (:func:`project_on_directions`): a subject-minus-object
+axis, or the top singular directions of a head's OV or QK circuit
+(:func:`head_circuit_directions`, from TransformerLens's ``FactoredMatrix``; Millidge &
+Black 2022). Every result says which basis it used and the share of each layer's variance
+each component carries.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["LayerProjection", "pca_by_layer"]
+__all__ = [
+    "BASES",
+    "HeadDirections",
+    "LayerProjection",
+    "head_circuit_directions",
+    "pca_by_layer",
+    "project_on_directions",
+]
+
+Basis = Literal["per_layer", "shared", "aligned"]
+BASES: tuple[str, ...] = ("per_layer", "shared", "aligned")
 
 
 @dataclass(frozen=True)
 class LayerProjection:
-    """A separate PCA of each layer's rows.
+    """Rows of every layer projected on ``k`` components.
 
     Fields:
-        coords: ``Float[Tensor, "layer prompt component"]``, the rows projected on each
-            layer's principal components (centred on that layer's mean).
-        components: ``Float[Tensor, "layer component d_model"]``, unit principal axes.
-        explained_variance_ratio: ``Float[Tensor, "layer component"]``, the share of that
-            layer's total variance each component explains.
+        coords: ``Float[Tensor, "layer prompt component"]``, rows centred on their
+            layer's mean and projected on that layer's components.
+        components: ``Float[Tensor, "layer component d_model"]``, unit vectors
+            (orthonormal for the PCA bases).
+        explained_variance_ratio: ``Float[Tensor, "layer component"]``, the share of the
+            layer's total variance along each component.
+        mean: ``Float[Tensor, "layer d_model"]``, each layer's centre.
+        basis: which basis, in words (shown in figure captions).
+        component_labels: a name per component (``"PC1"``, ``"subject - object axis"``).
     """
 
     coords: Float[Tensor, "layer prompt component"]
     components: Float[Tensor, "layer component d_model"]
     explained_variance_ratio: Float[Tensor, "layer component"]
+    mean: Float[Tensor, "layer d_model"]
+    basis: str
+    component_labels: tuple[str, ...]
+
+    def reconstruct(self) -> Float[Tensor, "layer prompt d_model"]:
+        """``mean + coords @ components``: the rows back in the model's space (exact when
+        the components span the rows' variation)."""
+        return self.mean[:, None] + self.coords @ self.components
+
+
+def _check(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected [layer, prompt, d_model], got shape {shape}")
+    if not x.is_floating_point():
+        x = x.double()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("activations contain NaN or inf")
+    return x
+
+
+def _finish(centred: Tensor, comps: Tensor, mean: Tensor, basis: str, labels) -> LayerProjection:
+    coords = centred @ comps.transpose(1, 2)
+    total = centred.pow(2).sum((1, 2)).clamp_min(torch.finfo(centred.dtype).tiny)
+    ratio = coords.pow(2).sum(1) / total[:, None]
+    return LayerProjection(coords, comps, ratio, mean, basis, tuple(labels))
+
+
+def _fixed_signs(comps: Tensor) -> Tensor:
+    idx = comps.abs().argmax(dim=-1, keepdim=True)
+    return comps * torch.sign(torch.gather(comps, -1, idx))
 
 
 def pca_by_layer(
-    x: Float[Tensor, "layer prompt d_model"], n_components: int = 2, align_signs: bool = True
+    x: Float[Tensor, "layer prompt d_model"],
+    n_components: int = 2,
+    basis: Basis = "aligned",
+    fit_layer: int | None = None,
 ) -> LayerProjection:
-    """PCA of each layer separately, computed by SVD in the input's dtype and device.
+    """PCA of every layer's rows in one of three bases (see the module docstring),
+    computed by SVD in the input's dtype and device.
 
-    Principal axes are defined up to sign. Each layer's signs are fixed so that the largest
-    loading of every axis is positive, then, with ``align_signs``, flipped where that makes
-    the coordinates agree better with the previous layer's, so an animation across layers
-    does not jump by mirror images.
+    Args:
+        x: ``[layer, prompt, d_model]``.
+        n_components: components kept (at most ``min(prompt, d_model)``).
+        basis: ``"per_layer"``, ``"shared"`` or ``"aligned"``.
+        fit_layer: for ``"shared"``, the layer (index) to fit the basis on; ``None`` fits
+            on all layers stacked, each centred and scaled to unit RMS norm.
     """
-    if x.ndim != 3:
-        raise ValueError(f"expected [layer, prompt, d_model], got shape {tuple(x.shape)}")
+    x = _check(x)
     n_layers, n, d = x.shape
     if not 1 <= n_components <= min(n, d):
         raise ValueError(f"n_components={n_components} must be between 1 and min(n, d)={min(n, d)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("activations contain NaN or inf")
-    centred = x - x.mean(dim=1, keepdim=True)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    comps = vh[:, :n_components]  # [layer, k, d]
-    idx = comps.abs().argmax(dim=-1, keepdim=True)
-    comps = comps * torch.sign(torch.gather(comps, -1, idx))
-    coords = torch.einsum("lnd,lkd->lnk", centred, comps)
-    if align_signs:
-        for layer in range(1, n_layers):
-            agree = (coords[layer] * coords[layer - 1]).sum(0)
-            flip = torch.where(agree < 0, -1.0, 1.0).to(coords.dtype)
-            coords[layer] *= flip
-            comps[layer] *= flip[:, None]
-    var = s**2
-    ratio = var[:, :n_components] / var.sum(dim=1, keepdim=True).clamp_min(
-        torch.finfo(x.dtype).tiny
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; use one of {BASES}")
+    mean = x.mean(dim=1)
+    centred = x - mean[:, None]
+    labels = [f"PC{i + 1}" for i in range(n_components)]
+    if basis == "shared":
+        if fit_layer is None:
+            rms = centred.pow(2).sum(-1).mean(-1).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+            fit_on = (centred / rms[:, None, None]).reshape(n_layers * n, d)
+            where = "all layers stacked (each centred, scaled to unit RMS)"
+        else:
+            if not -n_layers <= fit_layer < n_layers:
+                raise ValueError(f"fit_layer={fit_layer} is out of range for {n_layers} layers")
+            fit_on, where = centred[fit_layer], f"layer {fit_layer % n_layers}"
+        if fit_on.shape[0] < n_components:
+            raise ValueError(f"too few rows to fit {n_components} shared components")
+        vh = torch.linalg.svd(fit_on, full_matrices=False).Vh[:n_components]
+        comps = _fixed_signs(vh).expand(n_layers, -1, -1).clone()
+        return _finish(centred, comps, mean, f"shared PCA basis fitted on {where}", labels)
+    vh = torch.linalg.svd(centred, full_matrices=False).Vh[:, :n_components]
+    comps = _fixed_signs(vh)
+    if basis == "per_layer":
+        return _finish(centred, comps, mean, "PCA fitted per layer", labels)
+    coords = centred @ comps.transpose(1, 2)
+    for layer in range(1, n_layers):
+        # R = argmin ||C_l R - C_{l-1}|| over orthogonal R: U V^T from svd(C_l^T C_{l-1}).
+        u, _, vt = torch.linalg.svd(coords[layer].T @ coords[layer - 1])
+        rot = u @ vt
+        coords[layer] = coords[layer] @ rot
+        comps[layer] = rot.T @ comps[layer]
+    basis_name = "PCA per layer, each rotated onto the previous layer (orthogonal Procrustes)"
+    return _finish(
+        centred, comps, mean, basis_name, [f"aligned PC{i + 1}" for i in range(n_components)]
     )
-    return LayerProjection(coords=coords, components=comps, explained_variance_ratio=ratio)
+
+
+def project_on_directions(
+    x: Float[Tensor, "layer prompt d_model"],
+    directions: Float[Tensor, "... component d_model"],
+    labels: tuple[str, ...] | list[str],
+    description: str,
+) -> LayerProjection:
+    """Rows of every layer (centred on the layer's mean) projected on given directions,
+    each scaled to unit length: one set ``[component, d_model]`` for all layers, or one
+    per layer ``[layer, component, d_model]`` (e.g. a subjecthood axis per layer)."""
+    x = _check(x)
+    n_layers, _, d = x.shape
+    dirs = directions.to(device=x.device, dtype=x.dtype)
+    if dirs.ndim == 2:
+        dirs = dirs.expand(n_layers, -1, -1)
+    if dirs.ndim != 3 or dirs.shape[0] != n_layers or dirs.shape[2] != d:
+        raise ValueError(
+            f"directions of shape {tuple(directions.shape)} do not fit activations of "
+            f"shape {tuple(x.shape)}: expected [component, {d}] or [{n_layers}, component, {d}]"
+        )
+    if len(labels) != dirs.shape[1]:
+        raise ValueError(f"{len(labels)} labels for {dirs.shape[1]} directions")
+    norms = dirs.norm(dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a direction is the zero vector")
+    mean = x.mean(dim=1)
+    return _finish(x - mean[:, None], dirs / norms, mean, description, labels)
+
+
+@dataclass(frozen=True)
+class HeadDirections:
+    """Top singular directions of one head's OV or QK circuit, in the residual stream.
+
+    Fields:
+        directions: ``Float[Tensor, "component d_model"]``, unit vectors.
+        singular_values: ``Float[Tensor, "component"]``.
+        labels: a name per direction (``"L2H2 OV in 1"``).
+        description: what the directions are, in words.
+    """
+
+    directions: Float[Tensor, "component d_model"]
+    singular_values: Float[Tensor, " component"]
+    labels: tuple[str, ...]
+    description: str
+
+
+def head_circuit_directions(
+    model: Any,
+    layer: int,
+    head: int,
+    circuit: Literal["OV", "QK"] = "OV",
+    side: Literal["input", "output"] = "input",
+    k: int = 2,
+) -> HeadDirections:
+    """The top-``k`` singular directions of head ``layer``.``head``'s ``circuit``.
+
+    TransformerLens writes the circuits for row vectors: ``x @ OV`` is what the head writes
+    when it attends to ``x``, ``q @ QK @ k^T`` the attention score. With
+    ``OV = U S V^T``, the ``"input"`` side (``U``) holds the residual directions the head
+    reads (for QK, the query side) and the ``"output"`` side (``V``) the directions it
+    writes (for QK, the key side).
+    """
+    if circuit not in ("OV", "QK"):
+        raise ValueError(f"circuit must be 'OV' or 'QK', got {circuit!r}")
+    if side not in ("input", "output"):
+        raise ValueError(f"side must be 'input' or 'output', got {side!r}")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise ValueError(f"no head L{layer}H{head}: the model has {n_layers} x {n_heads} heads")
+    factored = getattr(model, circuit)[layer, head]
+    u, s, v = factored.svd()  # u: [d_model, rank], v: [d_model, rank]
+    if not 1 <= k <= s.shape[0]:
+        raise ValueError(f"k={k} must be between 1 and the circuit's rank {s.shape[0]}")
+    vecs = (u if side == "input" else v)[:, :k].T.detach()
+    names = {("OV", "input"): "read", ("OV", "output"): "write"}
+    names.update({("QK", "input"): "query", ("QK", "output"): "key"})
+    tag = names[(circuit, side)]
+    labels = tuple(f"L{layer}H{head} {circuit} {tag} {i + 1}" for i in range(k))
+    desc = f"top {k} singular directions of head L{layer}H{head}'s {circuit} circuit ({tag} side)"
+    return HeadDirections(vecs / vecs.norm(dim=-1, keepdim=True), s[:k].detach(), labels, desc)
