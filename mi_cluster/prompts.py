@@ -10,20 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 __all__ = [
-    "ClusteringPrompt",
     "NotSingleTokenError",
-    "OBJECT_NOUNS",
-    "PERSON_NAMES",
     "TokenizedPrompt",
     "WordNotFoundError",
     "WordTokenization",
-    "clustering_prompt_set",
     "get_tokenizer",
     "single_token_id",
     "tokenize_prompt",
+    "unknown_tokens",
     "word_positions",
     "word_token_table",
 ]
@@ -240,61 +237,17 @@ def single_token_id(model_or_tokenizer: Any, word: str, leading_space: bool = Tr
     return ids[0]
 
 
-# ----------------------------------------------------------------------------------------
-# The clustering prompt set: person names (subjects) vs object nouns, alone and in context.
-
-PERSON_NAMES: tuple[str, ...] = (
-    "Adam", "Mary", "John", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah",
-)  # fmt: skip
-OBJECT_NOUNS: tuple[str, ...] = (
-    "lamp", "table", "house", "pen", "ball", "window", "chair", "book", "cup", "door",
-)  # fmt: skip
-
-Group = Literal["name alone", "object alone", "name in context", "object in context"]
-
-
-@dataclass(frozen=True)
-class ClusteringPrompt:
-    """One prompt of the clustering study.
-
-    Fields:
-        text: the prompt.
-        word: the word whose representation is read.
-        group: which of the four groups it belongs to.
-    """
-
-    text: str
-    word: str
-    group: Group
-
-
-IN_CONTEXT_TEMPLATE = "{subject} went to the store. {word} went to the"
-
-
-def clustering_prompt_set(
-    names: Sequence[str] = PERSON_NAMES,
-    objects: Sequence[str] = OBJECT_NOUNS,
-    template: str = IN_CONTEXT_TEMPLATE,
-) -> list[ClusteringPrompt]:
-    """Names and objects alone, and each in subject position of an in-context template.
-
-    The template names a person as the subject of the first sentence and puts the word
-    in subject position of the second ("Adam went to the store. Lamp went to the"): the
-    question is whether an object there moves toward the names. The in-context subject is
-    a name other than the word itself, cycled so every name serves as context.
-    """
-    if "{word}" not in template or "{subject}" not in template:
-        raise ValueError("the template needs both {subject} and {word} placeholders")
-    out: list[ClusteringPrompt] = []
-    out += [ClusteringPrompt(n, n, "name alone") for n in names]
-    out += [ClusteringPrompt(o, o, "object alone") for o in objects]
-    for i, n in enumerate(names):
-        subject = names[(i + 1) % len(names)]
-        out.append(ClusteringPrompt(template.format(subject=subject, word=n), n, "name in context"))
-    for i, o in enumerate(objects):
-        subject = names[i % len(names)]
-        word = o.capitalize() if template.index("{word}") == 0 or ". {word}" in template else o
-        out.append(
-            ClusteringPrompt(template.format(subject=subject, word=word), word, "object in context")
+def unknown_tokens(model_or_tokenizer: Any, prompt: TokenizedPrompt) -> list[tuple[int, str]]:
+    """``(position, text)`` of every token of ``prompt`` that is the tokenizer's unknown
+    token (a word-level or WordPiece vocabulary that lacks a word); byte-level BPEs never
+    have any."""
+    unk = getattr(get_tokenizer(model_or_tokenizer), "unk_token_id", None)
+    if unk is None:
+        return []
+    return [
+        (p, prompt.text[s:e])
+        for p, (i, (s, e), sp) in enumerate(
+            zip(prompt.ids, prompt.offsets, prompt.special, strict=True)
         )
-    return out
+        if i == unk and not sp and e > s
+    ]

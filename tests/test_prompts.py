@@ -3,9 +3,9 @@ import pytest
 from mi_cluster.prompts import (
     NotSingleTokenError,
     WordNotFoundError,
-    clustering_prompt_set,
     single_token_id,
     tokenize_prompt,
+    unknown_tokens,
     word_positions,
     word_token_table,
 )
@@ -80,13 +80,10 @@ def test_single_token_id(tiny):
         single_token_id(tiny, "Zyxwv")
 
 
-def test_clustering_prompt_set():
-    items = clustering_prompt_set()
-    groups = {p.group for p in items}
-    assert groups == {"name alone", "object alone", "name in context", "object in context"}
-    for p in items:
-        assert p.word in p.text
-    ctx = [p for p in items if p.group == "object in context"]
-    assert ctx[0].text == "Adam went to the store. Lamp went to the"
-    with pytest.raises(ValueError, match="placeholders"):
-        clustering_prompt_set(template="{word} went home")
+def test_unknown_tokens():
+    from mi_cluster.toy import load_toy_ioi
+
+    toy = load_toy_ioi()
+    tp = tokenize_prompt(toy, "Mary saw a spaceship at the store")
+    assert unknown_tokens(toy, tp) == [(4, "spaceship")]  # BOS, Mary, saw, a, <unk>
+    assert unknown_tokens(toy, tokenize_prompt(toy, "Mary saw a lamp")) == []
