@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mi_cluster.activations import Positions, collect  # noqa: E402
 from mi_cluster.atomic import atomic_write_text  # noqa: E402
 from mi_cluster.models import load_model  # noqa: E402
-from mi_cluster.plotting import save_figure, similarity_heatmaps  # noqa: E402
+from mi_cluster.plotting import FigureExportError, save_figure, similarity_heatmaps  # noqa: E402
 from mi_cluster.similarity import (  # noqa: E402
     cca,
     ecco_cca,
@@ -152,11 +152,9 @@ def main() -> None:
     if not args.no_png:
         try:
             save_figure(fig, args.out / "layer_similarity.png")
-        except (RuntimeError, ValueError) as err:  # kaleido or Chromium missing
+        except FigureExportError as err:
             raise SystemExit(
-                f"layer_similarity.png not written (the JSON, table and HTML were): {err}\n"
-                "Install the figures extra (kaleido>=1) and a Chromium "
-                "(apt-get install chromium), or pass --no-png."
+                f"{err} (the JSON, table and HTML were written; or pass --no-png)"
             ) from err
 
 

@@ -14,64 +14,40 @@ __all__ = ["main", "run_demo"]
 def run_demo(
     model_name: str = "minilm", out_dir: str | Path = "figures", progress: bool = True
 ) -> dict:
-    """Collect the residual stream of the built-in clustering prompts and write the demo
-    figures; return a summary (also written as JSON beside the figures)."""
-    from mi_cluster.activations import Positions, collect
+    """Run the subject/object study (names vs objects, each in subject and in object
+    position of five template families, and alone) on ``model_name`` and write the demo
+    figures and a summary with the effect per layer and its confidence interval."""
     from mi_cluster.atomic import atomic_write_text
+    from mi_cluster.designs import role_design
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import layer_lines, layer_scatter, save_figure
-    from mi_cluster.projections import pca_by_layer
-    from mi_cluster.prompts import clustering_prompt_set
-    from mi_cluster.stats import group_separation
+    from mi_cluster.plotting import save_figure
+    from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
+    from mi_cluster.subject_object import run_subject_object_study
 
     out = Path(out_dir)
     model = load_model(model_name)
-    items = clustering_prompt_set()
-    texts = [p.text for p in items]
-    groups = [p.group for p in items]
-    acts = collect(
-        model,
-        texts,
-        "resid_post",
-        Positions.word([p.word for p in items], subtoken="mean"),
-        progress=progress,
-    )
-    x = acts.tensor.float()
-    proj = pca_by_layer(x, n_components=2)
-    name = acts.model_name
-    scatter = layer_scatter(
-        proj,
-        labels=acts.row_labels,
-        groups=groups,
-        layer_labels=acts.layer_labels,
-        hover=[f"{g}: {t}" for g, t in zip(groups, texts, strict=True)],
-        title=f"Names vs objects, alone and in subject position — {name}",
-    )
-    sep_alone = group_separation(x, groups, "name alone", "object alone")
-    sep_ctx = group_separation(x, groups, "name in context", "object in context")
-    lines = layer_lines(
-        {"alone": sep_alone.tolist(), "in context (subject position)": sep_ctx.tolist()},
-        acts.layer_labels,
-        title=f"Separation of names from objects by layer — {name}<br>"
-        "<sup>centroid distance / RMS within-group spread, in the full residual space</sup>",
-        y_title="name–object separation",
-    )
+    design = role_design(model, capitalize=model_name != "toy-ioi")
+    study = run_subject_object_study(model, design, progress=progress)
     written = [
-        save_figure(scatter, out / "demo_pca_by_layer.html"),
-        save_figure(lines, out / "demo_separation_by_layer.html"),
+        save_figure(study_scatter(study), out / "demo_pca_by_layer.html"),
+        save_figure(study_shift(study), out / "demo_shift_by_layer.html"),
+        save_figure(study_separation(study), out / "demo_separation_by_layer.html"),
     ]
+    record = study.summary()
     summary = {
-        "model": name,
-        "site": acts.site,
-        "positions": acts.position_spec,
-        "n_prompts": len(texts),
-        "layers": list(acts.layer_labels),
-        "separation_alone": [round(v, 4) for v in sep_alone.tolist()],
-        "separation_in_context": [round(v, 4) for v in sep_ctx.tolist()],
-        "pca_explained_variance": [
-            [round(v, 4) for v in row] for row in proj.explained_variance_ratio.tolist()
-        ],
-        "figures": [str(p) for p in written],
+        "model": study.model_name,
+        "answer": record["answer"],
+        "n_prompts": len(design.items),
+        "n_names": len(design.names),
+        "n_objects": len(design.objects),
+        "layers": list(study.layer_labels),
+        "object_shift": record["object_shift"],
+        "name_shift": record["name_shift"],
+        "interaction": record["interaction"],
+        "silhouette": {
+            role: record["separation"][role]["silhouette"]["value"] for role in record["separation"]
+        },
+        "projection_basis": study.projection.basis,
     }
     written.append(
         atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
@@ -81,17 +57,21 @@ def run_demo(
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    summary = run_demo(args.model, args.out, progress=not args.quiet)
-    print(f"model {summary['model']}: {summary['n_prompts']} prompts, {summary['positions']}")
-    print(f"{'layer':>6}  {'sep. alone':>10}  {'sep. in context':>15}")
-    for layer, a, c in zip(
-        summary["layers"],
-        summary["separation_alone"],
-        summary["separation_in_context"],
-        strict=True,
-    ):
-        print(f"{layer:>6}  {a:>10.3f}  {c:>15.3f}")
-    for path in summary["figures"]:
+    s = run_demo(args.model, args.out, progress=not args.quiet)
+    words = f"{s['n_names']} names, {s['n_objects']} objects"
+    print(f"model {s['model']}: {s['n_prompts']} prompts ({words})")
+    print("subjecthood shift, subject minus object position (95% BCa CI; Holm-corrected p):")
+    print(f"{'layer':>6}  {'objects':>26}  {'names':>26}  {'interaction':>26}")
+
+    def cell(test: dict, i: int) -> str:
+        lo, hi = test["ci_bca"][0][i], test["ci_bca"][1][i]
+        return f"{test['estimate'][i]:+.3f} [{lo:+.3f}, {hi:+.3f}] p={test['p_holm'][i]:.3f}"
+
+    for i, layer in enumerate(s["layers"]):
+        row = [cell(s[k], i) for k in ("object_shift", "name_shift", "interaction")]
+        print(f"{layer:>6}  " + "  ".join(f"{c:>26}" for c in row))
+    print(f"\n{s['answer']}\n")
+    for path in s["figures"]:
         print(f"wrote {path}")
     return 0
 
@@ -105,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="collect residual streams of names vs objects (alone and in context) and write "
-        "per-layer PCA figures to figures/",
+        help="test whether subject position makes objects name-like (names vs objects in "
+        "subject/object position, per layer, with CIs) and write figures to figures/",
     )
     demo.add_argument("--model", default="minilm", help="model to load (default: minilm, offline)")
     demo.add_argument("--out", default="figures", help="output directory (default: figures)")

@@ -12,22 +12,25 @@ def test_help_lists_demo():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
-def test_demo_writes_figures(tmp_path, capsys):
+def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
-    scatter = tmp_path / "demo_pca_by_layer.html"
-    html = scatter.read_text()
-    assert len(html) > 1_000_000  # plotly.js embedded: opens offline
-    assert "Plotly.newPlot" in html and "addFrames" in html  # one frame per layer
-    for label in ("lamp", "adam", "object in context", "layer L5"):
-        assert label in html, label
+    scatter = (tmp_path / "demo_pca_by_layer.html").read_text()
+    assert len(scatter) > 1_000_000  # plotly.js embedded: opens offline
+    assert "Plotly.newPlot" in scatter and "addFrames" in scatter  # one frame per layer
+    for label in ("lamp", "Adam", "object \\u00b7 subject", "layer L5", "Procrustes"):
+        assert label in scatter, label
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    assert summary["model"] == "minilm" and summary["n_prompts"] == 40
-    assert len(summary["separation_alone"]) == len(summary["layers"]) == 7
-    assert all(v > 0 for v in summary["separation_alone"])
-    assert (tmp_path / "demo_separation_by_layer.html").stat().st_size > 1_000_000
+    assert summary["model"] == "minilm" and summary["n_names"] >= 30 and summary["n_objects"] >= 30
+    inter = summary["interaction"]
+    assert len(inter["estimate"]) == len(summary["layers"]) == 7
+    for i in range(7):  # every estimate sits inside its interval
+        assert inter["ci_bca"][0][i] - 1e-9 <= inter["estimate"][i] <= inter["ci_bca"][1][i] + 1e-9
+    assert summary["answer"].startswith("Model minilm")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "demo_pca_by_layer.html",
         "demo_separation_by_layer.html",
+        "demo_shift_by_layer.html",
         "demo_summary.json",
     ]
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "95% BCa CI" in out and "interaction" in out and "wrote" in out

@@ -1,9 +1,18 @@
 """Paper figures. Every function returns a ``plotly.graph_objects.Figure``; writing files
 is left to experiments and the CLI."""
 
-from mi_cluster.plotting.export import save_figure
+from mi_cluster.plotting.export import FigureExportError, save_figure
 from mi_cluster.plotting.heatmap import similarity_heatmaps
-from mi_cluster.plotting.lines import layer_lines
+from mi_cluster.plotting.lines import Band, layer_bands
 from mi_cluster.plotting.projection import layer_scatter
+from mi_cluster.plotting.scatter import value_scatter
 
-__all__ = ["layer_lines", "layer_scatter", "save_figure", "similarity_heatmaps"]
+__all__ = [
+    "Band",
+    "FigureExportError",
+    "layer_bands",
+    "layer_scatter",
+    "save_figure",
+    "similarity_heatmaps",
+    "value_scatter",
+]

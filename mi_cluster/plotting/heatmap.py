@@ -32,9 +32,11 @@ def similarity_heatmaps(
     title: str = "",
     zmin: float | None = 0.0,
     zmax: float | None = 1.0,
+    show_values: bool = True,
 ) -> go.Figure:
     """One heatmap per matrix, side by side, sharing a colour scale; cells carry their
-    value. Rows are the first stack's layers (top = first), columns the second's."""
+    value unless ``show_values`` is False (large matrices). Rows are the first stack's
+    layers or items (top = first), columns the second's."""
     col_labels = list(row_labels if col_labels is None else col_labels)
     rows = list(row_labels)
     for m in matrices:
@@ -60,8 +62,8 @@ def similarity_heatmaps(
                 zmax=zmax,
                 colorscale="Viridis",
                 showscale=k == len(matrices) - 1,
-                text=[[f"{v:.2f}" for v in row] for row in z],
-                texttemplate="%{text}",
+                text=[[f"{v:.2f}" for v in row] for row in z] if show_values else None,
+                texttemplate="%{text}" if show_values else None,
                 textfont={"size": 10},
                 hovertemplate="%{y} vs %{x}: %{z:.4f}<extra>" + m.metric + "</extra>",
             ),

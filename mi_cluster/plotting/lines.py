@@ -1,39 +1,144 @@
-"""Per-layer line charts (one line per series)."""
+"""Per-layer curves with confidence bands and significance markers, one panel per quantity."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
 
-__all__ = ["layer_lines"]
+__all__ = ["Band", "layer_bands"]
 
 
-def layer_lines(
-    series: Mapping[str, Sequence[float]],
+@dataclass(frozen=True)
+class Band:
+    """One series of a per-layer figure.
+
+    Fields:
+        values: the estimate at each layer.
+        low, high: its confidence interval (drawn as a shaded band), if any.
+        significant: per layer, whether to draw a filled (significant) or an open marker.
+        reference: draw as a dashed grey line without markers (e.g. a permutation null).
+    """
+
+    values: Sequence[float]
+    low: Sequence[float] | None = None
+    high: Sequence[float] | None = None
+    significant: Sequence[bool] | None = None
+    reference: bool = False
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def layer_bands(
+    panels: Mapping[str, Mapping[str, Band]],
     layer_labels: Sequence[str],
     title: str = "",
-    y_title: str = "",
+    y_titles: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
+    zero_line: bool = False,
+    note: str = "",
+    columns: int = 2,
 ) -> go.Figure:
-    """One line per named series over layers."""
-    fig = go.Figure()
-    for i, (name, values) in enumerate(series.items()):
-        if len(values) != len(layer_labels):
-            raise ValueError(
-                f"series {name!r} has {len(values)} values for {len(layer_labels)} layers"
+    """One panel per quantity, one line per series over layers, with shaded confidence
+    bands, markers filled where a series is significant, and dashed reference lines.
+
+    Args:
+        panels: panel title -> series name -> :class:`Band`. A series keeps its colour and
+            legend entry across panels.
+        layer_labels: x-axis categories.
+        title: figure title.
+        y_titles: panel title -> y-axis title.
+        colors: series name -> colour (default: the palette in order of appearance).
+        zero_line: draw y = 0 in every panel.
+        note: a line under the title (e.g. what filled markers mean).
+        columns: panels per row.
+    """
+    names = list(dict.fromkeys(name for series in panels.values() for name in series))
+    palette = dict(colors or {})
+    for name in names:
+        palette.setdefault(name, PALETTE[len(palette) % len(PALETTE)])
+    n = len(panels)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=list(panels),
+        horizontal_spacing=0.1,
+        vertical_spacing=0.16,
+    )
+    x = list(layer_labels)
+    shown: set[str] = set()
+    for k, (panel, series) in enumerate(panels.items()):
+        row, col = k // cols + 1, k % cols + 1
+        for name, band in series.items():
+            for what, seq in (("values", band.values), ("low", band.low), ("high", band.high)):
+                if seq is not None and len(seq) != len(x):
+                    raise ValueError(f"{panel!r} / {name!r}: {len(seq)} {what} for {len(x)} layers")
+            color = "#777777" if band.reference else palette[name]
+            if band.low is not None and band.high is not None:
+                fig.add_trace(
+                    go.Scatter(
+                        x=x + x[::-1],
+                        y=[float(v) for v in band.high] + [float(v) for v in band.low][::-1],
+                        mode="lines",
+                        fill="toself",
+                        fillcolor=_rgba(color, 0.15),
+                        line={"width": 0},
+                        hoverinfo="skip",
+                        showlegend=False,
+                        legendgroup=name,
+                    ),
+                    row=row,
+                    col=col,
+                )
+            sig = list(band.significant) if band.significant is not None else [True] * len(x)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[float(v) for v in band.values],
+                    mode="lines" if band.reference else "lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=name not in shown,
+                    line={
+                        "color": color,
+                        "width": 1.5 if band.reference else 2,
+                        "dash": "dash" if band.reference else "solid",
+                    },
+                    marker={
+                        "size": 8,
+                        "color": [color if s else "white" for s in sig],
+                        "line": {"color": color, "width": 1.5},
+                    },
+                ),
+                row=row,
+                col=col,
             )
-        fig.add_trace(
-            go.Scatter(
-                x=list(layer_labels),
-                y=[float(v) for v in values],
-                mode="lines+markers",
-                name=name,
-                line={"color": PALETTE[i % len(PALETTE)], "width": 2},
-            )
-        )
-    fig.update_layout(title={"text": title})
-    fig.update_xaxes(title="layer", type="category")
-    fig.update_yaxes(title=y_title, rangemode="tozero")
-    return apply_paper_style(fig, height=440)
+            shown.add(name)
+        fig.update_xaxes(title_text="layer", type="category", row=row, col=col)
+        fig.update_yaxes(title_text=(y_titles or {}).get(panel, ""), row=row, col=col)
+        if zero_line:
+            fig.add_hline(y=0, line={"color": "#bbbbbb", "width": 1}, row=row, col=col)
+    text = title + (f"<br><sup>{note}</sup>" if note else "")
+    height = 340 * rows + 190
+    fig.update_layout(
+        title={"text": text, "x": 0.5, "xanchor": "center"},
+        margin={"t": 110, "b": 130},
+        legend={
+            "orientation": "h",
+            "x": 0.5,
+            "xanchor": "center",
+            "y": -110 / (height - 240),
+            "yanchor": "top",
+        },
+    )
+    return apply_paper_style(fig, width=max(520 * cols, 620), height=height)

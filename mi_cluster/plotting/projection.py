@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import torch
 
-from mi_cluster.plotting.style import apply_paper_style, color_for
+from mi_cluster.plotting.style import apply_paper_style, color_for, marker_for
 from mi_cluster.projections import LayerProjection
 
 __all__ = ["layer_scatter"]
@@ -21,18 +21,26 @@ def layer_scatter(
     hover: Sequence[str] | None = None,
     title: str = "",
     normalise: bool = True,
+    pairs: Sequence[tuple[int, int]] = (),
+    show_labels: bool = True,
 ) -> go.Figure:
-    """An animated scatter of PC1 vs PC2, one frame per layer, with a layer slider.
+    """An animated scatter of the first two components, one frame per layer, with a layer
+    slider and play button, fixed axes across frames, one colour and marker per group, and
+    optional thin lines joining paired points (e.g. a word in subject and in object
+    position).
 
     Args:
-        projection: from :func:`mi_cluster.projections.pca_by_layer` (>= 2 components).
-        labels: text drawn beside each point (the token).
-        groups: group of each point; one colour and legend entry per group.
+        projection: from :mod:`mi_cluster.projections` (>= 2 components); its basis and
+            component names label the axes and caption.
+        labels: text drawn beside each point (the word).
+        groups: group of each point; one colour, marker and legend entry per group.
         layer_labels: a label per layer, for the slider and frame titles.
         hover: extra hover text per point (e.g. the prompt).
         title: figure title; each frame adds its layer and explained variance.
         normalise: divide each layer's coordinates by their RMS distance from the centroid,
             so the geometry, not the growing residual norm, is what changes between frames.
+        pairs: ``(i, j)`` point indices to join with a line in every frame.
+        show_labels: draw ``labels`` as text (hover always shows them).
     """
     coords = projection.coords.detach().to(torch.float64).cpu()
     n_layers, n, k = coords.shape
@@ -43,29 +51,53 @@ def layer_scatter(
             raise ValueError(f"{len(seq)} {name} for {n} points")
     if len(layer_labels) != n_layers:
         raise ValueError(f"{len(layer_labels)} layer labels for {n_layers} layers")
+    for i, j in pairs:
+        if not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"pair ({i}, {j}) names a point outside 0..{n - 1}")
     if normalise:
         rms = coords.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)
         coords = coords / rms[:, None, None]
     hover = list(hover) if hover is not None else list(labels)
     order = list(dict.fromkeys(groups))
     evr = projection.explained_variance_ratio.detach().cpu()
+    comp = projection.component_labels or ("component 1", "component 2")
 
     def traces(layer: int) -> list[go.Scatter]:
-        out = []
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for i, j in pairs:
+            xs += [float(coords[layer, i, 0]), float(coords[layer, j, 0]), None]
+            ys += [float(coords[layer, i, 1]), float(coords[layer, j, 1]), None]
+        out = [
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"color": "rgba(120,120,120,0.35)", "width": 1},
+                hoverinfo="skip",
+                name="pairs",
+                showlegend=False,
+            )
+        ]
         for g in order:
             idx = [i for i in range(n) if groups[i] == g]
             out.append(
                 go.Scatter(
                     x=coords[layer, idx, 0].tolist(),
                     y=coords[layer, idx, 1].tolist(),
-                    mode="markers+text",
+                    mode="markers+text" if show_labels else "markers",
                     name=g,
                     text=[labels[i] for i in idx],
                     textposition="top center",
-                    textfont={"size": 10},
+                    textfont={"size": 8, "color": "#555555"},
                     hovertext=[hover[i] for i in idx],
                     hoverinfo="text",
-                    marker={"size": 9, "color": color_for(g, order), "line": {"width": 0.5}},
+                    marker={
+                        "size": 9,
+                        "color": color_for(g, order),
+                        "symbol": marker_for(g, order),
+                        "line": {"width": 1.2, "color": color_for(g, order)},
+                    },
                 )
             )
         return out
@@ -73,8 +105,8 @@ def layer_scatter(
     def frame_title(layer: int) -> str:
         v = evr[layer]
         return (
-            f"{title}<br><sup>layer {layer_labels[layer]} — PC1 {100 * v[0]:.1f}%, "
-            f"PC2 {100 * v[1]:.1f}% of variance</sup>"
+            f"{title}<br><sup>layer {layer_labels[layer]}: {comp[0]} {100 * v[0]:.1f}%, "
+            f"{comp[1]} {100 * v[1]:.1f}% of variance; {projection.basis}</sup>"
         )
 
     frames = [
@@ -86,8 +118,8 @@ def layer_scatter(
     fig = go.Figure(data=frames[0].data, frames=frames)
     lim = float(coords[..., :2].abs().max()) * 1.15
     unit = " (scaled per layer)" if normalise else ""
-    fig.update_xaxes(title=f"PC1{unit}", range=[-lim, lim], zeroline=True)
-    fig.update_yaxes(title=f"PC2{unit}", range=[-lim, lim], zeroline=True)
+    fig.update_xaxes(title=f"{comp[0]}{unit}", range=[-lim, lim], zeroline=True, autorange=False)
+    fig.update_yaxes(title=f"{comp[1]}{unit}", range=[-lim, lim], zeroline=True, autorange=False)
     step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}}
     fig.update_layout(
         title={"text": frame_title(0)},
@@ -134,5 +166,5 @@ def layer_scatter(
             }
         ],
     )
-    fig.update_layout(margin={"b": 150})
-    return apply_paper_style(fig, height=700)
+    fig.update_layout(margin={"b": 150, "t": 100})
+    return apply_paper_style(fig, width=820, height=760)

@@ -1,0 +1,80 @@
+"""The clustering experiments run end to end offline on small settings and write what
+their docstrings promise (JSON with the answer in words, HTML, and PNG where a Chromium
+exists)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="PNG export needs a Chromium: apt-get install chromium"
+)
+
+
+def experiment(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_subject_object_clustering_on_the_toy_model(tmp_path, capsys):
+    exp = experiment("subject_object_clustering")
+    args = ["--models", "toy-ioi", "--words", "10", "--n-permutations", "200"]
+    assert (
+        exp.main(args + ["--n-bootstrap", "200", "--out", str(tmp_path), "--no-png", "--quiet"])
+        == 0
+    )
+    record = json.loads((tmp_path / "subject_object_toy-ioi.json").read_text())
+    assert record["answer"].startswith("Model toy-ioi: 10 names and 10 objects")
+    assert record["robustness_probe_axis"]["answer"].startswith("Model toy-ioi")
+    assert record["settings"]["n_permutations"] == 200
+    assert len(record["interaction"]["estimate"]) == 4
+    for kind in ("scatter", "shift", "separation"):
+        html = (tmp_path / f"subject_object_toy-ioi_{kind}.html").read_text()
+        assert len(html) > 1_000_000 and '<script src="https://cdn' not in html  # embedded
+    assert "addFrames" in (tmp_path / "subject_object_toy-ioi_scatter.html").read_text()
+    assert "robustness (probe axis)" in capsys.readouterr().out
+
+
+@needs_chromium
+def test_subject_object_clustering_writes_pngs(tmp_path):
+    exp = experiment("subject_object_clustering")
+    exp.run("toy-ioi", tmp_path, n_permutations=100, n_bootstrap=100, words=6, progress=False)
+    for kind in ("shift", "separation"):
+        png = tmp_path / f"subject_object_toy-ioi_{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_numbers_vs_words_on_minilm(tmp_path):
+    exp = experiment("numbers_vs_words")
+    assert exp.main(["--out", str(tmp_path), "--n-permutations", "500", "--no-png"]) == 0
+    record = json.loads((tmp_path / "numbers_vs_words.json").read_text())
+    assert set(record["cosine_1234"]) == {"1 vs one", "2 vs two", "3 vs three", "4 vs four"}
+    for kind in ("digits", "words"):
+        length = record["length"][kind]
+        assert length["exact"] and length["n_permutations"] == 40_320
+        assert len(length["sequences"]) == 8 and length["sequences"][-1].count(" ") == 9
+    assert record["answer"].startswith("Model minilm.")
+    assert (tmp_path / "numbers_vs_words_sequences.html").exists()
+
+
+def test_rsa_embeddings_offline(tmp_path):
+    exp = experiment("rsa_embeddings")
+    assert exp.main(["--out", str(tmp_path), "--n-permutations", "500", "--no-png"]) == 0
+    record = json.loads((tmp_path / "rsa_embeddings.json").read_text())
+    table = {row["word"]: row for row in record["tokenization"]}
+    # the notebook's table, exact for both real tokenizers
+    assert table["spaceship"]["gpt2 (tokenizer only) no space"] == 3
+    assert table["spaceship"]["gpt2 (tokenizer only) with space"] == 1
+    assert table["galaxy"]["minilm no space"] == 1
+    assert record["null"]["rsa_pearson_r"] < 0.3 < record["comparison"]["rsa_pearson_r"]
+    assert len(record["by_layer"]["rsa_pearson_r"]) == 7
+    assert len(record["cosine_a"]) == 18
