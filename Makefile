@@ -26,6 +26,9 @@ figures: $(STAMP)
 	$(VENV)/bin/mi-cluster demo
 	HF_HUB_OFFLINE=1 $(PY) experiments/layer_similarity.py
 	HF_HUB_OFFLINE=1 $(PY) experiments/toy_ioi_circuit.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/subject_object_clustering.py --quiet
+	HF_HUB_OFFLINE=1 $(PY) experiments/numbers_vs_words.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/rsa_embeddings.py
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
@@ -36,6 +39,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_collect.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
