@@ -164,7 +164,9 @@ def main() -> None:
     r = measure(model, args.n)
     atomic_write_text(args.out / "toy_ioi_circuit.json", json.dumps(r, indent=2) + "\n")
     save_figure(figure(r, args.model), args.out / "toy_ioi_circuit.html")
-    scalars = {k: v for k, v in r.items() if not (isinstance(v, list) and v and isinstance(v[0], list))}
+    scalars = {
+        k: v for k, v in r.items() if not (isinstance(v, list) and v and isinstance(v[0], list))
+    }
     print(json.dumps(scalars, indent=1))
 
 

@@ -15,7 +15,9 @@ def test_help_lists_demo():
 def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     scatter = (tmp_path / "demo_pca_by_layer.html").read_text()
-    assert len(scatter) > 1_000_000  # plotly.js embedded: opens offline
+    # plotly.js from a local copy beside the figures: opens offline, never a CDN
+    assert 'src="plotly.min.js"' in scatter and "cdn.plot" not in scatter
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     assert "Plotly.newPlot" in scatter and "addFrames" in scatter  # one frame per layer
     for label in ("lamp", "Adam", "object \\u00b7 subject", "layer L5", "Procrustes"):
         assert label in scatter, label
@@ -31,6 +33,7 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
         "demo_separation_by_layer.html",
         "demo_shift_by_layer.html",
         "demo_summary.json",
+        "plotly.min.js",
     ]
     out = capsys.readouterr().out
     assert "95% BCa CI" in out and "interaction" in out and "wrote" in out

@@ -39,7 +39,8 @@ def test_subject_object_clustering_on_the_toy_model(tmp_path, capsys):
     assert len(record["interaction"]["estimate"]) == 4
     for kind in ("scatter", "shift", "separation"):
         html = (tmp_path / f"subject_object_toy-ioi_{kind}.html").read_text()
-        assert len(html) > 1_000_000 and '<script src="https://cdn' not in html  # embedded
+        assert 'src="plotly.min.js"' in html and "cdn.plot" not in html
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
     assert "addFrames" in (tmp_path / "subject_object_toy-ioi_scatter.html").read_text()
     assert "robustness (probe axis)" in capsys.readouterr().out
 
@@ -78,3 +79,22 @@ def test_rsa_embeddings_offline(tmp_path):
     assert record["null"]["rsa_pearson_r"] < 0.3 < record["comparison"]["rsa_pearson_r"]
     assert len(record["by_layer"]["rsa_pearson_r"]) == 7
     assert len(record["cosine_a"]) == 18
+
+
+def test_save_figure_writes_one_local_plotly_copy_or_embeds_it(tmp_path):
+    import plotly.graph_objects as go
+
+    from mi_cluster.plotting import save_figure
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    save_figure(fig, tmp_path / "a.html")
+    js = tmp_path / "plotly.min.js"
+    first = js.stat().st_mtime_ns
+    save_figure(fig, tmp_path / "b.html")
+    assert js.stat().st_mtime_ns == first  # written once, shared by every figure
+    assert 'src="plotly.min.js"' in (tmp_path / "b.html").read_text()
+    assert (tmp_path / "b.html").stat().st_size < 100_000
+    save_figure(fig, tmp_path / "alone" / "c.html", embed_plotlyjs=True)
+    assert (tmp_path / "alone" / "c.html").stat().st_size > 1_000_000
+    assert not (tmp_path / "alone" / "plotly.min.js").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "alone", "b.html", "plotly.min.js"]

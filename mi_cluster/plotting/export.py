@@ -12,6 +12,7 @@ from mi_cluster.atomic import atomic_path
 __all__ = ["FigureExportError", "save_figure"]
 
 STATIC_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
+PLOTLY_JS = "plotly.min.js"
 
 
 class FigureExportError(RuntimeError):
@@ -19,17 +20,37 @@ class FigureExportError(RuntimeError):
     missing or failed."""
 
 
-def save_figure(fig: go.Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path``: ``.html`` is standalone (plotly.js embedded, opens
-    offline, animations kept); ``.png``/``.svg``/``.pdf`` go through kaleido (needs a
+def _local_plotly_js(directory: Path) -> None:
+    """Write the installed plotly.js as ``plotly.min.js`` in ``directory`` unless the same
+    file is there already (atomically: a reader never sees half a library)."""
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    target = directory / PLOTLY_JS
+    if target.is_file() and target.stat().st_size == len(js.encode("utf-8")):
+        if target.read_text(encoding="utf-8") == js:
+            return
+    with atomic_path(target) as tmp:
+        tmp.write_text(js, encoding="utf-8")
+
+
+def save_figure(fig: go.Figure, path: str | os.PathLike, embed_plotlyjs: bool = False) -> Path:
+    """Write ``fig`` to ``path``. ``.html`` opens offline with animations kept: it loads
+    ``plotly.min.js`` from its own folder, written there once for all figures (never a
+    CDN), or carries plotly.js inside it with ``embed_plotlyjs=True`` (4.8 MB a file, for
+    an HTML that travels alone). ``.png``/``.svg``/``.pdf`` go through kaleido (needs a
     Chromium on the machine; a failure raises :class:`FigureExportError` saying how to
-    install one). The file appears complete or not at all."""
+    install one). Each file appears complete or not at all."""
     target = Path(path)
     if target.suffix != ".html" and target.suffix not in STATIC_FORMATS:
         raise ValueError(f"unknown figure format {target.suffix!r} for {target}")
+    if target.suffix == ".html" and not embed_plotlyjs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _local_plotly_js(target.parent)
     with atomic_path(target) as tmp:
         if target.suffix == ".html":
-            fig.write_html(str(tmp), include_plotlyjs=True, full_html=True, auto_play=False)
+            js = True if embed_plotlyjs else PLOTLY_JS
+            fig.write_html(str(tmp), include_plotlyjs=js, full_html=True, auto_play=False)
         else:
             try:
                 fig.write_image(str(tmp))
