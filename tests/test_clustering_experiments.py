@@ -97,4 +97,5 @@ def test_save_figure_writes_one_local_plotly_copy_or_embeds_it(tmp_path):
     save_figure(fig, tmp_path / "alone" / "c.html", embed_plotlyjs=True)
     assert (tmp_path / "alone" / "c.html").stat().st_size > 1_000_000
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "alone", "b.html", "plotly.min.js"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["a.html", "alone", "b.html", "plotly.min.js"]
