@@ -56,7 +56,7 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
     from mi_cluster.activations import Positions, collect
     from mi_cluster.atomic import atomic_write_text
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import Band, FigureExportError, layer_bands, layer_scatter, save_figure
+    from mi_cluster.plotting import Band, layer_bands, layer_scatter, save_formats
     from mi_cluster.projections import pca_by_layer
     from mi_cluster.stats import correlation_test, correspondence_test
 
@@ -190,13 +190,16 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
     }
     out.mkdir(parents=True, exist_ok=True)
     files = [atomic_write_text(out / "numbers_vs_words.json", json.dumps(record, indent=2) + "\n")]
-    for stem, fig in (("cosine", cosine_fig), ("length", length_fig), ("sequences", seq_fig)):
-        files.append(save_figure(fig, out / f"numbers_vs_words_{stem}.html"))
-        if png and stem != "sequences":
-            try:
-                files.append(save_figure(fig, out / f"numbers_vs_words_{stem}.png"))
-            except FigureExportError as err:
-                print(err, file=sys.stderr)
+    static = ("png",) if png else ()
+    for stem, fig, formats in (
+        ("cosine", cosine_fig, ("html", *static)),
+        ("length", length_fig, ("html", *static)),
+        ("sequences", seq_fig, ("html",)),  # an animation: HTML only
+    ):
+        written, failed = save_formats(fig, out / f"numbers_vs_words_{stem}", formats)
+        files += written
+        for message in failed:
+            print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

@@ -86,9 +86,8 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     from mi_cluster.models import gpt2_tokenizer, load_model
     from mi_cluster.plotting import (
         Band,
-        FigureExportError,
         layer_bands,
-        save_figure,
+        save_formats,
         similarity_heatmaps,
         value_scatter,
     )
@@ -229,13 +228,12 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     }
     out.mkdir(parents=True, exist_ok=True)
     files = [atomic_write_text(out / "rsa_embeddings.json", json.dumps(record, indent=2) + "\n")]
+    formats = ("html", "png") if png else ("html",)
     for stem, fig in (("matrices", matrices_fig), ("scatter", scatter_fig), ("layers", layers_fig)):
-        files.append(save_figure(fig, out / f"rsa_embeddings_{stem}.html"))
-        if png:
-            try:
-                files.append(save_figure(fig, out / f"rsa_embeddings_{stem}.png"))
-            except FigureExportError as err:
-                print(err, file=sys.stderr)
+        written, failed = save_formats(fig, out / f"rsa_embeddings_{stem}", formats)
+        files += written
+        for message in failed:
+            print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

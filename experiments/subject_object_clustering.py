@@ -42,7 +42,7 @@ def run(
     from mi_cluster.atomic import atomic_write_text
     from mi_cluster.designs import NAMES, OBJECTS, UnknownWordWarning, role_design
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import FigureExportError, save_figure
+    from mi_cluster.plotting import save_formats
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
     from mi_cluster.subject_object import run_subject_object_study
 
@@ -80,12 +80,11 @@ def run(
         "separation": study_separation(study),
     }
     for kind, fig in figures.items():
-        written.append(save_figure(fig, out / f"{stem}_{kind}.html"))
-        if png and kind != "scatter":
-            try:
-                written.append(save_figure(fig, out / f"{stem}_{kind}.png"))
-            except FigureExportError as err:
-                print(f"[{model_name}] {err}", file=sys.stderr)
+        static = ("png",) if png and kind != "scatter" else ()  # the animation: HTML only
+        files, failed = save_formats(fig, out / f"{stem}_{kind}", ("html", *static))
+        written += files
+        for message in failed:
+            print(message, file=sys.stderr)
     record["files"] = [str(p) for p in written]
     return record
 

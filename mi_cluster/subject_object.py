@@ -311,9 +311,12 @@ def _answer(s: SubjectObjectStudy) -> str:
         for name, t in s.family_interaction.items()
         if torch.sign(t.estimate[i_max]) == torch.sign(s.interaction.estimate[i_max])
     ]
+    per_family = {name: t.estimate[i_max].item() for name, t in s.family_interaction.items()}
+    low, high = min(per_family, key=per_family.get), max(per_family, key=per_family.get)
     lines.append(
         f"At {labels[i_max]}, {len(agree)} of {len(s.family_interaction)} template families "
-        "give an interaction of the same sign."
+        f"give an interaction of the same sign, from {per_family[low]:+.3f} ({low}) to "
+        f"{per_family[high]:+.3f} ({high})."
     )
     sep = s.separation
     if "silhouette" in sep.get("subject", {}) and "probe" in sep.get("subject", {}):

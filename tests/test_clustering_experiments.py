@@ -99,3 +99,25 @@ def test_save_figure_writes_one_local_plotly_copy_or_embeds_it(tmp_path):
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["a.html", "alone", "b.html", "plotly.min.js"]
+
+
+def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from mi_cluster.plotting import save_formats
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("Kaleido requires Google Chrome to be installed")
+
+    monkeypatch.setattr(go.Figure, "write_image", no_browser)
+    written, failed = save_formats(fig, tmp_path / "fig", ("html", "png"))
+    assert [p.name for p in written] == ["fig.html"]
+    assert (
+        len(failed) == 1
+        and "fig.png not written" in failed[0]
+        and "apt-get install chromium" in failed[0]
+    )
+    assert not (tmp_path / "fig.png").exists()  # no partial file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html", "plotly.min.js"]

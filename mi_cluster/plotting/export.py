@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from mi_cluster.atomic import atomic_path
 
-__all__ = ["FigureExportError", "save_figure"]
+__all__ = ["FigureExportError", "save_figure", "save_formats"]
 
 STATIC_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 PLOTLY_JS = "plotly.min.js"
@@ -40,7 +40,8 @@ def save_figure(fig: go.Figure, path: str | os.PathLike, embed_plotlyjs: bool = 
     CDN), or carries plotly.js inside it with ``embed_plotlyjs=True`` (4.8 MB a file, for
     an HTML that travels alone). ``.png``/``.svg``/``.pdf`` go through kaleido (needs a
     Chromium on the machine; a failure raises :class:`FigureExportError` saying how to
-    install one). Each file appears complete or not at all."""
+    install one). Each file appears complete or not at all, and the same figure always
+    gives the same bytes (the plot's element id comes from the file name)."""
     target = Path(path)
     if target.suffix != ".html" and target.suffix not in STATIC_FORMATS:
         raise ValueError(f"unknown figure format {target.suffix!r} for {target}")
@@ -50,7 +51,10 @@ def save_figure(fig: go.Figure, path: str | os.PathLike, embed_plotlyjs: bool = 
     with atomic_path(target) as tmp:
         if target.suffix == ".html":
             js = True if embed_plotlyjs else PLOTLY_JS
-            fig.write_html(str(tmp), include_plotlyjs=js, full_html=True, auto_play=False)
+            div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in target.stem)
+            fig.write_html(
+                str(tmp), include_plotlyjs=js, full_html=True, auto_play=False, div_id=div_id
+            )
         else:
             try:
                 fig.write_image(str(tmp))
@@ -60,3 +64,20 @@ def save_figure(fig: go.Figure, path: str | os.PathLike, embed_plotlyjs: bool = 
                     "(kaleido>=1) and a Chromium on the machine (apt-get install chromium)"
                 ) from err
     return target
+
+
+def save_formats(
+    fig: go.Figure, stem: str | os.PathLike, formats: tuple[str, ...] = ("html", "png")
+) -> tuple[list[Path], list[str]]:
+    """Write ``fig`` as ``<stem>.<format>`` for each format (see :func:`save_figure`).
+    Returns the files written and, instead of raising, the message of each static format
+    that could not be rendered, so a machine without a Chromium still gets the others."""
+    written: list[Path] = []
+    failed: list[str] = []
+    for fmt in formats:
+        path = Path(f"{os.fspath(stem)}.{fmt.lstrip('.')}")
+        try:
+            written.append(save_figure(fig, path))
+        except FigureExportError as err:
+            failed.append(str(err))
+    return written, failed
