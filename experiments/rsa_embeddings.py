@@ -50,13 +50,24 @@ def tokenization_table(tokenizers: dict) -> list[dict]:
     return rows
 
 
+def first_token_ids(tokenizer) -> list[int]:
+    """Each word's first token in its mid-sentence form (as the notebook: the token a
+    multi-token word starts with), refusing words the vocabulary does not know."""
+    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS]
+    unknown = [w for w, i in zip(WORDS, ids, strict=True) if i == tokenizer.unk_token_id]
+    if unknown and tokenizer.unk_token_id not in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        raise SystemExit(
+            f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')} does not know {unknown}: "
+            "their embedding would be the unknown token's; RSA needs every word"
+        )
+    return ids
+
+
 def input_embeddings(model):
     """``[word, d_model]``: each word's first token (mid-sentence form) in ``W_E``."""
     from mi_cluster.prompts import get_tokenizer
 
-    tok = get_tokenizer(model)
-    ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS]
-    return model.W_E.detach()[ids].double()
+    return model.W_E.detach()[first_token_ids(get_tokenizer(model))].double()
 
 
 def cosine(x):
@@ -124,10 +135,7 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     cos_second = cosine(emb_second)
     main = mantel_test(cos_first, cos_second, n_permutations=n_permutations)
     if first_name == "minilm":
-        ids = [
-            get_tokenizer(first)(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS
-        ]
-        null_vectors = random_minilm_embeddings()[ids].double()
+        null_vectors = random_minilm_embeddings()[first_token_ids(get_tokenizer(first))].double()
     else:
         gen = torch.Generator().manual_seed(0)
         null_vectors = torch.randn(emb_first.shape, generator=gen, dtype=torch.float64)

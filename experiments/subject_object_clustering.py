@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models",
+        "--model",
         nargs="+",
         default=list(OFFLINE_MODELS),
         help="models to study (default: minilm toy-ioi, offline; e.g. gpt2 with network)",

@@ -121,3 +121,23 @@ def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_pat
     )
     assert not (tmp_path / "fig.png").exists()  # no partial file left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html", "plotly.min.js"]
+
+
+def test_rsa_embeddings_compares_two_models_of_different_widths(tmp_path):
+    from mi_cluster.models import TinyConfig, save_tiny_pretrained
+
+    tiny_dir = save_tiny_pretrained(TinyConfig(d_model=64), tmp_path / "tiny")
+    exp = experiment("rsa_embeddings")
+    record = exp.run(["minilm", str(tiny_dir)], tmp_path / "out", n_permutations=200, png=False)
+    assert record["comparison"]["b"] == f"{tiny_dir} input embeddings"
+    assert -1 <= record["comparison"]["rsa_pearson_r"] <= 1
+    assert [k for k in record["tokenization"][0] if k.endswith("no space")] == [
+        "minilm no space",
+        f"{tiny_dir} no space",
+    ]
+
+
+def test_rsa_embeddings_refuses_words_the_vocabulary_lacks(tmp_path):
+    exp = experiment("rsa_embeddings")
+    with pytest.raises(SystemExit, match=r"does not know \['space', 'spaceship'"):
+        exp.run(["toy-ioi"], tmp_path, n_permutations=100, png=False)
