@@ -115,6 +115,13 @@ def _index(design: RoleDesign, role: str) -> Tensor:
     for k, it in enumerate(design.items):
         if it.role == role:
             out[where[it.lemma], fams.index(it.family)] = k
+    missing = (out < 0).nonzero()
+    if len(missing):
+        w, f = (int(i) for i in missing[0])
+        raise ValueError(
+            f"the design has no {role!r} reading of {words[w]!r} in family {fams[f]!r}: "
+            "every word needs every family in every role"
+        )
     return out
 
 
@@ -333,8 +340,12 @@ def _answer(s: SubjectObjectStudy) -> str:
     return " ".join(lines)
 
 
+def _r(v: Tensor) -> list[float]:
+    return [round(float(x), 6) for x in v.tolist()]
+
+
 def _effect_json(t: EffectTest) -> dict[str, Any]:
-    r = lambda v: [round(float(x), 6) for x in v.tolist()]  # noqa: E731
+    r = _r
     return {
         "estimate": r(t.estimate),
         "ci_percentile": [r(t.interval.low), r(t.interval.high)],
@@ -350,7 +361,7 @@ def _effect_json(t: EffectTest) -> dict[str, Any]:
 
 
 def _separation_json(t: SeparationTest) -> dict[str, Any]:
-    r = lambda v: [round(float(x), 6) for x in v.tolist()]  # noqa: E731
+    r = _r
     return {
         "value": r(t.value),
         "ci_percentile": [r(t.interval.low), r(t.interval.high)],
@@ -393,9 +404,7 @@ def _summary(s: SubjectObjectStudy) -> dict[str, Any]:
             "method": s.method,
             "cross_fitting": "axis per layer fitted on the in-context readings of the other "
             "folds' words",
-            "group_means": {
-                k: [round(float(v), 6) for v in t.tolist()] for k, t in s.group_means.items()
-            },
+            "group_means": {k: _r(t) for k, t in s.group_means.items()},
         },
         "object_shift": _effect_json(s.object_shift),
         "name_shift": _effect_json(s.name_shift),

@@ -121,3 +121,11 @@ def test_study_figures(study):
     assert names == {"objects' shift", "names' shift", "interaction (objects − names)"}
     sep = study_separation(study)
     assert len(sep.layout.annotations) == len(S.STATISTICS)  # one panel per statistic
+
+
+def test_incomplete_design_is_refused(toy, study):
+    import dataclasses
+
+    bad = dataclasses.replace(study.design, items=study.design.items[:-1])
+    with pytest.raises(ValueError, match="no 'object' reading of"):
+        run_subject_object_study(toy, bad, n_permutations=10, n_bootstrap=10, progress=False)
