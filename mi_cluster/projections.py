@@ -143,7 +143,7 @@ def pca_by_layer(
         rot = u @ vt
         coords[layer] = coords[layer] @ rot
         comps[layer] = rot.T @ comps[layer]
-    basis_name = "PCA per layer, each rotated onto the previous layer (orthogonal Procrustes)"
+    basis_name = "per-layer PCA, Procrustes-aligned to the previous layer"
     return _finish(
         centred, comps, mean, basis_name, [f"aligned PC{i + 1}" for i in range(n_components)]
     )

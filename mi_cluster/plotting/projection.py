@@ -167,4 +167,4 @@ def layer_scatter(
         ],
     )
     fig.update_layout(margin={"b": 150, "t": 100})
-    return apply_paper_style(fig, width=820, height=760)
+    return apply_paper_style(fig, width=880, height=760)
