@@ -20,6 +20,7 @@ __all__ = [
     "get_tokenizer",
     "single_token_id",
     "tokenize_prompt",
+    "unique_token_labels",
     "unknown_tokens",
     "word_positions",
     "word_token_table",
@@ -251,3 +252,17 @@ def unknown_tokens(model_or_tokenizer: Any, prompt: TokenizedPrompt) -> list[tup
         )
         if i == unk and not sp and e > s
     ]
+
+
+def unique_token_labels(str_tokens: Sequence[str]) -> list[str]:
+    """A readable, unique label per token: the token without surrounding spaces, and for a
+    token that occurs more than once, its occurrence number (``"John 1"``, ``"John 2"``),
+    so figures with a position axis never merge two positions."""
+    stripped = [t.strip() or repr(t) for t in str_tokens]
+    total = {t: stripped.count(t) for t in stripped}
+    seen: dict[str, int] = {}
+    out = []
+    for t in stripped:
+        seen[t] = seen.get(t, 0) + 1
+        out.append(f"{t} {seen[t]}" if total[t] > 1 else t)
+    return out

@@ -1,0 +1,191 @@
+"""Patching metrics: any function of a patched run, one value per prompt.
+
+A :class:`Metric` says what it reads, so a patched run computes only that: logits at a few
+positions per prompt (``positions="last"``: each prompt's last real token; ``"all"``; or
+explicit per-prompt positions), and/or activations at named hooks (a run stops after the
+last layer a metric reads when it needs no logits). Its function receives a
+:class:`MetricInput` for many rows at once (each a patched copy of some prompt) and returns
+one value per row. Built in: :func:`logit_difference`, :func:`answer_probability`,
+:func:`kl_to_clean`, and :func:`activation_metric` for representational scores (a
+subjecthood projection, a probe logit, a cosine to a reference); the normalised metric
+``(patched - corrupted) / (clean - corrupted)`` is :meth:`PatchResult.normalised`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mi_cluster.models import require_meaningful_logits
+from mi_cluster.patching.runner import PatchingError
+from mi_cluster.prompts import single_token_id
+
+__all__ = [
+    "Metric",
+    "MetricInput",
+    "activation_metric",
+    "answer_ids",
+    "answer_probability",
+    "kl_to_clean",
+    "logit_difference",
+]
+
+
+@dataclass(frozen=True)
+class MetricInput:
+    """What a metric sees of one batch of patched runs.
+
+    Fields:
+        prompt: ``Int[Tensor, "row"]``, the prompt each row is a copy of.
+        logits: ``Float[Tensor, "row k d_vocab"]`` at the metric's positions, or None.
+        activations: hook name -> ``[row, ...]`` activation, for the hooks it reads.
+        clean_logits: the clean run's logits at the same positions, ``[prompt, k, vocab]``
+            (index with ``prompt``), or None when no logits are read.
+    """
+
+    prompt: Int[Tensor, " row"]
+    logits: Float[Tensor, "row k d_vocab"] | None
+    activations: dict[str, Tensor]
+    clean_logits: Float[Tensor, "prompt k d_vocab"] | None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A function of a patched run giving one value per prompt.
+
+    Fields:
+        name: shown in results and figures.
+        fn: ``MetricInput -> Float[Tensor, "row"]``.
+        positions: ``"last"``, ``"all"``, or an ``Int[Tensor, "prompt k"]`` of positions
+            per prompt, whose logits ``fn`` reads; ``None`` when it reads no logits.
+        reads: hook names whose activations ``fn`` reads.
+    """
+
+    name: str
+    fn: Callable[[MetricInput], Tensor]
+    positions: str | Tensor | None = "last"
+    reads: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.positions is None and not self.reads:
+            raise PatchingError(f"metric {self.name!r} reads neither logits nor activations")
+        if isinstance(self.positions, str) and self.positions not in ("last", "all"):
+            raise PatchingError(
+                f"metric {self.name!r}: positions must be 'last', 'all', a tensor or None, "
+                f"got {self.positions!r}"
+            )
+
+
+def answer_ids(
+    model: Any, answers: Sequence[Sequence[str | int]] | Tensor
+) -> Int[Tensor, "prompt n"]:
+    """Answer token ids per prompt: words (each must be one token, as the model would
+    predict it mid-sentence) or ids; an error names any word that is not one token."""
+    if isinstance(answers, Tensor):
+        return answers.long()
+    rows = []
+    for k, row in enumerate(answers):
+        if isinstance(row, str):
+            raise PatchingError(f"answers[{k}] is one string; give (correct, wrong) per prompt")
+        try:
+            rows.append([a if isinstance(a, int) else single_token_id(model, a) for a in row])
+        except ValueError as err:
+            raise PatchingError(f"answers[{k}]: {err}") from None
+    if len({len(r) for r in rows}) > 1:
+        raise PatchingError("every prompt needs the same number of answers")
+    return torch.tensor(rows)
+
+
+def _at(logits: Tensor, prompt: Tensor, ids: Tensor, column: int) -> Tensor:
+    return logits[:, 0].gather(1, ids[prompt.cpu(), column].to(logits.device)[:, None])[:, 0]
+
+
+def logit_difference(model: Any, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
+    """Logit of the first answer minus the second, at each prompt's last token (each
+    prompt with its own answers, e.g. ``[("Mary", "John"), ...]``)."""
+    require_meaningful_logits(model, "logit difference")
+    ids = answer_ids(model, answers)
+
+    def fn(inp: MetricInput) -> Tensor:
+        return _at(inp.logits, inp.prompt, ids, 0) - _at(inp.logits, inp.prompt, ids, 1)
+
+    return Metric("logit difference", fn, "last")
+
+
+def answer_probability(model: Any, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
+    """Probability of the first answer at each prompt's last token."""
+    require_meaningful_logits(model, "answer probability")
+    ids = answer_ids(model, answers)
+
+    def fn(inp: MetricInput) -> Tensor:
+        probs = inp.logits[:, 0].float().softmax(-1).to(inp.logits.dtype)
+        return probs.gather(1, ids[inp.prompt.cpu(), 0].to(probs.device)[:, None])[:, 0]
+
+    return Metric("answer probability", fn, "last")
+
+
+def kl_to_clean(model: Any, positions: str | Tensor = "last") -> Metric:
+    """KL(clean || patched) of the next-token distributions, summed over the positions
+    read (0 when the patched run predicts as the clean run)."""
+    require_meaningful_logits(model, "KL divergence to the clean run")
+
+    def fn(inp: MetricInput) -> Tensor:
+        p = inp.clean_logits[inp.prompt.to(inp.clean_logits.device)].log_softmax(-1)
+        q = inp.logits.log_softmax(-1)
+        return (p.exp() * (p - q)).sum(-1).sum(-1)
+
+    return Metric("KL(clean || patched)", fn, positions)
+
+
+def activation_metric(name: str, hook: str, score: Callable[[Tensor, Tensor], Tensor]) -> Metric:
+    """A metric of one activation, e.g. the subjecthood of a word's residual at a layer:
+    ``score(activation [row, ...], prompt [row]) -> [row]``. Runs stop after that layer."""
+    return Metric(name, lambda inp: score(inp.activations[hook], inp.prompt), None, (hook,))
+
+
+def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.dtype) -> None:
+    """Call the metric on zeros shaped like a real batch before any forward pass, so a
+    metric that does not return one value per prompt fails at once, by name."""
+    k = _n_positions(metric.positions, n_pos)
+    prompt = torch.arange(batch)
+    logits = None if metric.positions is None else torch.zeros(batch, k, d_vocab, dtype=dtype)
+    try:
+        out = metric.fn(MetricInput(prompt, logits, _FakeActivations(batch), logits))
+    except _NeedsRealActivations:
+        return  # activation metrics are checked on the first real batch
+    _check_output(metric, out, batch)
+
+
+def _n_positions(positions: str | Tensor | None, n_pos: int) -> int:
+    if positions is None:
+        return 0
+    if isinstance(positions, str):
+        return 1 if positions == "last" else n_pos
+    return positions.shape[1]
+
+
+def _check_output(metric: Metric, out: Any, rows: int) -> None:
+    if not isinstance(out, Tensor) or out.shape != (rows,):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise PatchingError(
+            f"metric {metric.name!r} must return one value per prompt (a tensor of shape "
+            f"[{rows}]), got {shape}"
+        )
+
+
+class _NeedsRealActivations(Exception):
+    pass
+
+
+class _FakeActivations(dict):
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def __getitem__(self, key: str) -> Float[Tensor, "..."]:
+        raise _NeedsRealActivations

@@ -1,0 +1,427 @@
+"""Patching against TransformerLens's own patching functions (to 1e-5, float32 and
+float64, on a GPT-2-architecture tiny random model, the toy model and MiniLM), path
+patching against a plain four-pass implementation, attribution patching against finite
+differences, and the errors raised before any forward pass."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import transformer_lens.patching as TLP
+
+from mi_cluster.activations import hook_name
+from mi_cluster.models import TinyConfig, load_model
+from mi_cluster.prompts import single_token_id
+from mi_cluster.patching import (
+    Metric,
+    MetricInput,
+    PatchingError,
+    activation_metric,
+    activation_patching,
+    answer_probability,
+    attribution_patching,
+    correlation_with,
+    kl_to_clean,
+    logit_difference,
+    path_patching,
+)
+
+TL_FUNCTIONS = {
+    "resid_pre": TLP.get_act_patch_resid_pre,
+    "resid_mid": TLP.get_act_patch_resid_mid,
+    "attn_out": TLP.get_act_patch_attn_out,
+    "mlp_out": TLP.get_act_patch_mlp_out,
+    "head_out": TLP.get_act_patch_attn_head_out_all_pos,
+    "head_out_by_pos": TLP.get_act_patch_attn_head_out_by_pos,
+    "q": TLP.get_act_patch_attn_head_q_all_pos,
+    "k": TLP.get_act_patch_attn_head_k_all_pos,
+    "v": TLP.get_act_patch_attn_head_v_all_pos,
+    "pattern": TLP.get_act_patch_attn_head_pattern_all_pos,
+}
+GPT_CLEAN = ["When Mary and John went to the store, John gave a book to", "When Eve and Paul went to the store, Paul gave a cup to"]  # fmt: skip
+GPT_CORRUPT = ["When Mary and John went to the store, Adam gave a book to", "When Eve and Paul went to the store, Mark gave a cup to"]  # fmt: skip
+TOY_CLEAN = ["When Mary and John went to the store , John gave a book to", "When Anna and Tom went to the park , Tom gave a cup to"]  # fmt: skip
+TOY_CORRUPT = ["When Mary and John went to the store , Kate gave a book to", "When Anna and Tom went to the park , Lucy gave a cup to"]  # fmt: skip
+BERT_CLEAN = ["the cat sat on the mat", "a dog ran in the park"]
+BERT_CORRUPT = ["the cat sat on the rug", "a dog ran in the yard"]
+
+
+def _logit_gap(model, a: str, b: str, position: int = -1):
+    """A metric of the logits at one position (usable on MiniLM, whose logits are random
+    but deterministic): logit of token ``a`` minus ``b``. Returns (ours, TransformerLens's)."""
+    ia, ib = single_token_id(model, a), single_token_id(model, b)
+
+    def ours(inp: MetricInput) -> torch.Tensor:
+        return inp.logits[:, 0, ia] - inp.logits[:, 0, ib]
+
+    def theirs(logits):
+        return (logits[:, position, ia] - logits[:, position, ib]).mean()
+
+    return Metric(f"logit {a} - {b}", ours, "last"), theirs
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    return load_model(
+        TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cpu", dtype=torch.float64
+    )
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy-ioi", device="cpu")
+
+
+def _compare_with_transformer_lens(model, clean, corrupted, metric, tl_metric, sites, atol):
+    tokens_clean, tokens_corrupt = model.to_tokens(clean), model.to_tokens(corrupted)
+    assert tokens_clean.shape == tokens_corrupt.shape
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens_clean)
+    for site in sites:
+        ours = activation_patching(
+            model, tokens_clean, tokens_corrupt, metric, site, progress=False
+        )
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = TL_FUNCTIONS[site](model, tokens_corrupt, cache, tl_metric)
+        assert ours.mean().shape == ref.shape, site
+        torch.testing.assert_close(
+            ours.mean(), ref.to(ours.values.dtype), atol=atol, rtol=0, msg=site
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equal_to_transformer_lens_on_a_gpt2_architecture(tiny, tiny64, dtype):
+    model = tiny if dtype == torch.float32 else tiny64
+    metric, tl_metric = _logit_gap(model, "Mary", "John")
+    _compare_with_transformer_lens(
+        model, GPT_CLEAN, GPT_CORRUPT, metric, tl_metric, TL_FUNCTIONS, 1e-5
+    )
+
+
+def test_equal_to_transformer_lens_on_the_toy_model(toy):
+    metric = logit_difference(toy, [("Mary", "John"), ("Anna", "Tom")])
+    io = torch.tensor([toy.to_single_token(w) for w in ("Mary", "Anna")])
+    s = torch.tensor([toy.to_single_token(w) for w in ("John", "Tom")])
+
+    def tl_metric(logits):
+        last = logits[:, -1]
+        return (last.gather(1, io[:, None]) - last.gather(1, s[:, None])).mean()
+
+    _compare_with_transformer_lens(
+        toy, TOY_CLEAN, TOY_CORRUPT, metric, tl_metric, TL_FUNCTIONS, 1e-5
+    )
+
+
+def test_equal_to_transformer_lens_on_minilm(minilm):
+    """Bidirectional, post-LayerNorm, with MLPs and BERT's MLM head; the metric reads the
+    [SEP] position's logits (random but deterministic in MiniLM)."""
+    metric, tl_metric = _logit_gap(minilm, "mat", "rug")
+    sites = ["resid_pre", "attn_out", "mlp_out", "head_out", "pattern", "v"]
+    _compare_with_transformer_lens(minilm, BERT_CLEAN, BERT_CORRUPT, metric, tl_metric, sites, 1e-4)
+
+
+def test_resid_post_and_noising_equal_plain_hooks(tiny64):
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    with torch.no_grad():
+        _, cc = tiny64.run_with_cache(clean)
+        _, xc = tiny64.run_with_cache(corrupt)
+    for direction, base, source in (("denoise", corrupt, cc), ("noise", clean, xc)):
+        res = activation_patching(
+            tiny64, clean, corrupt, metric, "resid_post", direction=direction, progress=False
+        )
+        for layer in range(2):
+            for pos in (0, 5, clean.shape[1] - 1):
+                name = hook_name("resid_post", layer)
+
+                def hook(act, hook, name=name, pos=pos, source=source):
+                    act[:, pos] = source[name][:, pos]
+                    return act
+
+                with torch.no_grad():
+                    logits = tiny64.run_with_hooks(base, fwd_hooks=[(name, hook)])
+                want = metric.fn(MetricInput(torch.arange(2), logits[:, -1:], {}, None))
+                torch.testing.assert_close(res.values[layer, pos], want, atol=1e-10, rtol=0)
+
+
+def test_chunking_and_padding_do_not_change_results(tiny64):
+    metric = logit_difference(tiny64, [("Mary", "John"), ("Eve", "Paul"), ("Mary", "John")])
+    clean = GPT_CLEAN + ["When Mary and John went to the park, John gave a book to"]
+    corrupt = GPT_CORRUPT + ["When Mary and John went to the park, Adam gave a book to"]
+    whole = activation_patching(tiny64, clean, corrupt, metric, "head_out", progress=False)
+    small = activation_patching(
+        tiny64, clean, corrupt, metric, "head_out", max_batch_size=3, progress=False
+    )
+    torch.testing.assert_close(whole.values, small.values)
+    # a pair of another length pads the batch; each prompt's values equal running it alone
+    longer_c = ["When Mary and John went to the big store, John gave a book to"]
+    longer_x = ["When Mary and John went to the big store, Adam gave a book to"]
+    mixed = activation_patching(
+        tiny64, GPT_CLEAN + longer_c, GPT_CORRUPT + longer_x,
+        logit_difference(tiny64, [("Mary", "John"), ("Eve", "Paul"), ("Mary", "John")]),
+        "head_out", progress=False,
+    )  # fmt: skip
+    alone = activation_patching(
+        tiny64,
+        longer_c,
+        longer_x,
+        logit_difference(tiny64, [("Mary", "John")]),
+        "head_out",
+        progress=False,
+    )
+    torch.testing.assert_close(mixed.values[..., 2], alone.values[..., 0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(mixed.values[..., :2], whole.values[..., :2], atol=1e-10, rtol=0)
+
+
+def test_metrics_kl_probability_and_activation(tiny64):
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    kl = activation_patching(
+        tiny64, clean, corrupt, kl_to_clean(tiny64), "resid_pre", progress=False
+    )
+    torch.testing.assert_close(kl.clean, torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    # the prompts differ at one position: patching layer 0's residual there restores the
+    # clean run exactly (KL 0); anywhere else it changes nothing (KL of the corrupted run)
+    first = activation_patching(
+        tiny64, clean, corrupt, kl_to_clean(tiny64), "resid_pre", layers=[0], progress=False
+    )
+    changed = (clean != corrupt).any(0)
+    torch.testing.assert_close(
+        first.values[0, changed], torch.zeros(1, 2, dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    torch.testing.assert_close(
+        first.values[0, ~changed], first.corrupted.expand(int((~changed).sum()), -1)
+    )
+    assert (first.corrupted > 0).all()
+    probs = answer_probability(tiny64, [("Mary", "John"), ("Eve", "Paul")])
+    res = activation_patching(tiny64, clean, corrupt, probs, "head_out", progress=False)
+    with torch.no_grad():
+        p = tiny64(clean)[:, -1].softmax(-1)
+    torch.testing.assert_close(
+        res.clean, p[[0, 1], [tiny64.to_single_token(" Mary"), tiny64.to_single_token(" Eve")]]
+    )
+    # an activation metric stops at its layer: patching a later layer leaves it unchanged
+    probe = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    name = hook_name("resid_post", 0)
+    score = activation_metric("probe at L0", name, lambda act, prompt: act[:, -1] @ probe)
+    rep = activation_patching(tiny64, clean, corrupt, score, "head_out", progress=False)
+    torch.testing.assert_close(rep.values[1], rep.corrupted.expand(4, -1))  # layer 1 cannot move it
+    with torch.no_grad():
+        _, cc = tiny64.run_with_cache(clean)
+    z = hook_name("z", 0)
+
+    def patch_head(act, hook):
+        act[:, :, 2] = cc[z][:, :, 2]
+        return act
+
+    with torch.no_grad():
+        store = {}
+        tiny64.run_with_hooks(
+            corrupt,
+            fwd_hooks=[
+                (z, patch_head),
+                (name, lambda act, hook: store.__setitem__("a", act.clone())),
+            ],
+        )
+    torch.testing.assert_close(rep.values[0, 2], store["a"][:, -1] @ probe)
+    assert rep.normalised().shape == (2, 4)
+
+
+def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
+    """The four passes of Algorithm 1, one sender at a time, with run_with_hooks."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    with torch.no_grad():
+        _, base = model.run_with_cache(base_tokens)
+        _, source = model.run_with_cache(source_tokens)
+    out = torch.zeros(n_layers, n_heads, base_tokens.shape[0], dtype=torch.float64)
+    for sender_layer in range(n_layers):
+        for sender in range(n_heads):
+            hooks = []
+            for layer in range(n_layers):
+
+                def freeze(act, hook, layer=layer):
+                    act[:] = base[hook_name("z", layer)]
+                    if layer == sender_layer:
+                        act[:, :, sender] = source[hook_name("z", layer)][:, :, sender]
+                    return act
+
+                hooks.append((hook_name("z", layer), freeze))
+            seen = {}
+            for layer, _, which in receivers:
+                name = hook_name(which, layer)
+                hooks.append(
+                    (name, lambda act, hook, name=name: seen.__setitem__(name, act.clone()))
+                )
+            with torch.no_grad():
+                logits = model.run_with_hooks(base_tokens, fwd_hooks=hooks)  # pass 3
+            if receivers:
+                patches = []
+                for layer, head, which in receivers:
+                    name = hook_name(which, layer)
+
+                    def patch(act, hook, name=name, head=head):
+                        act[:, :, head] = seen[name][:, :, head]
+                        return act
+
+                    patches.append((name, patch))
+                with torch.no_grad():
+                    logits = model.run_with_hooks(base_tokens, fwd_hooks=patches)  # pass 4
+            out[sender_layer, sender] = metric.fn(
+                MetricInput(torch.arange(2), logits[:, -1:], {}, None)
+            )
+    return out
+
+
+@pytest.mark.parametrize(
+    "receivers", ["logits", [(1, 0, "q")], [(1, 2, "k"), (1, 3, "v")]], ids=["logits", "q", "k+v"]
+)
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
+def test_path_patching_equals_a_plain_four_pass_implementation(tiny64, receivers, direction):
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    got = path_patching(
+        tiny64, clean, corrupt, metric, receivers, direction=direction, progress=False
+    )
+    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    want = _plain_path_patching(
+        tiny64, base, source, metric, [] if receivers == "logits" else receivers
+    )
+    torch.testing.assert_close(got.values, want, atol=1e-10, rtol=0)
+    if receivers != "logits":  # senders at or after every receiver have no path to it
+        base_value = got.clean if direction == "noise" else got.corrupted
+        torch.testing.assert_close(got.values[1], base_value.expand(4, -1))
+
+
+def test_path_patching_batches_senders(tiny64):
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    a = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, progress=False)
+    b = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, max_batch_size=2, progress=False)
+    torch.testing.assert_close(a.values, b.values)
+
+
+def test_attribution_equals_the_directional_derivative(tiny64):
+    """Attribution is m(base) + (a' - a) . grad: the derivative of the metric along the
+    patch, checked by a central finite difference with plain hooks (float64)."""
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    att = attribution_patching(tiny64, clean, corrupt, metric, ("head_out", "resid_pre"))
+    with torch.no_grad():
+        _, cc = tiny64.run_with_cache(clean)
+        _, xc = tiny64.run_with_cache(corrupt)
+    eps = 1e-5
+
+    def moved(name, select, t):
+        def hook(act, hook):
+            act[select] = act[select] + t * (cc[name] - xc[name])[select]
+            return act
+
+        with torch.no_grad():
+            logits = tiny64.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])
+        return metric.fn(MetricInput(torch.arange(2), logits[:, -1:], {}, None))
+
+    for layer, head in ((0, 1), (1, 3)):
+        name, select = hook_name("z", layer), (slice(None), slice(None), head)
+        slope = (moved(name, select, eps) - moved(name, select, -eps)) / (2 * eps)
+        torch.testing.assert_close(
+            att["head_out"].values[layer, head] - att["head_out"].corrupted,
+            slope,
+            atol=1e-6,
+            rtol=1e-5,
+        )
+    name, select = hook_name("resid_pre", 1), (slice(None), 7)
+    slope = (moved(name, select, eps) - moved(name, select, -eps)) / (2 * eps)
+    torch.testing.assert_close(
+        att["resid_pre"].values[1, 7] - att["resid_pre"].corrupted, slope, atol=1e-6, rtol=1e-5
+    )
+
+
+def test_attribution_tracks_exact_patching_on_the_toy_model(toy):
+    metric = logit_difference(toy, [("Mary", "John"), ("Anna", "Tom")])
+    att = attribution_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, ("head_out",))
+    exact = activation_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, "head_out", progress=False)
+    assert correlation_with(att["head_out"], exact) > 0.9
+    torch.testing.assert_close(att["head_out"].clean, exact.clean)
+    torch.testing.assert_close(att["head_out"].corrupted, exact.corrupted)
+
+
+class _AttentionOnly:
+    """The tiny model as an attention-only model would look: no MLP hooks. Any forward
+    pass through it fails, so errors raised here come before one."""
+
+    def __init__(self, model):
+        self._model = model
+        self.cfg = copy.copy(model.cfg)
+        self.cfg.attn_only = True
+        self.hook_dict = {k: v for k, v in model.hook_dict.items() if "mlp" not in k}
+        self.tokenizer = model.tokenizer
+
+    def to_str_tokens(self, *a, **k):
+        return self._model.to_str_tokens(*a, **k)
+
+    def to_tokens(self, *a, **k):
+        return self._model.to_tokens(*a, **k)
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a forward pass was attempted ({name})")
+
+
+def test_bad_inputs_fail_before_any_forward_pass(tiny):
+    fake = _AttentionOnly(tiny)
+    metric, _ = _logit_gap(tiny, "Mary", "John")
+    tokens = tiny.to_tokens(GPT_CLEAN)
+    with pytest.raises(PatchingError, match=r"no MLP output .*attention-only"):
+        activation_patching(fake, tokens, tokens, metric, "mlp_out")
+    with pytest.raises(
+        PatchingError,
+        match=r"prompt pair 0 has 15 clean and \d+ corrupted tokens; patching needs equal",
+    ):
+        activation_patching(
+            fake,
+            GPT_CLEAN,
+            ["When Mary and John went to the big store, Adam gave a book to", GPT_CORRUPT[1]],
+            metric,
+        )
+    with pytest.raises(PatchingError, match=r"answers\[1\]: word 'Zyxwv' is not a single token"):
+        logit_difference(tiny, [("Mary", "John"), ("Zyxwv", "John")])
+    scalar = Metric("mean only", lambda inp: inp.logits[:, 0, 0].mean(), "last")
+    with pytest.raises(
+        PatchingError, match=r"'mean only' must return one value per prompt .* got \(\)"
+    ):
+        activation_patching(fake, tokens, tokens, scalar, "head_out")
+    with pytest.raises(PatchingError, match="unknown site 'mlp_in'"):
+        activation_patching(fake, tokens, tokens, metric, "mlp_in")
+    with pytest.raises(PatchingError, match=r"layers \[7\] do not exist"):
+        activation_patching(fake, tokens, tokens, metric, "head_out", layers=[7])
+    with pytest.raises(PatchingError, match="2 clean and 1 corrupted"):
+        activation_patching(fake, GPT_CLEAN, GPT_CORRUPT[:1], metric)
+    with pytest.raises(PatchingError, match=r"receiver head L5H0 does not exist"):
+        path_patching(fake, tokens, tokens, metric, [(5, 0, "q")])
+    with pytest.raises(PatchingError, match="positions must be"):
+        Metric("x", lambda inp: inp.logits[:, 0, 0], "first")
+    from mi_cluster.models import LogitsUnavailableError
+
+    with pytest.raises(LogitsUnavailableError):
+        logit_difference(load_model("minilm", device="cpu"), [("cat", "dog")])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_patching_on_cuda_equals_cpu(tiny):
+    metric, _ = _logit_gap(tiny, "Mary", "John")
+    cpu = activation_patching(tiny, GPT_CLEAN, GPT_CORRUPT, metric, "head_out", progress=False)
+    gpu_model = load_model(TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cuda")
+    gpu_metric, _ = _logit_gap(gpu_model, "Mary", "John")
+    gpu = activation_patching(
+        gpu_model, GPT_CLEAN, GPT_CORRUPT, gpu_metric, "head_out", progress=False
+    )
+    assert gpu.values.device.type == "cuda"
+    torch.testing.assert_close(gpu.values.cpu(), cpu.values, atol=1e-4, rtol=1e-4)
+    path = path_patching(gpu_model, GPT_CLEAN, GPT_CORRUPT, gpu_metric, progress=False)
+    torch.testing.assert_close(
+        path.values.cpu(),
+        path_patching(tiny, GPT_CLEAN, GPT_CORRUPT, metric, progress=False).values,
+        atol=1e-4,
+        rtol=1e-4,
+    )
