@@ -14,7 +14,6 @@ import transformer_lens.patching as TLP
 
 from mi_cluster.activations import hook_name
 from mi_cluster.models import TinyConfig, load_model
-from mi_cluster.prompts import single_token_id
 from mi_cluster.patching import (
     Metric,
     MetricInput,
@@ -28,6 +27,7 @@ from mi_cluster.patching import (
     logit_difference,
     path_patching,
 )
+from mi_cluster.prompts import single_token_id
 
 TL_FUNCTIONS = {
     "resid_pre": TLP.get_act_patch_resid_pre,
@@ -41,10 +41,22 @@ TL_FUNCTIONS = {
     "v": TLP.get_act_patch_attn_head_v_all_pos,
     "pattern": TLP.get_act_patch_attn_head_pattern_all_pos,
 }
-GPT_CLEAN = ["When Mary and John went to the store, John gave a book to", "When Eve and Paul went to the store, Paul gave a cup to"]  # fmt: skip
-GPT_CORRUPT = ["When Mary and John went to the store, Adam gave a book to", "When Eve and Paul went to the store, Mark gave a cup to"]  # fmt: skip
-TOY_CLEAN = ["When Mary and John went to the store , John gave a book to", "When Anna and Tom went to the park , Tom gave a cup to"]  # fmt: skip
-TOY_CORRUPT = ["When Mary and John went to the store , Kate gave a book to", "When Anna and Tom went to the park , Lucy gave a cup to"]  # fmt: skip
+GPT_CLEAN = [
+    "When Mary and John went to the store, John gave a book to",
+    "When Eve and Paul went to the store, Paul gave a cup to",
+]
+GPT_CORRUPT = [
+    "When Mary and John went to the store, Adam gave a book to",
+    "When Eve and Paul went to the store, Mark gave a cup to",
+]
+TOY_CLEAN = [
+    "When Mary and John went to the store , John gave a book to",
+    "When Anna and Tom went to the park , Tom gave a cup to",
+]
+TOY_CORRUPT = [
+    "When Mary and John went to the store , Kate gave a book to",
+    "When Anna and Tom went to the park , Lucy gave a cup to",
+]
 BERT_CLEAN = ["the cat sat on the mat", "a dog ran in the park"]
 BERT_CORRUPT = ["the cat sat on the rug", "a dog ran in the yard"]
 
@@ -242,10 +254,10 @@ def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
             hooks = []
             for layer in range(n_layers):
 
-                def freeze(act, hook, layer=layer):
+                def freeze(act, hook, layer=layer, s_layer=sender_layer, s_head=sender):
                     act[:] = base[hook_name("z", layer)]
-                    if layer == sender_layer:
-                        act[:, :, sender] = source[hook_name("z", layer)][:, :, sender]
+                    if layer == s_layer:
+                        act[:, :, s_head] = source[hook_name("z", layer)][:, :, s_head]
                     return act
 
                 hooks.append((hook_name("z", layer), freeze))
@@ -253,7 +265,10 @@ def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
             for layer, _, which in receivers:
                 name = hook_name(which, layer)
                 hooks.append(
-                    (name, lambda act, hook, name=name: seen.__setitem__(name, act.clone()))
+                    (
+                        name,
+                        lambda act, hook, name=name, seen=seen: seen.__setitem__(name, act.clone()),
+                    )
                 )
             with torch.no_grad():
                 logits = model.run_with_hooks(base_tokens, fwd_hooks=hooks)  # pass 3
@@ -262,7 +277,7 @@ def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
                 for layer, head, which in receivers:
                     name = hook_name(which, layer)
 
-                    def patch(act, hook, name=name, head=head):
+                    def patch(act, hook, name=name, head=head, seen=seen):
                         act[:, :, head] = seen[name][:, :, head]
                         return act
 

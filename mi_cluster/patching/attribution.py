@@ -133,7 +133,8 @@ def correlation_with(estimate: PatchResult, exact: PatchResult) -> float:
     a, b = estimate.mean().flatten().double(), exact.mean().flatten().double()
     if a.shape != b.shape:
         raise PatchingError(
-            f"results over different sites: {tuple(estimate.values.shape)} vs {tuple(exact.values.shape)}"
+            f"results over different sites: {tuple(estimate.values.shape)} vs "
+            f"{tuple(exact.values.shape)}"
         )
     a, b = a - a.mean(), b - b.mean()
     return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))

@@ -66,7 +66,8 @@ def prepare_pair(
         raise PatchingError("clean and corrupted must be lists of prompts, not one string")
     if len(clean) != len(corrupted) or not clean:
         raise PatchingError(
-            f"{len(clean)} clean and {len(corrupted)} corrupted prompts: need equal, non-zero counts"
+            f"{len(clean)} clean and {len(corrupted)} corrupted prompts: need equal, "
+            "non-zero counts"
         )
     tc = [tokenize_prompt(model, t) for t in clean]
     tx = [tokenize_prompt(model, t) for t in corrupted]

@@ -115,10 +115,12 @@ def path_patching(
         frozen = []
         for layer in range(sender_layer, n_layers):
 
-            def freeze(act: Tensor, hook: Any, layer: int = layer) -> Tensor:
-                act[:] = base.cache[z_names[layer]][prompt]  # every head: its base value
-                if layer == sender_layer:  # ... but the sender: its source value
-                    act[rows, :, head] = source.cache[z_names[layer]][prompt, :, head]
+            def freeze(
+                act: Tensor, hook: Any, layer=layer, s=sender_layer, p=prompt, r=rows, h=head
+            ) -> Tensor:
+                act[:] = base.cache[z_names[layer]][p]  # every head: its base value
+                if layer == s:  # ... but the sender: its source value
+                    act[r, :, h] = source.cache[z_names[layer]][p, :, h]
                 return act
 
             frozen.append((z_names[layer], freeze))
