@@ -310,11 +310,27 @@ def test_path_patching_equals_a_plain_four_pass_implementation(tiny64, receivers
         torch.testing.assert_close(got.values[1], base_value.expand(4, -1))
 
 
-def test_path_patching_batches_senders(tiny64):
+@pytest.mark.parametrize(
+    "receivers", ["logits", [(1, 0, "q"), (1, 2, "v")]], ids=["logits", "heads"]
+)
+def test_path_patching_batches_senders_across_layers(tiny64, receivers):
     metric, _ = _logit_gap(tiny64, "Mary", "John")
-    a = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, progress=False)
-    b = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, max_batch_size=2, progress=False)
-    torch.testing.assert_close(a.values, b.values)
+    a = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, receivers, progress=False)
+    # 2 prompts: 1, 3 or 5 senders a pass, so passes start mid-layer and span layers
+    for kw in ({"max_batch_size": 2}, {"max_batch_size": 6}, {"max_batch_size": 10}):
+        b = path_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, receivers, progress=False, **kw)
+        torch.testing.assert_close(a.values, b.values, atol=1e-10, rtol=0, msg=str(kw))
+
+
+def test_passes_spanning_layers_give_the_same_values(tiny64):
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    for site in ("head_out", "resid_pre", "pattern"):
+        a = activation_patching(tiny64, GPT_CLEAN, GPT_CORRUPT, metric, site, progress=False)
+        for kw in ({"max_batch_size": 6}, {"max_batch_size": 10}, {"max_batch_size": 2}):
+            b = activation_patching(
+                tiny64, GPT_CLEAN, GPT_CORRUPT, metric, site, progress=False, **kw
+            )
+            torch.testing.assert_close(a.values, b.values, atol=1e-10, rtol=0, msg=f"{site} {kw}")
 
 
 def test_attribution_equals_the_directional_derivative(tiny64):
@@ -440,3 +456,42 @@ def test_patching_on_cuda_equals_cpu(tiny):
         atol=1e-4,
         rtol=1e-4,
     )
+
+
+def test_patching_maps_and_the_toy_experiment(tmp_path):
+    """The toy experiment end to end (small): its answer matches the model card's circuit
+    (L2H2 carries the logit difference), and its maps use one diverging scale at zero."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "tp", root / "experiments" / "toy_ioi_patching.py"
+    )
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    record = exp.run(tmp_path, n=12, png=False, progress=False)
+    assert record["largest_heads_denoising"][0][0] == "L2H2"
+    assert record["largest_heads_path_to_logits"][0][0] == "L2H2"
+    assert record["attribution_correlation"]["head_out"] > 0.9
+    assert json.loads((tmp_path / "toy_ioi_patching.json").read_text())["n_prompts"] == 12
+    html = (tmp_path / "toy_ioi_patching_resid.html").read_text()
+    assert '"cmid":0' in html.replace(" ", "")  # diverging scale centred at zero
+    assert '"14: to 2"' in html  # the template's second "to" keeps a label of its own
+
+    from mi_cluster.patching import PatchResult
+    from mi_cluster.plotting.patching import patching_maps
+
+    z = torch.tensor([[[1.0, 3.0], [2.0, 2.0]], [[0.0, 0.0], [1.0, 1.0]]])  # [layer, head, prompt]
+    r = PatchResult(z, "head_out", ("layer", "head"), {"layer": ["L0", "L1"], "head": ["H0", "H1"]},
+                    "denoise", "m", torch.tensor([3.0, 3.0]), torch.tensor([1.0, 1.0]))  # fmt: skip
+    torch.testing.assert_close(r.normalised(), torch.tensor([[0.5, 0.5], [-0.5, 0.0]]))
+    fig = patching_maps([r, r], title="t")
+    assert fig.layout.coloraxis.cmid == 0 and fig.layout.coloraxis.cmax == 0.5
+    assert list(fig.data[0].y) == ["L0", "L1"] and fig.layout.yaxis.autorange == "reversed"
+    axes = ("layer", "pos", "head")
+    by_pos = PatchResult(z[..., None].expand(2, 2, 2, 2), "head_out_by_pos", axes, {},
+                         "denoise", "m", r.clean, r.corrupted)  # fmt: skip
+    with pytest.raises(ValueError, match=r"axes \('layer', 'pos', 'head'\)"):
+        patching_maps([by_pos])

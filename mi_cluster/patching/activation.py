@@ -30,10 +30,20 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
 from mi_cluster.patching.inputs import PromptPair, prepare_pair, resolve_positions
-from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, validate
-from mi_cluster.patching.runner import LayerRunner, PatchingError
+from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, _n_positions, validate
+from mi_cluster.patching.runner import LayerRunner, PatchingError, plan_passes, rows_per_pass
 
-__all__ = ["SITE_KINDS", "PatchResult", "SiteKind", "activation_patching", "metric_on_run"]
+__all__ = [
+    "SITE_KINDS",
+    "PatchResult",
+    "Runs",
+    "SiteKind",
+    "activation_patching",
+    "axis_labels",
+    "cached_runs",
+    "metric_on_run",
+    "run_with_metric",
+]
 
 
 @dataclass(frozen=True)
@@ -111,18 +121,53 @@ class PatchResult:
         return (self.mean() - base.mean()) / gap
 
 
+@dataclass(frozen=True)
+class Runs:
+    """The clean and corrupted runs, cached as one batch: clean prompt ``p`` is row ``p``
+    of the runner, corrupted prompt ``p`` row ``batch + p``.
+
+    Fields:
+        runner: the :class:`LayerRunner` over both.
+        batch: prompts per run.
+    """
+
+    runner: LayerRunner
+    batch: int
+
+    def offset(self, which: str) -> int:
+        return 0 if which == "clean" else self.batch
+
+    def cache(self, name: str, which: str) -> Tensor:
+        """One run's cached activation at hook ``name``, ``[prompt, ...]``."""
+        o = self.offset(which)
+        return self.runner.cache[name][o : o + self.batch]
+
+    def logits(self, which: str, positions: Tensor | None) -> Tensor | None:
+        """One run's logits at the metric's positions, ``[prompt, k, vocab]``."""
+        if positions is None:
+            return None
+        o = self.offset(which)
+        logits = self.runner.logits[o : o + self.batch]
+        return logits.gather(
+            1, positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
+        )
+
+
+def cached_runs(model: Any, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
+    """Run the clean and corrupted prompts once, together, keeping ``cache_sites``."""
+    tokens = torch.cat([pair.clean, pair.corrupted])
+    mask = None if pair.mask is None else torch.cat([pair.mask, pair.mask])
+    return Runs(LayerRunner(model, tokens, mask, sorted(set(cache_sites))), pair.batch)
+
+
 def metric_on_run(
-    runner: LayerRunner, metric: Metric, positions: Tensor | None, clean_logits: Tensor | None
+    runs: Runs, which: str, metric: Metric, positions: Tensor | None, clean_logits: Tensor | None
 ) -> Tensor:
     """The metric on an unpatched run (its cached logits and activations)."""
-    prompt = torch.arange(runner.batch)
-    logits = None
-    if positions is not None:
-        pos = positions.to(runner.logits.device)[..., None].expand(-1, -1, runner.logits.shape[-1])
-        logits = runner.logits.gather(1, pos)
-    acts = {name: runner.cache[name] for name in metric.reads}
-    out = metric.fn(MetricInput(prompt, logits, acts, clean_logits))
-    _check_output(metric, out, runner.batch)
+    acts = {name: runs.cache(name, which) for name in metric.reads}
+    prompt = torch.arange(runs.batch)
+    out = metric.fn(MetricInput(prompt, runs.logits(which, positions), acts, clean_logits))
+    _check_output(metric, out, runs.batch)
     return out.detach()
 
 
@@ -162,7 +207,7 @@ def activation_patching(
     *,
     direction: Literal["denoise", "noise"] = "denoise",
     layers: Sequence[int] | None = None,
-    max_batch_size: int = 512,
+    max_batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
     """Patch every site of one kind and measure the metric, per prompt.
@@ -175,7 +220,9 @@ def activation_patching(
         site: a key of :data:`SITE_KINDS`.
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
         layers: the layers to sweep (default all).
-        max_batch_size: rows (site x prompt copies) per forward pass.
+        max_batch_size: rows (site x prompt copies) per forward pass; default
+            :func:`~mi_cluster.patching.runner.rows_per_pass` (64 on a CPU, what fits in a
+            quarter of free memory on a GPU). At least one site's prompts go in a pass.
         progress: a progress bar over forward passes.
     """
     if site not in SITE_KINDS:
@@ -184,64 +231,55 @@ def activation_patching(
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     kind = SITE_KINDS[site]
     pair = prepare_pair(model, clean, corrupted)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    layers = sorted(set(range(model.cfg.n_layers) if layers is None else layers))
     hooks = _check_site(model, kind, layers)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
-    if max_batch_size < pair.batch:
-        raise PatchingError(
-            f"max_batch_size={max_batch_size} is smaller than the {pair.batch} prompts"
-        )
-    clean_run, corrupted_run = runners(model, pair, hooks + list(metric.reads))
+    k = _n_positions(metric.positions, pair.n_pos)
+    rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
+    runs = cached_runs(model, pair, hooks + list(metric.reads))
     positions = resolve_positions(metric.positions, pair)
-    clean_logits = _logits_at(clean_run, positions)
-    clean_value = metric_on_run(clean_run, metric, positions, clean_logits)
-    corrupted_value = metric_on_run(corrupted_run, metric, positions, clean_logits)
-    base, source = (
-        (corrupted_run, clean_run) if direction == "denoise" else (clean_run, corrupted_run)
-    )
+    clean_logits = runs.logits("clean", positions)
+    clean_value = metric_on_run(runs, "clean", metric, positions, clean_logits)
+    corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
+    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
 
     sizes = {"head": model.cfg.n_heads, "pos": pair.n_pos}
     shape = [len(layers)] + [sizes[a] for a in kind.axes]
     values = torch.empty((*shape, pair.batch), dtype=clean_value.dtype, device=clean_value.device)
     per_layer = int(torch.tensor(shape[1:]).prod())
-    sites_per_pass = max(1, max_batch_size // pair.batch)
-    passes = [(li, s) for li in range(len(layers)) for s in range(0, per_layer, sites_per_pass)]
-    for li, first in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
-        layer = layers[li]
-        flat = torch.arange(first, min(per_layer, first + sites_per_pass))
-        grid = torch.unravel_index(flat, tuple(shape[1:])) if kind.axes else ()
-        n_rows = len(flat) * pair.batch
+    flat_values = values.view(len(layers) * per_layer, pair.batch)
+    layer_numbers = torch.tensor(layers)
+    passes = plan_passes(len(layers) * per_layer, max(1, rows // pair.batch))
+    for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
+        flat = torch.arange(first, stop)  # sites, numbered layer by layer
+        layer_index = (flat // per_layer).repeat_interleave(pair.batch)
+        grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()
         prompt = torch.arange(pair.batch).repeat(len(flat))
         index = {a: g.repeat_interleave(pair.batch) for a, g in zip(kind.axes, grid, strict=True)}
-        write = _setter(kind.act, kind.axes, source.cache[hook_name(kind.act, layer)])
-        rows = torch.arange(n_rows)
+        patches = []
+        for li in torch.unique(layer_index).tolist():
+            at_layer = (layer_index == li).nonzero()[:, 0]  # a block-prefix row range
+            name = hook_name(kind.act, layers[li])
+            write = _setter(kind.act, kind.axes, runs.cache(name, source))
+            at = {a: v[at_layer] for a, v in index.items()}
 
-        def patch(
-            act: Tensor, hook: Any, write=write, rows=rows, prompt=prompt, index=index
-        ) -> Tensor:
-            write(act, rows, prompt, index)
-            return act
+            def patch(
+                act: Tensor, hook: Any, w=write, r=at_layer, p=prompt[at_layer], at=at
+            ) -> Tensor:
+                w(act, r, p, at)
+                return act
 
-        out = _run_with_metric(
-            base,
-            metric,
-            prompt,
-            layer,
-            [(hook_name(kind.act, layer), patch)],
-            positions,
-            clean_logits,
+            patches.append((name, patch))
+        row_start = layer_numbers[layer_index]
+        out = run_with_metric(
+            runs, base, metric, prompt, row_start, patches, positions, clean_logits
         )
-        values.view(len(layers), per_layer, pair.batch)[li, flat] = out.view(len(flat), pair.batch)
-    labels = {
-        "layer": [f"L{layer}" for layer in layers],
-        "head": [f"H{h}" for h in range(model.cfg.n_heads)],
-    }
-    labels["pos"] = pair.position_labels
+        flat_values[flat] = out.view(len(flat), pair.batch)
     return PatchResult(
         values=values,
         site=site,
         axes=("layer", *kind.axes),
-        labels={a: labels[a] for a in ("layer", *kind.axes)},
+        labels=axis_labels(model, pair, layers, kind.axes),
         direction=direction,
         metric=metric.name,
         clean=clean_value,
@@ -249,48 +287,53 @@ def activation_patching(
     )
 
 
-def runners(
-    model: Any, pair: PromptPair, cache_sites: Sequence[str]
-) -> tuple[LayerRunner, LayerRunner]:
-    """The clean and corrupted runs, each cached once."""
-    kw = {"attention_mask": pair.mask, "cache_sites": sorted(set(cache_sites))}
-    return LayerRunner(model, pair.clean, **kw), LayerRunner(model, pair.corrupted, **kw)
+def axis_labels(
+    model: Any, pair: PromptPair, layers: Sequence[int], axes: tuple[str, ...]
+) -> dict[str, list[str]]:
+    """A label per index of ``("layer", *axes)``: ``"L3"``, ``"H7"``, and positions by
+    their (unique) token labels."""
+    every = {
+        "layer": [f"L{layer}" for layer in layers],
+        "head": [f"H{h}" for h in range(model.cfg.n_heads)],
+        "pos": pair.position_labels,
+    }
+    return {a: every[a] for a in ("layer", *axes)}
 
 
-def _logits_at(runner: LayerRunner, positions: Tensor | None) -> Tensor | None:
-    if positions is None:
-        return None
-    pos = positions.to(runner.logits.device)[..., None].expand(-1, -1, runner.logits.shape[-1])
-    return runner.logits.gather(1, pos)
-
-
-def _run_with_metric(
-    base: LayerRunner,
+def run_with_metric(
+    runs: Runs,
+    base: str,
     metric: Metric,
     prompt: Tensor,
-    start: int,
+    row_start: int | Tensor,
     hooks: list,
     positions: Tensor | None,
     clean_logits: Tensor | None,
 ) -> Tensor:
-    """Run ``base`` from ``start`` with ``hooks`` on rows ``prompt``; the metric per row.
-    Activations the metric reads before ``start`` come from the base run's cache."""
+    """Run copies of the ``base`` run's prompts (``prompt``, ordered by ``row_start``) with
+    ``hooks``; the metric per row. An activation the metric reads comes from the run where
+    the row has reached it, from the base run's cache where it has not."""
+    runner, offset = runs.runner, runs.offset(base)
+    rows = prompt + offset
+    start = torch.full((len(prompt),), row_start) if isinstance(row_start, int) else row_start
     acts: dict[str, Tensor] = {}
+    kept: dict[str, Tensor] = {}
     read_hooks = []
     for name in metric.reads:
-        if _layer_of(name) < start:
-            acts[name] = base.cache[name][prompt.to(base.cache[name].device)]
-        else:
+        acts[name] = runner.cache[name][rows.to(runner.cache[name].device)].clone()
+        if _layer_of(name) >= int(start[0]):
 
             def keep(act: Tensor, hook: Any, name: str = name) -> None:
-                acts[name] = act.detach().clone()
+                kept[name] = act.detach().clone()
 
             read_hooks.append((name, keep))
     stop = None
     if metric.positions is None:
-        stop = max([start] + [_layer_of(n) + 1 for n in metric.reads])
+        stop = max([int(start[0])] + [_layer_of(n) + 1 for n in metric.reads])
     row_pos = None if positions is None else positions[prompt]
-    logits = base.run(prompt, start, hooks=hooks + read_hooks, positions=row_pos, stop_layer=stop)
+    logits = runner.run(rows, start, hooks + read_hooks, positions=row_pos, stop_layer=stop)
+    for name, value in kept.items():  # the rows that reached the hook: a prefix
+        acts[name][: value.shape[0]] = value
     out = metric.fn(MetricInput(prompt, logits, acts, clean_logits))
     _check_output(metric, out, len(prompt))
     return out.detach()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mi_cluster.activations import hook_name
-from mi_cluster.patching.activation import SITE_KINDS, PatchResult, _check_site
+from mi_cluster.patching.activation import SITE_KINDS, PatchResult, _check_site, axis_labels
 from mi_cluster.patching.inputs import prepare_pair, resolve_positions
 from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, validate
 from mi_cluster.patching.runner import PatchingError
@@ -109,16 +109,11 @@ def attribution_patching(
         effect = torch.stack(per_layer)  # [layer, prompt, ...]
         values = base_value + effect.movedim(1, -1)  # [layer, ..., prompt]
         kind = SITE_KINDS[s]
-        labels = {
-            "layer": [f"L{i}" for i in layers],
-            "head": [f"H{h}" for h in range(model.cfg.n_heads)],
-        }
-        labels["pos"] = pair.position_labels
         out[s] = PatchResult(
             values=values.detach(),
             site=f"attribution {s}",
             axes=("layer", *kind.axes),
-            labels={a: labels[a] for a in ("layer", *kind.axes)},
+            labels=axis_labels(model, pair, layers, kind.axes),
             direction=direction,
             metric=metric.name,
             clean=clean_value,

@@ -28,14 +28,15 @@ from tqdm.auto import tqdm
 from mi_cluster.activations import hook_name
 from mi_cluster.patching.activation import (
     PatchResult,
-    _logits_at,
-    _run_with_metric,
+    _layer_of,
+    axis_labels,
+    cached_runs,
     metric_on_run,
-    runners,
+    run_with_metric,
 )
 from mi_cluster.patching.inputs import prepare_pair, resolve_positions
-from mi_cluster.patching.metrics import Metric, validate
-from mi_cluster.patching.runner import PatchingError
+from mi_cluster.patching.metrics import Metric, _n_positions, validate
+from mi_cluster.patching.runner import PatchingError, plan_passes, rows_per_pass
 
 __all__ = ["path_patching"]
 
@@ -66,7 +67,7 @@ def path_patching(
     receivers: str | Sequence[Receiver] = "logits",
     *,
     direction: Literal["denoise", "noise"] = "noise",
-    max_batch_size: int = 512,
+    max_batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
     """Path-patch every head as a sender to ``receivers``; the metric per sender and prompt.
@@ -78,7 +79,8 @@ def path_patching(
             query, key or value input receives the path.
         direction: ``"noise"`` (source: corrupted, into the clean run; the IOI paper's) or
             ``"denoise"``.
-        max_batch_size: rows (sender x prompt copies) per forward pass.
+        max_batch_size: rows (sender x prompt copies) per forward pass (default as for
+            activation patching).
         progress: a progress bar over forward passes.
 
     Returns: a :class:`PatchResult` with axes ``("layer", "head")`` over senders.
@@ -91,57 +93,58 @@ def path_patching(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     z_names = [hook_name("z", layer) for layer in range(n_layers)]
     recv_names = sorted({hook_name(w, layer) for layer, _, w in recv})
-    clean_run, corrupted_run = runners(model, pair, z_names + recv_names + list(metric.reads))
+    runs = cached_runs(model, pair, z_names + recv_names + list(metric.reads))
     positions = resolve_positions(metric.positions, pair)
-    clean_logits = _logits_at(clean_run, positions)
-    clean_value = metric_on_run(clean_run, metric, positions, clean_logits)
-    corrupted_value = metric_on_run(corrupted_run, metric, positions, clean_logits)
-    base, source = (
-        (corrupted_run, clean_run) if direction == "denoise" else (clean_run, corrupted_run)
-    )
+    clean_logits = runs.logits("clean", positions)
+    clean_value = metric_on_run(runs, "clean", metric, positions, clean_logits)
+    corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
+    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
+    base_z = [runs.cache(name, base) for name in z_names]
+    source_z = [runs.cache(name, source) for name in z_names]
 
     values = torch.empty(
         (n_layers, n_heads, pair.batch), dtype=clean_value.dtype, device=clean_value.device
     )
-    heads_per_pass = max(1, max_batch_size // pair.batch)
-    passes = [(layer, h) for layer in range(n_layers) for h in range(0, n_heads, heads_per_pass)]
-    for sender_layer, first in tqdm(
-        passes, desc="path patching", unit="pass", disable=not progress
+    k = _n_positions(metric.positions, pair.n_pos)
+    rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
+    flat_values = values.view(n_layers * n_heads, pair.batch)
+    for first, stop in tqdm(
+        plan_passes(n_layers * n_heads, max(1, rows // pair.batch)),
+        desc="path patching",
+        unit="pass",
+        disable=not progress,
     ):
-        heads = torch.arange(first, min(n_heads, first + heads_per_pass))
-        prompt = torch.arange(pair.batch).repeat(len(heads))
-        head = heads.repeat_interleave(pair.batch)
-        rows = torch.arange(len(prompt))
+        senders = torch.arange(first, stop)  # numbered layer by layer
+        prompt = torch.arange(pair.batch).repeat(len(senders))
+        sender_layer = (senders // n_heads).repeat_interleave(pair.batch)
+        head = (senders % n_heads).repeat_interleave(pair.batch)
         frozen = []
-        for layer in range(sender_layer, n_layers):
+        for layer in range(int(sender_layer[0]), n_layers):
+            at = (sender_layer == layer).nonzero()[:, 0]
 
-            def freeze(
-                act: Tensor, hook: Any, layer=layer, s=sender_layer, p=prompt, r=rows, h=head
-            ) -> Tensor:
-                act[:] = base.cache[z_names[layer]][p]  # every head: its base value
-                if layer == s:  # ... but the sender: its source value
-                    act[r, :, h] = source.cache[z_names[layer]][p, :, h]
+            def freeze(act: Tensor, hook: Any, layer=layer, r=at, p=prompt, h=head[at]) -> Tensor:
+                # every head of the rows that run this layer at its base value, but each
+                # row's sender, at the sender's layer, at its source value
+                act[:] = base_z[layer][p[: act.shape[0]]]
+                act[r, :, h] = source_z[layer][p[r], :, h]
                 return act
 
             frozen.append((z_names[layer], freeze))
         if not recv:
-            out = _run_with_metric(
-                base, metric, prompt, sender_layer, frozen, positions, clean_logits
+            out = run_with_metric(
+                runs, base, metric, prompt, sender_layer, frozen, positions, clean_logits
             )
         else:
             out = _to_receivers(
-                base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
+                runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
             )
-        values[sender_layer, heads] = out.view(len(heads), pair.batch)
+        flat_values[senders] = out.view(len(senders), pair.batch)
     return PatchResult(
         values=values,
         site="path to "
         + ("logits" if not recv else ", ".join(f"L{a}H{b}.{w}" for a, b, w in recv)),
         axes=("layer", "head"),
-        labels={
-            "layer": [f"L{i}" for i in range(n_layers)],
-            "head": [f"H{h}" for h in range(n_heads)],
-        },
+        labels=axis_labels(model, pair, range(n_layers), ("head",)),
         direction=direction,
         metric=metric.name,
         clean=clean_value,
@@ -149,27 +152,24 @@ def path_patching(
     )
 
 
-def _to_receivers(
-    base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
-) -> Tensor:
-    """Step 3 recording the receivers' inputs, then step 4 patching only them."""
-    captured = {}  # hook name -> [row, pos, head, d]: base values, replaced where reached
-    for name in {hook_name(w, layer) for layer, _, w in recv}:
-        captured[name] = base.cache[name][prompt].clone()
-    reached = [
-        (n, layer) for layer, _, w in recv if layer > sender_layer for n in [hook_name(w, layer)]
-    ]
+def _to_receivers(runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits):
+    """Step 3 recording the receivers' inputs, then step 4 patching only them. A receiver
+    at or before a row's sender layer keeps its base value: that row does not reach it
+    (rows join at their sender's layer) or reaches it unchanged."""
+    names = sorted({hook_name(w, layer) for layer, _, w in recv})
+    captured = {name: runs.cache(name, base)[prompt].clone() for name in names}
+    reached = [name for name in names if _layer_of(name) > int(sender_layer[0])]
     if reached:
 
         def keeper(name: str):
             def keep(act: Tensor, hook: Any) -> None:
-                captured[name] = act.detach().clone()
+                captured[name][: act.shape[0]] = act.detach()
 
             return keep
 
-        hooks = frozen + [(name, keeper(name)) for name in sorted({n for n, _ in reached})]
-        stop = max(layer for _, layer in reached) + 1
-        base.run(prompt, sender_layer, hooks=hooks, stop_layer=stop)
+        stop = max(_layer_of(name) for name in reached) + 1
+        hooks = frozen + [(name, keeper(name)) for name in reached]
+        runs.runner.run(prompt + runs.offset(base), sender_layer, hooks, stop_layer=stop)
     by_name: dict[str, list[int]] = {}
     for layer, head, w in recv:
         by_name.setdefault(hook_name(w, layer), []).append(head)
@@ -182,4 +182,4 @@ def _to_receivers(
 
         patches.append((name, patch))
     start = min(layer for layer, _, _ in recv)
-    return _run_with_metric(base, metric, prompt, start, patches, positions, clean_logits)
+    return run_with_metric(runs, base, metric, prompt, start, patches, positions, clean_logits)

@@ -23,13 +23,48 @@ from torch import Tensor
 
 from mi_cluster.activations import hook_name
 
-__all__ = ["Hook", "LayerRunner", "PatchingError"]
+__all__ = ["Hook", "LayerRunner", "PatchingError", "plan_passes", "rows_per_pass"]
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
 
 
 class PatchingError(ValueError):
     """Patching inputs that cannot be used (lengths, answers, sites, metrics, models)."""
+
+
+CPU_ROWS = 64  # measured: larger CPU batches slow down (activations leave the caches)
+
+
+def rows_per_pass(
+    model: Any, n_pos: int, n_logit_positions: int, max_batch_size: int | None
+) -> int:
+    """Rows (patched prompt copies) per forward pass: ``max_batch_size`` if given; on the
+    CPU 64 (a GPT-2-small head sweep ran 1.2x faster with 64-row than with 240-row
+    passes); on a GPU as many as fit in a quarter of its free memory, estimating a row's
+    largest intermediates (residual copies, MLP hidden, attention scores, logits)."""
+    if max_batch_size is not None:
+        if max_batch_size < 1:
+            raise PatchingError(f"max_batch_size must be positive, got {max_batch_size}")
+        return max_batch_size
+    device = torch.device(getattr(model.cfg, "device", "cpu") or "cpu")
+    if device.type != "cuda":
+        return CPU_ROWS
+    cfg = model.cfg
+    item = torch.finfo(cfg.dtype).bits // 8
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+    per_row = item * (
+        n_pos * (8 * cfg.d_model + 2 * d_mlp + 3 * cfg.n_heads * n_pos)
+        + 2 * n_logit_positions * cfg.d_vocab
+    )
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(CPU_ROWS, min(16_384, free // 4 // per_row)))
+
+
+def plan_passes(total: int, per_pass: int) -> list[tuple[int, int]]:
+    """Forward passes over ``total`` sites numbered layer by layer: ``(first, stop)``
+    ranges of at most ``per_pass`` sites. A pass may span layers at no extra cost, since
+    each row starts at its own site's layer (:meth:`LayerRunner.run`)."""
+    return [(s, min(total, s + per_pass)) for s in range(0, total, per_pass)]
 
 
 def _is_cache(value: Any) -> bool:
@@ -121,34 +156,54 @@ class LayerRunner:
     def run(
         self,
         prompt: Int[Tensor, " row"],
-        start_layer: int,
-        resid: Float[Tensor, "row pos d_model"] | None = None,
+        start: int | Int[Tensor, " row"],
         hooks: Sequence[Hook] = (),
         positions: Int[Tensor, "row k"] | None = None,
         stop_layer: int | None = None,
     ) -> Float[Tensor, "row k d_vocab"] | None:
-        """Run blocks ``start_layer .. stop_layer - 1`` on ``rows`` copies of the prompts.
+        """Run copies of the prompts from their start layers to the end (or ``stop_layer``).
+
+        Each row starts at its own layer, entering it with the base run's residual, so one
+        pass can hold sites of several layers without recomputing any row's earlier
+        layers: rows must be ordered by start layer, and block ``l`` runs only on the rows
+        that have started, a prefix of the batch. Hooks therefore see ``[n_started, ...]``
+        activations; a row index below ``n_started`` means the same row as in ``prompt``.
 
         Args:
             prompt: which prompt each row is a copy of.
-            start_layer: the first block to run.
-            resid: the residual entering it; default the base run's, per row.
+            start: the first block of every row (an int), or of each row (non-decreasing).
             hooks: TransformerLens forward hooks, active during the run.
             positions: per row, the positions to return logits at; None: no logits.
             stop_layer: stop before this block (no logits then); default run to the end.
         """
-        if resid is None:
-            resid = self.cache[hook_name("resid_pre", start_layer)][prompt.to(self.tokens.device)]
+        rows = prompt.shape[0]
+        row_start = torch.full((rows,), start) if isinstance(start, int) else start.cpu()
+        if bool((row_start[1:] < row_start[:-1]).any()):
+            raise PatchingError("rows must be ordered by start layer")
+        device = self.tokens.device
+        prompt_d = prompt.to(device)
         args = tuple(self._expand(a, prompt) for a in self._args)
         kwargs = {k: self._expand(v, prompt) for k, v in self._kwargs.items()}
-        end = self.n_layers if stop_layer is None else stop_layer
+        first, end = int(row_start[0]), self.n_layers if stop_layer is None else stop_layer
+        resid = self.cache[hook_name("resid_pre", first)][prompt_d].clone()
         with self.model.hooks(fwd_hooks=list(hooks)):
-            for block in self.model.blocks[start_layer:end]:
-                out = block(resid, *args, **kwargs)
-                resid = out[0] if isinstance(out, tuple) else out
+            for layer in range(first, end):
+                n = int(torch.searchsorted(row_start, layer, right=True))
+                joined = int(torch.searchsorted(row_start, layer, right=False))
+                if layer > first and n > joined:  # rows starting here enter from the cache
+                    resid[joined:n] = self.cache[hook_name("resid_pre", layer)][prompt_d[joined:n]]
+                a = tuple(_rows(x, n, rows) for x in args)
+                kw = {k: _rows(v, n, rows) for k, v in kwargs.items()}
+                out = self.model.blocks[layer](resid[:n], *a, **kw)
+                resid[:n] = out[0] if isinstance(out, tuple) else out
         if positions is None or stop_layer is not None:
             return None
-        picked = resid.gather(
-            1, positions.to(resid.device)[..., None].expand(-1, -1, resid.shape[-1])
-        )
+        picked = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
         return self.head(picked)
+
+
+def _rows(value: Any, n: int, rows: int) -> Any:
+    """The first ``n`` rows of an expanded block argument (broadcast ones as they are)."""
+    if isinstance(value, Tensor) and value.ndim and value.shape[0] == rows and n < rows:
+        return value[:n]
+    return value
