@@ -29,6 +29,7 @@ figures: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) experiments/subject_object_clustering.py --quiet
 	HF_HUB_OFFLINE=1 $(PY) experiments/numbers_vs_words.py
 	HF_HUB_OFFLINE=1 $(PY) experiments/rsa_embeddings.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/toy_ioi_patching.py --quiet
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
@@ -40,6 +41,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_collect.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
