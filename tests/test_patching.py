@@ -114,26 +114,30 @@ def test_equal_to_transformer_lens_on_a_gpt2_architecture(tiny, tiny64, dtype):
     )
 
 
-def test_equal_to_transformer_lens_on_the_toy_model(toy):
-    metric = logit_difference(toy, [("Mary", "John"), ("Anna", "Tom")])
-    io = torch.tensor([toy.to_single_token(w) for w in ("Mary", "Anna")])
-    s = torch.tensor([toy.to_single_token(w) for w in ("John", "Tom")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equal_to_transformer_lens_on_the_toy_model(toy, dtype):
+    model = toy if dtype == torch.float32 else load_model("toy-ioi", device="cpu", dtype=dtype)
+    metric = logit_difference(model, [("Mary", "John"), ("Anna", "Tom")])
+    io = torch.tensor([model.to_single_token(w) for w in ("Mary", "Anna")])
+    s = torch.tensor([model.to_single_token(w) for w in ("John", "Tom")])
 
     def tl_metric(logits):
         last = logits[:, -1]
         return (last.gather(1, io[:, None]) - last.gather(1, s[:, None])).mean()
 
     _compare_with_transformer_lens(
-        toy, TOY_CLEAN, TOY_CORRUPT, metric, tl_metric, TL_FUNCTIONS, 1e-5
+        model, TOY_CLEAN, TOY_CORRUPT, metric, tl_metric, TL_FUNCTIONS, 1e-5
     )
 
 
-def test_equal_to_transformer_lens_on_minilm(minilm):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equal_to_transformer_lens_on_minilm(minilm, dtype):
     """Bidirectional, post-LayerNorm, with MLPs and BERT's MLM head; the metric reads the
     [SEP] position's logits (random but deterministic in MiniLM)."""
-    metric, tl_metric = _logit_gap(minilm, "mat", "rug")
+    model = minilm if dtype == torch.float32 else load_model("minilm", device="cpu", dtype=dtype)
+    metric, tl_metric = _logit_gap(model, "mat", "rug")
     sites = ["resid_pre", "attn_out", "mlp_out", "head_out", "pattern", "v"]
-    _compare_with_transformer_lens(minilm, BERT_CLEAN, BERT_CORRUPT, metric, tl_metric, sites, 1e-4)
+    _compare_with_transformer_lens(model, BERT_CLEAN, BERT_CORRUPT, metric, tl_metric, sites, 1e-5)
 
 
 def test_resid_post_and_noising_equal_plain_hooks(tiny64):
