@@ -81,7 +81,7 @@ def random_minilm_embeddings(seed: int = 0):
     import torch
     from transformers import BertConfig, BertModel
 
-    from mi_cluster.models import minilm_directory
+    from mi_cluster.minilm import minilm_directory
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

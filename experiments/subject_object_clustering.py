@@ -26,7 +26,7 @@ import sys
 import warnings
 from pathlib import Path
 
-OFFLINE_MODELS = ("minilm", "toy-ioi")
+OFFLINE_MODELS = ("minilm", "toy-ioi")  # the study's offline defaults
 
 
 def run(

