@@ -17,13 +17,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_cluster.activations import hook_name, pad_tokens
+from mi_cluster.ioi import IOIPositions, IOIPrompt, ioi_positions, locate, replace_subject
 from mi_cluster.models import model_device, require_meaningful_logits
-from mi_cluster.prompts import (
-    NotSingleTokenError,
-    single_token_id,
-    tokenize_prompt,
-    word_positions,
-)
+from mi_cluster.prompts import single_token_id, tokenize_prompt
 
 __all__ = [
     "IOIPositions",
@@ -40,36 +36,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class IOIPrompt:
-    """An IOI prompt: ``text`` ends where ``io`` (correct) or ``s`` (the repeated subject,
-    wrong) would come next."""
-
-    text: str
-    io: str
-    s: str
-
-
-@dataclass(frozen=True)
-class IOIPositions:
-    """Token positions in each prompt (BOS = 0).
-
-    Fields:
-        io: the indirect object's mention.
-        s1: the subject's first mention.
-        s2: the subject's last mention.
-        end: the last token, where the answer is predicted.
-        io_id, s_id: the token ids of the two names as the model would predict them.
-    """
-
-    io: Tensor
-    s1: Tensor
-    s2: Tensor
-    end: Tensor
-    io_id: Tensor
-    s_id: Tensor
-
-
-@dataclass(frozen=True)
 class _Prepared:
     """Prompts tokenized once: their IOI positions and the padded batch to run."""
 
@@ -79,46 +45,9 @@ class _Prepared:
 
 
 def _prepare(model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True) -> _Prepared:
-    cols: dict[str, list[int]] = {k: [] for k in ("io", "s1", "s2", "end", "io_id", "s_id")}
-    tokenized = []
-    for p in prompts:
-        tp = tokenize_prompt(model, p.text)
-        tokenized.append(tp)
-        for name, occ, key in ((p.io, 0, "io"), (p.s, 0, "s1"), (p.s, -1, "s2")):
-            pos = word_positions(tp, name, occ)
-            if len(pos) != 1:
-                raise NotSingleTokenError(
-                    f"name {name!r} is not a single token in prompt {p.text!r}: it tokenizes as "
-                    f"{[tp.str_tokens[i] for i in pos]!r}"
-                )
-            cols[key].append(pos[0])
-        if repeated and cols["s1"][-1] == cols["s2"][-1]:
-            raise ValueError(f"subject {p.s!r} is mentioned only once in {p.text!r}")
-        cols["end"].append(len(tp) - 1)
-        cols["io_id"].append(single_token_id(model, p.io))
-        cols["s_id"].append(single_token_id(model, p.s))
+    pos, tokenized = locate(model, prompts, repeated)
     toks, mask, _ = pad_tokens(model, tokenized, "right")
-    pos = IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()})
     return _Prepared(pos, toks, mask)
-
-
-def replace_subject(prompt: IOIPrompt, mention: str, name: str) -> IOIPrompt:
-    """The prompt with S's first (``mention="s1"``) or last (``"s2"``) mention, a whole
-    space-separated word, replaced by ``name``: S is then no longer repeated (the IOI
-    paper's corrupted prompts for the S-inhibition and duplicate-head tests)."""
-    if mention not in ("s1", "s2"):
-        raise ValueError(f"mention must be 's1' or 's2', not {mention!r}")
-    padded = f" {prompt.text} "  # a mention at the start or end is a word too
-    split = padded.partition if mention == "s1" else padded.rpartition
-    head, found, tail = split(f" {prompt.s} ")
-    if not found:
-        raise ValueError(f"subject {prompt.s!r} is not a word of {prompt.text!r}")
-    return IOIPrompt(f"{head} {name} {tail}".strip(), prompt.io, prompt.s)
-
-
-def ioi_positions(model: Any, prompts: Sequence[IOIPrompt]) -> IOIPositions:
-    """Locate IO, S1, S2 and END in each prompt and check both names are one token."""
-    return _prepare(model, prompts).pos
 
 
 def _each_layer(
@@ -169,9 +98,7 @@ def _check_positions(*names: str) -> None:
 
 
 def _position(pos: IOIPositions, name: str) -> Tensor:
-    if name == "s1_next":  # the token after S1: where induction heads at S2 look
-        return pos.s1 + 1
-    return getattr(pos, name)
+    return getattr(pos, name)  # "s1_next": the token after S1, where induction heads look
 
 
 def attention_between(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from mi_cluster.ioi import IOIPrompt, fill_template
+
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Adam", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah",
     "James", "Anna", "David", "Laura", "Peter", "Kate", "Tom", "Lucy", "Sam", "Alice",
@@ -84,32 +86,12 @@ def vocabulary() -> list[str]:
     return words
 
 
-@dataclass(frozen=True)
-class IOIExample:
-    """One IOI prompt.
-
-    Fields:
-        text: the prompt, ending where the indirect object is predicted.
-        io: the indirect object (the correct answer).
-        s: the subject, the repeated name (the wrong answer).
-        template: index into ``IOI_TEMPLATES``.
-        order: ``"ABBA"`` or ``"BABA"``: whether IO or S is named first.
-    """
-
-    text: str
-    io: str
-    s: str
-    template: int
-    order: str
-
-
-def ioi_example(rng: random.Random, names: tuple[str, ...], templates: range) -> IOIExample:
+def ioi_example(rng: random.Random, names: tuple[str, ...], templates: range) -> IOIPrompt:
     io, s = rng.sample(names, 2)
     t = rng.choice(list(templates))
     order = rng.choice(["ABBA", "BABA"])
-    a, b = (io, s) if order == "ABBA" else (s, io)
-    text = IOI_TEMPLATES[t].format(A=a, B=b, S=s, P=rng.choice(PLACES), O=rng.choice(OBJECTS))
-    return IOIExample(text=text, io=io, s=s, template=t, order=order)
+    text = fill_template(IOI_TEMPLATES[t], io, s, order, rng.choice(PLACES), rng.choice(OBJECTS))
+    return IOIPrompt(text=text, io=io, s=s, template=t, order=order)
 
 
 def held_out_pairs(names: tuple[str, ...] = NAMES, fraction: float = 0.15, seed: int = 1) -> set:
@@ -244,7 +226,7 @@ def training_sequences(
     return out
 
 
-def eval_examples(kind: str, n: int = 400, seed: int = 123) -> list[IOIExample]:
+def eval_examples(kind: str, n: int = 400, seed: int = 123) -> list[IOIPrompt]:
     """Evaluation IOI prompts: ``"held_out_pairs"`` (training templates, name pairs never
     trained), ``"held_out_templates"`` (the last templates, any trained pair) or
     ``"unseen_names"`` (names never seen in IOI prompts)."""
@@ -265,6 +247,6 @@ def eval_examples(kind: str, n: int = 400, seed: int = 123) -> list[IOIExample]:
     raise ValueError(f"unknown evaluation set {kind!r}")
 
 
-def _rename(ex: IOIExample, io: str, s: str) -> IOIExample:
+def _rename(ex: IOIPrompt, io: str, s: str) -> IOIPrompt:
     words = [io if w == ex.io else s if w == ex.s else w for w in ex.text.split(" ")]
-    return IOIExample(" ".join(words), io, s, ex.template, ex.order)
+    return IOIPrompt(" ".join(words), io, s, ex.template, ex.order)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mi_cluster.toy.data import IOIExample, eval_examples, training_sequences, vocabulary
+from mi_cluster.ioi import IOIPrompt
+from mi_cluster.toy.data import eval_examples, training_sequences, vocabulary
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def encode(tokenizer, text: str, bos_id: int) -> list[int]:
     return [bos_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def ioi_accuracy(model, tokenizer, examples: list[IOIExample], bos_id: int) -> tuple[float, float]:
+def ioi_accuracy(model, tokenizer, examples: list[IOIPrompt], bos_id: int) -> tuple[float, float]:
     """(accuracy: IO logit > S logit at the end, mean logit difference IO - S)."""
     model.eval()
     ids = [encode(tokenizer, ex.text, bos_id) for ex in examples]
