@@ -1,0 +1,208 @@
+"""Construction of the compiled IOI model: GPT-2-format weights set analytically.
+
+Residual stream. Every feature is a unit direction ``(e_{2f} - e_{2f+1}) / sqrt(2)`` in a
+pair of its own dimensions, so every residual vector has mean exactly zero (LayerNorm's
+centring is a no-op). Token embeddings all have norm sqrt(2) (a constant feature plus one
+unit of token identity), positional embeddings norm 1 (one position code each).
+
+Attention is saturated: in every head the attended key scores 40 or more above every other
+key, so the other weights are below exp(-40) ~ 4e-18, beneath float64 rounding. Each head
+therefore writes exactly one unit vector at every position (a name-specific one, or its
+"null" vector when it attends BOS), and before layer ``l`` every residual vector has squared
+norm exactly ``3 + 4 l``. LayerNorm is then multiplication by the known constant
+``1 / sqrt((3 + 4 l) / d_model + eps)``, folded into the weights that read it: the
+construction is exact, not approximate (measured: the LayerNorm scale varies by less than
+1e-12 relative across positions in float64).
+
+Circuit (IO: the name mentioned once; S: the repeated name; END: the last token):
+
+- L0H0 duplicate-token head: attends from a name to an earlier mention of the same name
+  (positions codes keep it from attending to itself), writes DUP there: at S2.
+- L1H0 S-inhibition head: attends to the DUP-flagged position (S2) from every later position,
+  writes S's identity into the INHIBIT subspace.
+- L2H0 and L2H1 name movers: when INHIBIT holds a name, attend to the names not in it (IO),
+  copy IO to the logits (+2.0 and +1.5).
+- L2H2 negative name mover: attends like the movers, writes IO with weight -0.5.
+- L3H0 backup name mover: attends to IO like the movers, but its query is pushed away from
+  whatever L2H0 and L2H1 already wrote, so it attends to BOS unless they are ablated; then
+  it copies IO (+2.0).
+- every other head (L0H1-3, L1H1-3, L2H3, L3H1-3): a distractor that attends to BOS and
+  writes a constant, read by nothing.
+
+Clean logit difference IO - S = 2.0 + 1.5 - 0.5 = 3.0 on every prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CompiledSpec", "build_weights", "NAMES", "OBJECTS", "PLACES", "TEMPLATES", "WORDS"]
+
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Alice", "David", "Kate", "Paul",
+    "Laura", "Mark", "Sarah", "James", "Anna", "Peter",
+)  # fmt: skip
+PLACES: tuple[str, ...] = ("store", "park", "school", "office")
+OBJECTS: tuple[str, ...] = ("book", "cup", "ball", "key")
+TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {P} , {S} gave a {O} to",
+    "Then , {A} and {B} had lunch at the {P} . {S} gave a {O} to",
+    "After {A} and {B} went to the {P} , {S} gave the {O} to",
+)
+WORDS: tuple[str, ...] = (
+    "When", "and", "went", "to", "the", ",", ".",
+    "gave", "a", "Then", "had", "lunch", "at", "After",
+)  # fmt: skip
+
+N_LAYERS, N_HEADS, D_MODEL, N_CTX = 4, 4, 256, 24
+MARGIN, SCORE = 40.0, 80.0  # attended key >= MARGIN above the rest; name-match score
+LOGIT = {"L2H0": 2.0, "L2H1": 1.5, "L2H2": -0.5, "L3H0": 2.0}  # each mover's weight on the logits
+EPS = 1e-5  # GPT-2's LayerNorm epsilon
+
+
+@dataclass(frozen=True)
+class CompiledSpec:
+    """The vocabulary and sizes the weights are built for.
+
+    Fields:
+        vocab: tokens in id order (``<|endoftext|>`` first).
+        names: the name tokens.
+        d_model, n_layers, n_heads, n_ctx: sizes.
+    """
+
+    vocab: tuple[str, ...]
+    names: tuple[str, ...]
+    d_model: int = D_MODEL
+    n_layers: int = N_LAYERS
+    n_heads: int = N_HEADS
+    n_ctx: int = N_CTX
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class _Features:
+    """Named unit directions, each on a pair of dimensions (zero mean)."""
+
+    def __init__(self, d: int) -> None:
+        self.d, self.index = d, {}
+
+    def vec(self, name: str) -> np.ndarray:
+        if name not in self.index:
+            self.index[name] = len(self.index)
+            if 2 * len(self.index) > self.d:
+                raise ValueError("the compiled model needs a wider residual stream")
+        f = self.index[name]
+        v = np.zeros(self.d)
+        v[2 * f], v[2 * f + 1] = 2**-0.5, -(2**-0.5)
+        return v
+
+
+def _scale(layer_heads_before: int, d: int) -> float:
+    """LayerNorm's divisor for residual vectors of squared norm ``3 + heads_before``."""
+    return float(np.sqrt((3.0 + layer_heads_before) / d + EPS))
+
+
+def build_weights(spec: CompiledSpec) -> dict[str, np.ndarray]:
+    """Hugging Face GPT-2 state-dict arrays (float64) for ``spec``."""
+    d, dh, nh = spec.d_model, spec.d_head, spec.n_heads
+    F = _Features(d)
+    names = spec.names
+    const, bos, isname, other = F.vec("CONST"), F.vec("BOS"), F.vec("ISNAME"), F.vec("OTHER")
+    name_vec = {n: F.vec(f"NAME:{n}") for n in names}
+    pos = [F.vec(f"POS:{p}") for p in range(spec.n_ctx)]
+    a = b = 2**-0.5  # a name's embedding: a ISNAME + b NAME:n (unit identity part)
+    w: dict[str, np.ndarray] = {}
+    wte = np.zeros((len(spec.vocab), d))
+    for t, tok in enumerate(spec.vocab):
+        if tok == "<|endoftext|>":
+            wte[t] = const + bos
+        elif tok in name_vec:
+            wte[t] = const + a * isname + b * name_vec[tok]
+        else:
+            wte[t] = const + other
+    w["transformer.wte.weight"] = wte
+    w["transformer.wpe.weight"] = np.stack(pos)
+
+    def name_block(out_prefix: str) -> dict[str, np.ndarray]:
+        return {n: F.vec(f"{out_prefix}:{n}") for n in names}
+
+    heads: dict[tuple[int, int], tuple[list, list, list, list]] = {}
+    # each head: (q columns, k columns, v columns, o rows) as lists of d-vectors; the score is
+    # sum_c (x_q . q_c)(x_k . k_c), the output sum_c (x_k . v_c) o_c, before LayerNorm scaling.
+    s, m = np.sqrt(SCORE), np.sqrt(MARGIN)
+    # L0H0: duplicate token. score = SCORE [same name] - SCORE [same position] + MARGIN [BOS]
+    dup, dup_null = F.vec("DUP"), F.vec("L0H0:null")
+    q = [s * name_vec[n] / b for n in names] + [-s * p for p in pos] + [m * const]
+    k = [s * name_vec[n] / b for n in names] + [s * p for p in pos] + [m * bos]
+    heads[(0, 0)] = (q, k, [isname / a, bos], [dup, dup_null])
+    # L1H0: S-inhibition. score = SCORE [key has DUP] + MARGIN [BOS]; copies the name to INHIBIT
+    inhibit, si_null = name_block("INHIBIT"), F.vec("L1H0:null")
+    heads[(1, 0)] = (
+        [s * const, m * const],
+        [s * dup, m * bos],
+        [name_vec[n] / b for n in names] + [bos],
+        [inhibit[n] for n in names] + [si_null],
+    )
+    has_inhibit = sum(inhibit.values())  # reads 1 wherever any INHIBIT is written
+
+    def mover(out: dict[str, np.ndarray], null: np.ndarray, suppress: Sequence[dict] = ()):
+        """score = SCORE [key is a name, INHIBIT present] - SCORE [key is the inhibited name]
+        - MARGIN [key is a name already written by ``suppress``] + MARGIN [BOS]."""
+        q = [s * has_inhibit] + [-s * inhibit[n] for n in names]
+        k = [s * isname / a] + [s * name_vec[n] / b for n in names]
+        for block in suppress:
+            q += [-m * block[n] for n in names]
+            k += [m * name_vec[n] / b for n in names]
+        q, k = q + [m * const], k + [m * bos]
+        return (q, k, [name_vec[n] / b for n in names] + [bos], [out[n] for n in names] + [null])
+
+    written = {h: name_block(f"WRITTEN:{h}") for h in LOGIT}
+    heads[(2, 0)] = mover(written["L2H0"], F.vec("L2H0:null"))
+    heads[(2, 1)] = mover(written["L2H1"], F.vec("L2H1:null"))
+    heads[(2, 2)] = mover(written["L2H2"], F.vec("L2H2:null"))
+    heads[(3, 0)] = mover(written["L3H0"], F.vec("L3H0:null"), (written["L2H0"], written["L2H1"]))
+    for layer in range(spec.n_layers):  # distractors: attend BOS, write a constant
+        for h in range(spec.n_heads):
+            if (layer, h) not in heads:
+                heads[(layer, h)] = ([m * const], [m * bos], [bos], [F.vec(f"L{layer}H{h}:const")])
+
+    sqrt_dh = np.sqrt(dh)
+    for layer in range(spec.n_layers):
+        scale = _scale(nh * layer, d)  # LayerNorm divides by this; the weights multiply it back
+        c_attn, c_proj = np.zeros((d, 3 * d)), np.zeros((d, d))
+        for h in range(nh):
+            q, k, v, o = heads[(layer, h)]
+            if max(len(q), len(v)) > dh:
+                raise ValueError(f"head L{layer}H{h} needs more than d_head={dh} dimensions")
+            base = h * dh
+            for c, (qc, kc) in enumerate(zip(q, k, strict=True)):
+                c_attn[:, base + c] = qc * scale * sqrt_dh  # GPT-2 divides scores by sqrt(d_head)
+                c_attn[:, d + base + c] = kc * scale
+            for c, (vc, oc) in enumerate(zip(v, o, strict=True)):
+                c_attn[:, 2 * d + base + c] = vc * scale
+                c_proj[base + c] = oc
+        prefix = f"transformer.h.{layer}."
+        w[prefix + "attn.c_attn.weight"] = c_attn
+        w[prefix + "attn.c_attn.bias"] = np.zeros(3 * d)
+        w[prefix + "attn.c_proj.weight"] = c_proj
+        w[prefix + "attn.c_proj.bias"] = np.zeros(d)
+        for ln in ("ln_1", "ln_2"):
+            w[prefix + f"{ln}.weight"], w[prefix + f"{ln}.bias"] = np.ones(d), np.zeros(d)
+        w[prefix + "mlp.c_fc.weight"], w[prefix + "mlp.c_fc.bias"] = np.zeros((d, 4)), np.zeros(4)
+        w[prefix + "mlp.c_proj.weight"], w[prefix + "mlp.c_proj.bias"] = (
+            np.zeros((4, d)),
+            np.zeros(d),
+        )
+    w["transformer.ln_f.weight"], w["transformer.ln_f.bias"] = np.ones(d), np.zeros(d)
+    final = _scale(nh * spec.n_layers, d)
+    lm_head = np.zeros((len(spec.vocab), d))
+    for t, tok in enumerate(spec.vocab):
+        if tok in name_vec:
+            lm_head[t] = final * sum(LOGIT[h] * written[h][tok] for h in LOGIT)
+    w["lm_head.weight"] = lm_head
+    return w
