@@ -153,24 +153,57 @@ def head_direct_logit_attribution(
 
 
 def copy_scores(
-    model: Any, names: Sequence[str], k: int = 5, negative: bool = False
+    model: Any,
+    names: Sequence[str],
+    k: int = 5,
+    negative: bool = False,
+    variant: str = "embedding",
+    prompts: Sequence[IOIPrompt] | None = None,
 ) -> Float[Tensor, "layer head"]:
-    """The IOI paper's copy score of every head's OV circuit: the fraction of ``names`` that
-    come out among the top ``k`` logits when the name's token embedding (LayerNorm-normalised)
-    goes through the head's OV circuit, the final LayerNorm and the unembedding. With
-    ``negative=True`` the OV output is negated (heads that write "not this name").
+    """Copy score of every head's OV circuit: the fraction of ``names`` that come out among
+    the top ``k`` logits when a representation of the name goes through the head's OV
+    circuit, the final LayerNorm and the unembedding (``negative=True``: the OV output
+    negated, for heads that write "not this name").
 
-    The embedding stands for the residual stream at the name, as in the paper's "after the
-    first MLP"; for attention-only models that is exactly the input the first layer sees,
-    less the positional embedding. Assumes LayerNorm folded into the weights
-    (compatibility mode, which :func:`mi_cluster.models.load_model` turns on)."""
+    Definitions in use differ in what stands for the name:
+
+    - ``variant="embedding"`` (default): the name's token embedding, what a layer-0 head
+      reads of the name alone;
+    - ``variant="arena"`` (ARENA's IOI exercises): the token embedding, as if alone, through
+      the first MLP (``x + MLP0(LN(x))``; for attention-only models the embedding);
+    - ``variant="paper"`` (Wang et al. 2022, Appendix): the residual stream after the first
+      MLP layer (``resid_post`` of layer 0) at the name's positions in real IOI ``prompts``
+      (IO and S1), so layer 0's attention output and the position embedding are included;
+      the score is over the names of the prompts.
+
+    Assumes LayerNorm folded into the weights (compatibility mode, which
+    :func:`mi_cluster.models.load_model` turns on)."""
     require_meaningful_logits(model, "copy scores")
-    if not names:
-        raise ValueError("copy_scores needs at least one name")
-    ids = torch.tensor([single_token_id(model, n) for n in names])
+    if variant not in ("embedding", "arena", "paper"):
+        raise ValueError(f"variant must be 'embedding', 'arena' or 'paper', got {variant!r}")
     with torch.no_grad():
-        w_e = model.W_E.detach()
-        x = _layer_norm_pre(w_e[ids.to(w_e.device)], model.cfg.eps)  # [name, d_model]
+        if variant != "paper":
+            if not names:
+                raise ValueError("copy_scores needs at least one name")
+            ids = torch.tensor([single_token_id(model, n) for n in names])
+            x = model.W_E.detach()[ids.to(model.W_E.device)]  # [name, d_model]
+            mlp = hook_name("mlp_out", 0) in model.hook_dict and not model.cfg.attn_only
+            if variant == "arena" and mlp:
+                x = x + model.blocks[0].mlp(_layer_norm_pre(x, model.cfg.eps)[None])[0]
+        else:
+            if not prompts:
+                raise ValueError("the paper's copy score needs IOI prompts (names read in context)")
+            prep = _prepare(model, prompts)
+            rows = torch.arange(len(prompts))
+            kept: dict[str, Tensor] = {}
+
+            def keep(act: Tensor, hook: Any) -> None:
+                kept["x"] = torch.cat([act[rows, prep.pos.io], act[rows, prep.pos.s1]])
+
+            _run(model, prep.tokens, prep.mask, [(hook_name("resid_post", 0), keep)])
+            x = kept["x"]
+            ids = torch.cat([prep.pos.io_id, prep.pos.s_id])
+        x = _layer_norm_pre(x, model.cfg.eps)
         v = torch.einsum("nm,lhmd->lhnd", x, model.W_V) + model.b_V[:, :, None]
         out = torch.einsum("lhnd,lhdm->lhnm", v, model.W_O)
         out = -out if negative else out

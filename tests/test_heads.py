@@ -178,3 +178,36 @@ def test_patching_at_s2_matches_a_manual_patch(tiny):
 def test_logit_analyses_refuse_minilm(minilm):
     with pytest.raises(LogitsUnavailableError, match="direct logit attribution"):
         head_direct_logit_attribution(minilm, PROMPTS)
+
+
+@pytest.mark.parametrize("variant", ["arena", "paper"])
+def test_copy_score_variants_equal_a_hand_computation(tiny, variant):
+    """ARENA's variant reads the name alone through MLP0; the paper's the residual after
+    layer 0 at the names' positions in real prompts. Both by hand through one head's OV."""
+    k = 100
+    names = ["Mary", "John", "Eve", "Adam"]
+    scores = copy_scores(tiny, names, k=k, variant=variant, prompts=PROMPTS)
+    ln = torch.nn.functional.layer_norm
+    d = tiny.cfg.d_model
+    with torch.no_grad():
+        if variant == "arena":
+            ids = torch.tensor([tiny.to_single_token(" " + n) for n in names])
+            x = tiny.W_E[ids]
+            x = x + tiny.blocks[0].mlp(ln(x, (d,), eps=tiny.cfg.eps)[None])[0]
+        else:
+            pos = ioi_positions(tiny, PROMPTS)
+            xs, ids = [], []
+            for i, p in enumerate(PROMPTS):
+                _, cache = tiny.run_with_cache(p.text)
+                resid = cache["blocks.0.hook_resid_post"][0]
+                xs += [resid[pos.io[i]], resid[pos.s1[i]]]
+                ids += [int(pos.io_id[i]), int(pos.s_id[i])]
+            order = [0, 2, 1, 3]  # the function lists every IO, then every S1
+            x, ids = torch.stack(xs)[order], torch.tensor(ids)[order]
+        for layer, head in ((0, 1), (1, 3)):
+            out = ln(x, (d,), eps=tiny.cfg.eps) @ tiny.W_V[layer, head] + tiny.b_V[layer, head]
+            logits = ln(out @ tiny.W_O[layer, head], (d,), eps=tiny.cfg.eps) @ tiny.W_U + tiny.b_U
+            hits = (logits.topk(k, dim=-1).indices == ids[:, None]).any(-1).float().mean()
+            assert scores[layer, head] == pytest.approx(float(hits))
+    with pytest.raises(ValueError, match="variant"):
+        copy_scores(tiny, names, variant="ioi")
