@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mi_cluster.activations import hook_name, pad_tokens
@@ -25,6 +25,7 @@ __all__ = [
     "IOIPositions",
     "IOIPrompt",
     "attention_between",
+    "copy_hits",
     "copy_scores",
     "head_direct_logit_attribution",
     "head_mean_ablation",
@@ -32,6 +33,7 @@ __all__ = [
     "logit_difference",
     "patch_head_attention_effect",
     "replace_subject",
+    "token_mean",
 ]
 
 
@@ -160,10 +162,23 @@ def copy_scores(
     variant: str = "embedding",
     prompts: Sequence[IOIPrompt] | None = None,
 ) -> Float[Tensor, "layer head"]:
-    """Copy score of every head's OV circuit: the fraction of ``names`` that come out among
-    the top ``k`` logits when a representation of the name goes through the head's OV
-    circuit, the final LayerNorm and the unembedding (``negative=True``: the OV output
-    negated, for heads that write "not this name").
+    """Copy score of every head: the share of names that :func:`copy_hits` finds copied."""
+    return copy_hits(model, names, k, negative, variant, prompts).float().mean(-1)
+
+
+def copy_hits(
+    model: Any,
+    names: Sequence[str],
+    k: int = 5,
+    negative: bool = False,
+    variant: str = "embedding",
+    prompts: Sequence[IOIPrompt] | None = None,
+) -> Bool[Tensor, "layer head name"]:
+    """Whether each head's OV circuit copies each name: whether the name comes out among
+    the top ``k`` logits when a representation of it goes through the head's OV circuit,
+    the final LayerNorm and the unembedding (``negative=True``: the OV output negated, for
+    heads that write "not this name"). The mean over names is the head's copy score
+    (:func:`copy_scores`).
 
     Definitions in use differ in what stands for the name:
 
@@ -174,7 +189,7 @@ def copy_scores(
     - ``variant="paper"`` (Wang et al. 2022, Appendix): the residual stream after the first
       MLP layer (``resid_post`` of layer 0) at the name's positions in real IOI ``prompts``
       (IO and S1), so layer 0's attention output and the position embedding are included;
-      the score is over the names of the prompts.
+      the names are those of the prompts, IO's then S's (``2 * len(prompts)`` of them).
 
     Assumes LayerNorm folded into the weights (compatibility mode, which
     :func:`mi_cluster.models.load_model` turns on)."""
@@ -210,7 +225,7 @@ def copy_scores(
         logits = _layer_norm_pre(out, model.cfg.eps) @ model.W_U + model.b_U
         top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [layer, head, name, k]
         hit = (top == ids.to(top.device)[None, None, :, None]).any(-1)
-    return hit.float().mean(-1).cpu()
+    return hit.cpu()
 
 
 def _layer_norm_pre(x: Tensor, eps: float) -> Tensor:
@@ -219,9 +234,17 @@ def _layer_norm_pre(x: Tensor, eps: float) -> Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+def token_mean(act: Float[Tensor, "batch pos ..."], mask: Tensor) -> Float[Tensor, "..."]:
+    """Mean of ``act`` over the real (unpadded) tokens of a batch: the reference value of
+    mean ablation."""
+    w = mask.to(device=act.device, dtype=act.dtype)
+    w = w.reshape(*w.shape, *([1] * (act.ndim - 2)))
+    return (act * w).sum((0, 1)) / w.sum()
+
+
 def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor, "layer head"]:
     """Change in mean logit difference when one head's output (``hook_z``) is replaced by
-    its mean over the prompts at every position (a negative value: the head helps)."""
+    its mean over the prompts' tokens at every position (a negative value: the head helps)."""
     require_meaningful_logits(model, "mean ablation of the logit difference")
     prep = _prepare(model, prompts)
     base = _logit_difference(model, prep, []).mean()
@@ -229,7 +252,7 @@ def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor
     means: dict[int, Tensor] = {}
 
     def store(layer: int, z: Tensor) -> None:
-        means[layer] = z.mean(dim=(0, 1))  # [head, d_head]
+        means[layer] = token_mean(z, prep.mask)  # [head, d_head]
 
     _run(model, prep.tokens, prep.mask, _each_layer("z", range(n_layers), store))
     out = torch.empty(n_layers, n_heads)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -243,6 +243,10 @@ class IOIPositions:
     @property
     def s1_next(self) -> Tensor:
         return self.s1 + 1
+
+    def repeat(self, k: int) -> IOIPositions:
+        """The positions of the prompts repeated ``k`` times (a batch tiled ``k`` times)."""
+        return IOIPositions(**{f.name: getattr(self, f.name).repeat(k) for f in fields(self)})
 
 
 def locate(

@@ -62,7 +62,7 @@ def test_the_construction_is_exact_in_float64():
             for layer, h in enumerate(out.hidden_states[:-1]):  # the last one is after ln_f
                 norms = h[0].pow(2).sum(-1)
                 torch.testing.assert_close(
-                    norms, torch.full_like(norms, 3 + 4 * layer), atol=1e-12, rtol=0
+                    norms, torch.full_like(norms, 3 + 12 * layer), atol=1e-12, rtol=0
                 )
             gap = out.logits[0, -1, vocab["Kate"]] - out.logits[0, -1, vocab["Paul"]]
             assert abs(float(gap) - 3.0) < 1e-12
@@ -135,7 +135,7 @@ def test_patching_recovers_every_edge(compiled, prompts):
     distractors = [
         (layer, h)
         for layer in range(4)
-        for h in range(4)
+        for h in range(12)
         if (layer, h) not in {(0, 0), (1, 0), (3, 0), *MOVERS}
     ]
     assert all(abs(float(effect[layer, h])) < 1e-6 for layer, h in distractors)

@@ -1,4 +1,4 @@
-"""The compiled IOI model: a 4-layer attention-only GPT-2-format model whose weights are
+"""The compiled IOI model: a 4-layer, 12-head attention-only GPT-2-format model whose weights are
 set analytically, so its circuit is known by construction (``load_model("ioi-compiled")``;
 its card, ``MODEL_CARD.md``, lists every head and edge). Built in milliseconds, offline and
 deterministically, at load time."""
@@ -27,12 +27,22 @@ __all__ = [
     "OBJECTS",
     "PLACES",
     "TEMPLATES",
+    "compiled_prompts",
     "load_compiled_ioi",
     "register",
     "save_compiled_ioi",
 ]
 
 CARD = Path(__file__).parent / "MODEL_CARD.md"
+
+
+def compiled_prompts(model: Any, n: int, seed: int = 0) -> list:
+    """``n`` IOI prompts of the compiled model's distribution (its templates and words, both
+    orders alternating): :func:`mi_cluster.ioi.ioi_prompts` with its word lists."""
+    from mi_cluster.ioi import ioi_prompts
+
+    kw = {"templates": TEMPLATES, "names": NAMES, "places": PLACES, "objects": OBJECTS}
+    return ioi_prompts(model, n, seed=seed, **kw)
 
 
 def save_compiled_ioi(directory: str | Path) -> Path:

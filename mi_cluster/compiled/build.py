@@ -9,8 +9,8 @@ Attention is saturated: in every head the attended key scores 40 or more above e
 key, so the other weights are below exp(-40) ~ 4e-18, beneath float64 rounding. Each head
 therefore writes exactly one unit vector at every position (a name-specific one, or its
 "null" vector when it attends BOS), and before layer ``l`` every residual vector has squared
-norm exactly ``3 + 4 l``. LayerNorm is then multiplication by the known constant
-``1 / sqrt((3 + 4 l) / d_model + eps)``, folded into the weights that read it: the
+norm exactly ``3 + 12 l``. LayerNorm is then multiplication by the known constant
+``1 / sqrt((3 + 12 l) / d_model + eps)``, folded into the weights that read it: the
 construction is exact, not approximate (measured: the LayerNorm scale varies by less than
 1e-12 relative across positions in float64).
 
@@ -26,8 +26,8 @@ Circuit (IO: the name mentioned once; S: the repeated name; END: the last token)
 - L3H0 backup name mover: attends to IO like the movers, but its query is pushed away from
   whatever L2H0 and L2H1 already wrote, so it attends to BOS unless they are ablated; then
   it copies IO (+2.0).
-- every other head (L0H1-3, L1H1-3, L2H3, L3H1-3): a distractor that attends to BOS and
-  writes a constant, read by nothing.
+- every other head (42 of the 48: L0H1-11, L1H1-11, L2H3-11, L3H1-11): a distractor that
+  attends to BOS and writes a constant, read by nothing.
 
 Clean logit difference IO - S = 2.0 + 1.5 - 0.5 = 3.0 on every prompt.
 """
@@ -57,7 +57,7 @@ WORDS: tuple[str, ...] = (
     "gave", "a", "Then", "had", "lunch", "at", "After",
 )  # fmt: skip
 
-N_LAYERS, N_HEADS, D_MODEL, N_CTX = 4, 4, 256, 24
+N_LAYERS, N_HEADS, D_MODEL, N_CTX = 4, 12, 480, 24
 MARGIN, SCORE = 40.0, 80.0  # attended key >= MARGIN above the rest; name-match score
 LOGIT = {"L2H0": 2.0, "L2H1": 1.5, "L2H2": -0.5, "L3H0": 2.0}  # each mover's weight on the logits
 EPS = 1e-5  # GPT-2's LayerNorm epsilon
