@@ -246,8 +246,9 @@ def test_metrics_kl_probability_and_activation(tiny64):
     assert rep.normalised().shape == (2, 4)
 
 
-def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
-    """The four passes of Algorithm 1, one sender at a time, with run_with_hooks."""
+def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers, frozen_ln=False):
+    """The four passes of Algorithm 1, one sender at a time, with run_with_hooks
+    (``frozen_ln``: the final LayerNorm's scale hooked to the base run's)."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     with torch.no_grad():
         _, base = model.run_with_cache(base_tokens)
@@ -265,6 +266,8 @@ def _plain_path_patching(model, base_tokens, source_tokens, metric, receivers):
                     return act
 
                 hooks.append((hook_name("z", layer), freeze))
+            if frozen_ln:
+                hooks.append(("ln_final.hook_scale", lambda act, hook: base["ln_final.hook_scale"]))
             seen = {}
             for layer, _, which in receivers:
                 name = hook_name(which, layer)
@@ -312,6 +315,37 @@ def test_path_patching_equals_a_plain_four_pass_implementation(tiny64, receivers
     if receivers != "logits":  # senders at or after every receiver have no path to it
         base_value = got.clean if direction == "noise" else got.corrupted
         torch.testing.assert_close(got.values[1], base_value.expand(4, -1))
+
+
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
+def test_path_patching_with_a_frozen_final_layer_norm(tiny64, direction):
+    """final_ln="frozen" equals a plain run whose final LayerNorm scale is hooked to the
+    base run's; on the attention-only toy model it is then exactly linear: each sender's
+    effect is its change of output projected through the base run's LayerNorm scale."""
+    metric, _ = _logit_gap(tiny64, "Mary", "John")
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    got = path_patching(tiny64, clean, corrupt, metric, direction=direction, final_ln="frozen",
+                        progress=False)  # fmt: skip
+    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    want = _plain_path_patching(tiny64, base, source, metric, [], frozen_ln=True)
+    torch.testing.assert_close(got.values, want, atol=1e-10, rtol=0)
+    assert "frozen" in got.site
+    toy64 = load_model("toy-ioi", device="cpu", dtype=torch.float64)
+    metric, _ = _logit_gap(toy64, "Mary", "Anna")
+    got = path_patching(toy64, TOY_CLEAN, TOY_CORRUPT, metric, final_ln="frozen", progress=False)
+    with torch.no_grad():
+        _, c = toy64.run_with_cache(toy64.to_tokens(TOY_CLEAN))
+        _, x = toy64.run_with_cache(toy64.to_tokens(TOY_CORRUPT))
+    direction_io = (
+        toy64.W_U[:, single_token_id(toy64, "Mary")] - toy64.W_U[:, single_token_id(toy64, "Anna")]
+    )
+    for layer, head in [(0, 2), (1, 0), (2, 2)]:
+        z = hook_name("z", layer)
+        change = (x[z][:, -1, head] - c[z][:, -1, head]) @ toy64.W_O[layer, head]
+        want = got.clean + (change / c["ln_final.hook_scale"][:, -1]) @ direction_io
+        torch.testing.assert_close(got.values[layer, head], want, atol=1e-9, rtol=0)
+    with pytest.raises(PatchingError, match="final_ln"):
+        path_patching(tiny64, clean, corrupt, metric, [(1, 0, "q")], final_ln="frozen")
 
 
 @pytest.mark.parametrize(
@@ -462,28 +496,9 @@ def test_patching_on_cuda_equals_cpu(tiny):
     )
 
 
-def test_patching_maps_and_the_toy_experiment(tmp_path):
-    """The toy experiment end to end (small): its answer matches the model card's circuit
-    (L2H2 carries the logit difference), and its maps use one diverging scale at zero."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "tp", root / "experiments" / "toy_ioi_patching.py"
-    )
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
-    record = exp.run(tmp_path, n=12, png=False, progress=False)
-    assert record["largest_heads_denoising"][0][0] == "L2H2"
-    assert record["largest_heads_path_to_logits"][0][0] == "L2H2"
-    assert record["attribution_correlation"]["head_out"] > 0.9
-    assert json.loads((tmp_path / "toy_ioi_patching.json").read_text())["n_prompts"] == 12
-    html = (tmp_path / "toy_ioi_patching_resid.html").read_text()
-    assert '"cmid":0' in html.replace(" ", "")  # diverging scale centred at zero
-    assert '"14: to 2"' in html  # the template's second "to" keeps a label of its own
-
+def test_patching_maps():
+    """Maps use one diverging scale centred at zero, layers down (the IOI experiment runs
+    every sweep end to end in tests/test_ioi_name_movers.py)."""
     from mi_cluster.patching import PatchResult
     from mi_cluster.plotting.patching import patching_maps
 

@@ -309,10 +309,13 @@ def run_with_metric(
     hooks: list,
     positions: Tensor | None,
     clean_logits: Tensor | None,
+    final_scale: Tensor | None = None,
 ) -> Tensor:
     """Run copies of the ``base`` run's prompts (``prompt``, ordered by ``row_start``) with
     ``hooks``; the metric per row. An activation the metric reads comes from the run where
-    the row has reached it, from the base run's cache where it has not."""
+    the row has reached it, from the base run's cache where it has not. ``final_scale``
+    (``[prompt, k, 1]``): the final LayerNorm's scale per prompt at the metric's positions,
+    used instead of the rows' own."""
     runner, offset = runs.runner, runs.offset(base)
     rows = prompt + offset
     start = torch.full((len(prompt),), row_start) if isinstance(row_start, int) else row_start
@@ -331,7 +334,10 @@ def run_with_metric(
     if metric.positions is None:
         stop = max([int(start[0])] + [_layer_of(n) + 1 for n in metric.reads])
     row_pos = None if positions is None else positions[prompt]
-    logits = runner.run(rows, start, hooks + read_hooks, positions=row_pos, stop_layer=stop)
+    scale = None if final_scale is None else final_scale[prompt.to(final_scale.device)]
+    logits = runner.run(
+        rows, start, hooks + read_hooks, positions=row_pos, stop_layer=stop, final_scale=scale
+    )
     for name, value in kept.items():  # the rows that reached the hook: a prefix
         acts[name][: value.shape[0]] = value
     out = metric.fn(MetricInput(prompt, logits, acts, clean_logits))

@@ -67,6 +67,7 @@ def path_patching(
     receivers: str | Sequence[Receiver] = "logits",
     *,
     direction: Literal["denoise", "noise"] = "noise",
+    final_ln: Literal["recompute", "frozen"] = "recompute",
     max_batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
@@ -79,6 +80,12 @@ def path_patching(
             query, key or value input receives the path.
         direction: ``"noise"`` (source: corrupted, into the clean run; the IOI paper's) or
             ``"denoise"``.
+        final_ln: for ``receivers="logits"``: ``"recompute"`` (the paper's: the final
+            LayerNorm sees the patched residual) or ``"frozen"`` (it divides by the base
+            run's scale, so a sender is credited only with what it writes in the unembedding's
+            directions, as direct logit attribution does: a sender whose patched output is
+            merely larger shrinks every other head's contribution through the LayerNorm,
+            which ``"recompute"`` counts as its direct effect).
         max_batch_size: rows (sender x prompt copies) per forward pass (default as for
             activation patching).
         progress: a progress bar over forward passes.
@@ -88,18 +95,29 @@ def path_patching(
     if direction not in ("denoise", "noise"):
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     recv = _check_receivers(model, receivers)
+    if final_ln not in ("recompute", "frozen"):
+        raise PatchingError(f"final_ln must be 'recompute' or 'frozen', got {final_ln!r}")
+    if final_ln == "frozen" and (recv or metric.positions is None):
+        raise PatchingError(
+            "final_ln='frozen' applies to receivers='logits' and a metric read from the logits"
+        )
     pair = prepare_pair(model, clean, corrupted)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     z_names = [hook_name("z", layer) for layer in range(n_layers)]
     recv_names = sorted({hook_name(w, layer) for layer, _, w in recv})
-    runs = cached_runs(model, pair, z_names + recv_names + list(metric.reads))
+    scale_name = ["ln_final.hook_scale"] if final_ln == "frozen" else []
+    runs = cached_runs(model, pair, z_names + recv_names + list(metric.reads) + scale_name)
     positions = resolve_positions(metric.positions, pair)
     clean_logits = runs.logits("clean", positions)
     clean_value = metric_on_run(runs, "clean", metric, positions, clean_logits)
     corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
     base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
     base_z = [runs.cache(name, base) for name in z_names]
+    final_scale = None
+    if final_ln == "frozen":
+        scale = runs.cache("ln_final.hook_scale", base)  # [prompt, pos, 1]
+        final_scale = scale.gather(1, positions.to(scale.device)[..., None])
     source_z = [runs.cache(name, source) for name in z_names]
 
     values = torch.empty(
@@ -132,8 +150,9 @@ def path_patching(
             frozen.append((z_names[layer], freeze))
         if not recv:
             out = run_with_metric(
-                runs, base, metric, prompt, sender_layer, frozen, positions, clean_logits
-            )
+                runs, base, metric, prompt, sender_layer, frozen, positions, clean_logits,
+                final_scale,
+            )  # fmt: skip
         else:
             out = _to_receivers(
                 runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
@@ -142,7 +161,8 @@ def path_patching(
     return PatchResult(
         values=values,
         site="path to "
-        + ("logits" if not recv else ", ".join(f"L{a}H{b}.{w}" for a, b, w in recv)),
+        + ("logits" if not recv else ", ".join(f"L{a}H{b}.{w}" for a, b, w in recv))
+        + (" (final LayerNorm frozen)" if final_ln == "frozen" else ""),
         axes=("layer", "head"),
         labels=axis_labels(model, pair, range(n_layers), ("head",)),
         direction=direction,

@@ -117,9 +117,16 @@ class LayerRunner:
         self._check()
 
     # -- the output head ------------------------------------------------------------
-    def head(self, resid: Float[Tensor, "row k d_model"]) -> Float[Tensor, "row k d_vocab"]:
-        """Logits from final residuals (LayerNorm and unembedding; BERT's MLM transform)."""
+    def head(
+        self, resid: Float[Tensor, "row k d_model"], scale: Float[Tensor, "row k 1"] | None = None
+    ) -> Float[Tensor, "row k d_vocab"]:
+        """Logits from final residuals (LayerNorm and unembedding; BERT's MLM transform).
+        With ``scale``, the final LayerNorm divides by it instead of the residuals' own
+        scale (frozen at another run's value, so that only what the residual says changes,
+        not how much LayerNorm shrinks everything else)."""
         m = self.model
+        if scale is not None:
+            return m.unembed(_normalise_with(m, resid, scale))
         if hasattr(m, "mlm_head"):  # BERT: dense -> activation -> LayerNorm -> decoder
             from transformers.activations import ACT2FN
 
@@ -160,6 +167,7 @@ class LayerRunner:
         hooks: Sequence[Hook] = (),
         positions: Int[Tensor, "row k"] | None = None,
         stop_layer: int | None = None,
+        final_scale: Float[Tensor, "row k 1"] | None = None,
     ) -> Float[Tensor, "row k d_vocab"] | None:
         """Run copies of the prompts from their start layers to the end (or ``stop_layer``).
 
@@ -175,6 +183,8 @@ class LayerRunner:
             hooks: TransformerLens forward hooks, active during the run.
             positions: per row, the positions to return logits at; None: no logits.
             stop_layer: stop before this block (no logits then); default run to the end.
+            final_scale: per row and position, the final LayerNorm's scale to use instead
+                of the residual's own (see :meth:`head`).
         """
         rows = prompt.shape[0]
         row_start = torch.full((rows,), start) if isinstance(start, int) else start.cpu()
@@ -199,7 +209,22 @@ class LayerRunner:
         if positions is None or stop_layer is not None:
             return None
         picked = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
-        return self.head(picked)
+        return self.head(picked, final_scale)
+
+
+def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
+    """The final LayerNorm (or RMSNorm) of ``resid`` with a given scale."""
+    if hasattr(model, "mlm_head") or not hasattr(model, "ln_final"):
+        raise PatchingError("a frozen final LayerNorm needs a model whose logits follow ln_final")
+    norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
+    x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
+    x = x / scale.to(x.dtype)
+    params = dict(model.ln_final.named_parameters())
+    weight = next((v for k, v in params.items() if k.endswith("weight")), None)
+    bias = next((v for k, v in params.items() if k.endswith("bias")), None)
+    if weight is not None:
+        x = x * weight.to(x.dtype)
+    return x + bias.to(x.dtype) if bias is not None else x
 
 
 def _rows(value: Any, n: int, rows: int) -> Any:
