@@ -25,11 +25,10 @@ demo: $(STAMP)
 figures: $(STAMP)
 	$(VENV)/bin/mi-cluster demo
 	HF_HUB_OFFLINE=1 $(PY) experiments/layer_similarity.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/toy_ioi_circuit.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/ioi_name_movers.py --quiet
 	HF_HUB_OFFLINE=1 $(PY) experiments/subject_object_clustering.py --quiet
 	HF_HUB_OFFLINE=1 $(PY) experiments/numbers_vs_words.py
 	HF_HUB_OFFLINE=1 $(PY) experiments/rsa_embeddings.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/toy_ioi_patching.py --quiet
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mi_cluster.activations import hook_name
+from mi_cluster.activations import hook_name, pad_tokens
 from mi_cluster.heads import (
     _each_layer,
     _logit_difference,
@@ -43,11 +43,13 @@ from mi_cluster.heads import (
 )
 from mi_cluster.ioi import IOIPrompt
 from mi_cluster.models import require_meaningful_logits
+from mi_cluster.prompts import tokenize_prompt
 from mi_cluster.stats import paired_test
 from mi_cluster.stats.resampling import Alternative
 
 __all__ = [
     "HeadClaim",
+    "ablation_hooks",
     "ablation_test",
     "attention_test",
     "copy_score_test",
@@ -72,6 +74,8 @@ class HeadClaim:
         p_value: against ``null``.
         null: what the effect was compared with.
         n_prompts: prompts the effect was measured on.
+        p_min: the smallest p-value the null allows (1 / number of head sets when all
+            are enumerated): a set that beats every other can score no lower.
     """
 
     claim: str
@@ -82,6 +86,7 @@ class HeadClaim:
     p_value: float
     null: str
     n_prompts: int
+    p_min: float = 0.0
 
     def supported(self, alpha: float = 0.05, min_effect: float = 0.0) -> bool:
         """p below ``alpha``, the interval excludes zero on the effect's side, and the
@@ -92,9 +97,11 @@ class HeadClaim:
 
     def __str__(self) -> str:
         names = ", ".join(f"L{a}H{b}" for a, b in self.heads)
+        floor = f" (smallest possible {self.p_min:.3g})" if self.p_min >= 0.01 else ""
         return (
             f"{self.claim} [{names}]: {self.effect:+.3f} (95% CI [{self.ci_low:+.3f}, "
-            f"{self.ci_high:+.3f}]), p = {self.p_value:.3g} vs {self.null}; n = {self.n_prompts}"
+            f"{self.ci_high:+.3f}]), p = {self.p_value:.3g}{floor} vs {self.null}; "
+            f"n = {self.n_prompts}"
         )
 
 
@@ -168,9 +175,14 @@ def random_set_p_value(
         raise ValueError("the null needs at least one head set")
     tol = 1e-9 * max(1.0, abs(effect))
     extreme = (null_t >= effect - tol) if alternative == "greater" else (null_t <= effect + tol)
+    count = int(extreme.sum())
     if exact:
-        return float(extreme.sum().clamp(min=1) / len(null_t))
-    return float((1 + extreme.sum()) / (1 + len(null_t)))
+        return max(count, 1) / len(null_t)
+    return (1 + count) / (1 + len(null_t))
+
+
+def _p_min(sets: list, exact: bool) -> float:
+    return 1 / len(sets) if exact else 1 / (1 + len(sets))
 
 
 def _null_text(sets: list, exact: bool, pool: Pool, extra: str = "") -> str:
@@ -214,6 +226,14 @@ def _ablation_drops(
     return torch.cat(out)
 
 
+def _reference(model: Any, prompts: Sequence[IOIPrompt | str]) -> _Prepared:
+    """Reference prompts as a padded batch (their names need not be located: ABC prompts
+    mention neither IO nor S)."""
+    texts = [p if isinstance(p, str) else p.text for p in prompts]
+    tokens, mask, _ = pad_tokens(model, [tokenize_prompt(model, t) for t in texts], "right")
+    return _Prepared(None, tokens, mask)
+
+
 def _set_ablation(chosen: Tensor, replacement: Tensor, n: int):
     """Hook replacing, in the ``i``-th copy of ``n`` prompts, the z of the heads that
     ``chosen[i]`` marks."""
@@ -255,12 +275,33 @@ def _replacements(
     return {layer: z[chosen, :width] for layer, z in zs.items()}
 
 
+def ablation_hooks(
+    model: Any,
+    prompts: Sequence[IOIPrompt],
+    heads: Sequence[Head],
+    reference: Sequence[IOIPrompt | str] | None = None,
+    method: Literal["mean", "resample"] = "mean",
+    seed: int = 0,
+) -> list:
+    """Hooks that ablate ``heads`` when running ``prompts`` (as :func:`ablation_test` does),
+    to measure anything else under the ablation, e.g. which heads take over."""
+    heads = _check_heads(model, heads)
+    prep = _prepare(model, prompts, repeated=False)
+    ref = _reference(model, reference) if reference is not None else prep
+    replace = _replacements(model, prep, ref, method, seed, reference is None)
+    chosen = torch.zeros(model.cfg.n_layers, 1, model.cfg.n_heads, dtype=torch.bool)
+    for a, b in heads:
+        chosen[a, 0, b] = True
+    layers = sorted({a for a, _ in heads})
+    return [(hook_name("z", a), _set_ablation(chosen[a], replace[a], len(prompts))) for a in layers]
+
+
 def ablation_test(
     model: Any,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
     *,
-    reference: Sequence[IOIPrompt] | None = None,
+    reference: Sequence[IOIPrompt | str] | None = None,
     method: Literal["mean", "resample"] = "mean",
     alternative: Alternative = "greater",
     pool: Pool = "same_layers",
@@ -281,7 +322,7 @@ def ablation_test(
     require_meaningful_logits(model, "an ablation test")
     heads = _check_heads(model, heads)
     prep = _prepare(model, prompts)
-    ref = _prepare(model, reference, repeated=False) if reference is not None else prep
+    ref = _reference(model, reference) if reference is not None else prep
     replace = _replacements(model, prep, ref, method, seed, reference is None)
 
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
@@ -298,6 +339,7 @@ def ablation_test(
         p_value=random_set_p_value(effect, null, alternative, exact),
         null=_null_text(sets, exact, pool),
         n_prompts=len(prompts),
+        p_min=_p_min(sets, exact),
     )
 
 
@@ -331,6 +373,7 @@ def attention_test(
         p_value=float(test.p_value[0]),
         null="sign flips of the per-prompt differences (no preference)",
         n_prompts=len(prompts),
+        p_min=2.0 ** -len(prompts) if test.exact else 1 / (1 + test.n_permutations),
     )
 
 
@@ -369,6 +412,7 @@ def copy_score_test(
         p_value=random_set_p_value(effect, null, "greater", exact),
         null=_null_text(sets, exact, pool),
         n_prompts=len(per_name),
+        p_min=_p_min(sets, exact),
     )
 
 
@@ -382,22 +426,27 @@ def direct_effect_test(
     pool: Pool = "same_layers",
     n_random: int = 1000,
     seed: int = 0,
+    final_ln: Literal["frozen", "recompute"] = "frozen",
     path: Any = None,
 ) -> HeadClaim:
     """The heads' direct effect on the logit difference: each head's path to the logits
     patched from the ``corrupted`` prompts into the clean run (noising, Wang et al.'s path
     patching), as the drop clean - patched summed over the set (positive for name movers,
     negative for negative movers: ``alternative="less"``). Other sets' effects are sums of
-    the same single-head drops. ``path``: a :class:`mi_cluster.patching.PatchResult` of
-    :func:`mi_cluster.patching.path_patching` to the logits already computed on these
-    prompts (it is one run for every head, so several claims can share it)."""
+    the same single-head drops. ``final_ln="frozen"`` (default) keeps the final
+    LayerNorm's scale at the clean run's, so a head is credited with what it writes towards
+    the answer, not with shrinking the other heads' contributions by writing a larger
+    vector (``"recompute"``: the paper's path patching, which counts both; see
+    :func:`mi_cluster.patching.path_patching`). ``path``: a
+    :class:`mi_cluster.patching.PatchResult` of path patching to the logits already computed
+    on these prompts (one run serves every head, so several claims can share it)."""
     from mi_cluster.patching import logit_difference, path_patching
 
     heads = _check_heads(model, heads)
     if path is None:
         metric = logit_difference(model, [(p.io, p.s) for p in clean])
         texts = [p.text for p in clean], [p.text for p in corrupted]
-        path = path_patching(model, *texts, metric, progress=False)
+        path = path_patching(model, *texts, metric, final_ln=final_ln, progress=False)
     if path.values.shape[-1] != len(clean):
         raise ValueError(
             f"path patching result has {path.values.shape[-1]} prompts, not {len(clean)}"
@@ -410,7 +459,8 @@ def direct_effect_test(
     null = [float(sum(mean_drop[h] for h in hs)) for hs in sets]
     low, high = _interval(per_prompt, seed)
     return HeadClaim(
-        claim="direct effect on the logit difference (path to the logits, noising)",
+        claim="direct effect (path to logits, final LN "
+        + ("frozen)" if "frozen" in path.site else "recomputed)"),
         heads=heads,
         effect=effect,
         ci_low=low,
@@ -418,4 +468,5 @@ def direct_effect_test(
         p_value=random_set_p_value(effect, null, alternative, exact),
         null=_null_text(sets, exact, pool, ", sums of single-head effects"),
         n_prompts=len(clean),
+        p_min=_p_min(sets, exact),
     )

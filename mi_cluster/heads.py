@@ -125,10 +125,11 @@ def attention_between(
 
 
 def head_direct_logit_attribution(
-    model: Any, prompts: Sequence[IOIPrompt]
+    model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
 ) -> Float[Tensor, "layer head prompt"]:
     """Each head's direct contribution to logit(IO) - logit(S) at END: its output there,
-    divided by the final LayerNorm scale, projected on ``W_U[:, IO] - W_U[:, S]``."""
+    divided by the final LayerNorm scale, projected on ``W_U[:, IO] - W_U[:, S]``;
+    optionally under ``hooks`` (e.g. other heads ablated, to find the ones that take over)."""
     require_meaningful_logits(model, "direct logit attribution")
     prep = _prepare(model, prompts)
     pos = prep.pos
@@ -143,9 +144,9 @@ def head_direct_logit_attribution(
     def grab_scale(s: Tensor, hook: Any) -> None:
         scale["end"] = s[rows, pos.end.to(s.device)]
 
-    hooks = _each_layer("z", range(n_layers), store)
-    hooks.append(("ln_final.hook_scale", grab_scale))
-    _run(model, prep.tokens, prep.mask, hooks)
+    reads = _each_layer("z", range(n_layers), store)
+    reads.append(("ln_final.hook_scale", grab_scale))
+    _run(model, prep.tokens, prep.mask, list(hooks or []) + reads)
     w_u = model.W_U.detach()
     direction = (
         w_u[:, pos.io_id.to(w_u.device)] - w_u[:, pos.s_id.to(w_u.device)]

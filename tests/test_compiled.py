@@ -125,6 +125,11 @@ def test_patching_recovers_every_edge(compiled, prompts):
     _only(to_movers.mean() - to_movers.clean.mean(), {(1, 0): -1.0})
     to_si = path_patching(compiled, clean, corrupt, metric, [(1, 0, "k")], progress=False)
     _only(to_si.mean() - to_si.clean.mean(), {(0, 0): -3.0})  # L0H0 -> L1H0 via the key
+    to_backup = path_patching(compiled, clean, corrupt, metric, [(3, 0, "q")], progress=False)
+    # what the movers write keeps the backup off; corrupted, it lets the backup copy IO
+    _only(to_backup.mean() - to_backup.clean.mean(), {(2, 0): 1.02, (2, 1): 1.02}, atol=0.01)
+    frozen = path_patching(compiled, clean, corrupt, metric, final_ln="frozen", progress=False)
+    torch.testing.assert_close(frozen.values, to_logits.values, atol=1e-6, rtol=0)
     noise = activation_patching(
         compiled, clean, corrupt, metric, "head_out", direction="noise", progress=False
     )
