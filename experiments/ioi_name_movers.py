@@ -501,7 +501,7 @@ def report(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(OFFLINE_MODELS))
+    parser.add_argument("--models", "--model", nargs="+", default=list(OFFLINE_MODELS))
     parser.add_argument("--n", type=int, default=40, help="prompts per set (default 40)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("figures"))

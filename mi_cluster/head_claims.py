@@ -181,14 +181,35 @@ def random_set_p_value(
     return (1 + count) / (1 + len(null_t))
 
 
-def _p_min(sets: list, exact: bool) -> float:
-    return 1 / len(sets) if exact else 1 / (1 + len(sets))
-
-
-def _null_text(sets: list, exact: bool, pool: Pool, extra: str = "") -> str:
+def _against_sets(
+    claim: str,
+    heads: tuple[Head, ...],
+    per_unit: Tensor,
+    null: Sequence[float],
+    sets: list,
+    exact: bool,
+    pool: Pool,
+    alternative: Alternative,
+    seed: int,
+    note: str = "",
+) -> HeadClaim:
+    """A claim whose effect is the mean of ``per_unit`` (prompts or names; bootstrapped for
+    the interval), compared with the same effect of other head sets (``null``)."""
+    effect = float(per_unit.mean())
+    low, high = _interval(per_unit, seed)
     where = "from the same layers" if pool == "same_layers" else "from any layer"
     count = f"all {len(sets)}" if exact else f"{len(sets)} random"
-    return f"{count} head sets of the same size {where}{extra}"
+    return HeadClaim(
+        claim=claim,
+        heads=heads,
+        effect=effect,
+        ci_low=low,
+        ci_high=high,
+        p_value=random_set_p_value(effect, null, alternative, exact),
+        null=f"{count} head sets of the same size {where}{note}",
+        n_prompts=len(per_unit),
+        p_min=1 / len(sets) if exact else 1 / (1 + len(sets)),
+    )
 
 
 def _interval(per_prompt: Tensor, seed: int) -> tuple[float, float]:
@@ -327,20 +348,9 @@ def ablation_test(
 
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
     drops = _ablation_drops(model, prep, [heads, *sets], replace, rows_per_pass)
-    observed, null = drops[0], drops[1:].mean(-1).tolist()
-    effect = float(observed.mean())
-    low, high = _interval(observed, seed)
-    return HeadClaim(
-        claim=f"logit difference drop under {method} ablation",
-        heads=heads,
-        effect=effect,
-        ci_low=low,
-        ci_high=high,
-        p_value=random_set_p_value(effect, null, alternative, exact),
-        null=_null_text(sets, exact, pool),
-        n_prompts=len(prompts),
-        p_min=_p_min(sets, exact),
-    )
+    claim = f"logit difference drop under {method} ablation"
+    null = drops[1:].mean(-1).tolist()
+    return _against_sets(claim, heads, drops[0], null, sets, exact, pool, alternative, seed)
 
 
 def attention_test(
@@ -399,21 +409,10 @@ def copy_score_test(
     hits = copy_hits(model, names, k=k, negative=negative, variant=variant, prompts=prompts)
     scores = hits.double().mean(-1)  # [layer, head]
     per_name = torch.stack([hits[h].double() for h in heads]).mean(0)  # [name]
-    effect = float(per_name.mean())
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
     null = [float(torch.stack([scores[h] for h in hs]).mean()) for hs in sets]
-    low, high = _interval(per_name, seed)
-    return HeadClaim(
-        claim=f"{'negative ' if negative else ''}copy score (top-{k}, {variant})",
-        heads=heads,
-        effect=effect,
-        ci_low=low,
-        ci_high=high,
-        p_value=random_set_p_value(effect, null, "greater", exact),
-        null=_null_text(sets, exact, pool),
-        n_prompts=len(per_name),
-        p_min=_p_min(sets, exact),
-    )
+    claim = f"{'negative ' if negative else ''}copy score (top-{k}, {variant})"
+    return _against_sets(claim, heads, per_name, null, sets, exact, pool, "greater", seed)
 
 
 def direct_effect_test(
@@ -453,20 +452,11 @@ def direct_effect_test(
         )
     drop = (path.clean - path.values).double().cpu()  # [layer, head, prompt]
     per_prompt = torch.stack([drop[h] for h in heads]).sum(0)
-    effect = float(per_prompt.mean())
     mean_drop = drop.mean(-1)
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
     null = [float(sum(mean_drop[h] for h in hs)) for hs in sets]
-    low, high = _interval(per_prompt, seed)
-    return HeadClaim(
-        claim="direct effect (path to logits, final LN "
-        + ("frozen)" if "frozen" in path.site else "recomputed)"),
-        heads=heads,
-        effect=effect,
-        ci_low=low,
-        ci_high=high,
-        p_value=random_set_p_value(effect, null, alternative, exact),
-        null=_null_text(sets, exact, pool, ", sums of single-head effects"),
-        n_prompts=len(clean),
-        p_min=_p_min(sets, exact),
-    )
+    ln = "frozen" if "frozen" in path.site else "recomputed"
+    return _against_sets(
+        f"direct effect (path to logits, final LN {ln})", heads, per_prompt, null, sets, exact,
+        pool, alternative, seed, ", sums of single-head effects",
+    )  # fmt: skip

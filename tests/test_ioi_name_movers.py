@@ -3,27 +3,19 @@ the toy model what its card documents, and it writes its numbers and figures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _experiments import experiment
 
 
 @pytest.fixture(scope="module")
-def experiment():
-    spec = importlib.util.spec_from_file_location(
-        "ioi_name_movers", ROOT / "experiments" / "ioi_name_movers.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ioi():
+    return experiment("ioi_name_movers")
 
 
-def test_recovers_the_compiled_construction(experiment, tmp_path):
-    record = experiment.run("ioi-compiled", tmp_path, n=12, png=False, progress=False)
+def test_recovers_the_compiled_construction(ioi, tmp_path):
+    record = ioi.run("ioi-compiled", tmp_path, n=12, png=False, progress=False)
     agreement = record["agreement"]
     assert all(agreement["checks"].values()), agreement
     assert agreement["found"]["name_movers"] == ["L2H0", "L2H1"]
@@ -34,12 +26,12 @@ def test_recovers_the_compiled_construction(experiment, tmp_path):
     assert {c["role"] for c in saved["claims"]} >= {"name movers", "negative name movers"}
     for kind in ("patching", "resid", "upstream", "heads", "scatter", "claims"):
         assert (tmp_path / f"ioi_name_movers_ioi-compiled_{kind}.html").stat().st_size > 1000
-    report = experiment.report(record)
+    report = ioi.report(record)
     assert "agreement with the construction: all checks pass" in report
 
 
-def test_agrees_with_the_toy_model_card(experiment, tmp_path):
-    record = experiment.run("toy-ioi", tmp_path, n=40, png=False, progress=False)
+def test_agrees_with_the_toy_model_card(ioi, tmp_path):
+    record = ioi.run("toy-ioi", tmp_path, n=40, png=False, progress=False)
     checks = record["agreement"]["checks"]
     assert all(checks.values()), checks
     # the candidates the discovery prompts suggest are not confirmed on fresh prompts

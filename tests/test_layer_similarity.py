@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from _experiments import experiment
 
 import mi_cluster.similarity as S
 from mi_cluster.activations import Positions, collect
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_experiment():
-    spec = importlib.util.spec_from_file_location(
-        "layer_similarity", ROOT / "experiments" / "layer_similarity.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_table_values_and_files(minilm, tmp_path, monkeypatch):
-    exp = load_experiment()
+    exp = experiment("layer_similarity")
     acts = collect(minilm, [exp.PASSAGE], "resid_post", Positions.all(), progress=False)
     n_layers, n_tokens, d = acts.tensor.shape
     assert (n_layers, d) == (7, 384) and n_tokens > 300
