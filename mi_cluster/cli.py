@@ -76,6 +76,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_lens(args: argparse.Namespace) -> int:
+    import torch
+
+    from mi_cluster.models import load_model
+    from mi_cluster.toy import TOY_TUNED_LENS
+    from mi_cluster.toy.data import training_texts
+    from mi_cluster.tuned_lens import train_tuned_lens
+
+    torch.set_num_threads(1)  # one thread: the same lens, to the bit, on every machine
+    model = load_model(args.model)
+    if args.texts:
+        texts = [t for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
+    elif args.model == "toy-ioi":
+        texts = training_texts(args.n_texts, args.seed + 101, model.cfg.n_ctx, model.tokenizer)
+    else:
+        print("--texts FILE (one text a line) is needed for models other than toy-ioi")
+        return 2
+    out = Path(args.out) if args.out else TOY_TUNED_LENS if args.model == "toy-ioi" else None
+    if out is None:
+        print("--out PATH is needed for models other than toy-ioi")
+        return 2
+    print(f"training a tuned lens for {args.model} on {len(texts)} texts, {args.steps} steps")
+    lens = train_tuned_lens(
+        model, texts, steps=args.steps, seed=args.seed, progress=not args.quiet, log=print
+    )
+    lens.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mi-cluster",
@@ -92,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="figures", help="output directory (default: figures)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
+    lens = sub.add_parser(
+        "train-lens",
+        help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "
+        "its training distribution, written where the package ships it",
+    )
+    lens.add_argument("--model", default="toy-ioi", help="model (default: toy-ioi)")
+    lens.add_argument(
+        "--texts",
+        help="corpus file, one text a line (default for toy-ioi: its training distribution)",
+    )
+    lens.add_argument("--n-texts", type=int, default=3000, help="toy-ioi corpus size")
+    lens.add_argument("--steps", type=int, default=400)
+    lens.add_argument("--seed", type=int, default=0)
+    lens.add_argument("--out", help="where to write the lens (.safetensors)")
+    lens.add_argument("--quiet", action="store_true", help="no progress bar")
+    lens.set_defaults(func=_cmd_train_lens)
     train = sub.add_parser(
         "train-toy",
         help="retrain the shipped toy IOI model (1 thread, fixed seed; see its MODEL_CARD.md)",

@@ -24,3 +24,23 @@ def minilm():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def hf_toy():
+    """The toy model as plain Hugging Face GPT-2 (no TransformerLens), for references."""
+    from transformers import GPT2LMHeadModel
+
+    from mi_cluster.toy import TOY_IOI_DIR
+
+    return GPT2LMHeadModel.from_pretrained(str(TOY_IOI_DIR), attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def hf_minilm():
+    """MiniLM as plain Hugging Face BERT (no TransformerLens), for references."""
+    from transformers import BertModel
+
+    from mi_cluster.minilm import minilm_directory
+
+    return BertModel.from_pretrained(str(minilm_directory()), attn_implementation="eager").eval()

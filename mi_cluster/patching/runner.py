@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_cluster.activations import hook_name
+from mi_cluster.lens import residual_logits
 
 __all__ = ["Hook", "LayerRunner", "PatchingError", "plan_passes", "rows_per_pass"]
 
@@ -124,14 +125,7 @@ class LayerRunner:
         With ``scale``, the final LayerNorm divides by it instead of the residuals' own
         scale (frozen at another run's value, so that only what the residual says changes,
         not how much LayerNorm shrinks everything else)."""
-        m = self.model
-        if scale is not None:
-            return m.unembed(_normalise_with(m, resid, scale))
-        if hasattr(m, "mlm_head"):  # BERT: dense -> activation -> LayerNorm -> decoder
-            from transformers.activations import ACT2FN
-
-            return m.unembed(m.ln_final(ACT2FN[m.cfg.act_fn](m.mlm_head(resid))))
-        return m.unembed(m.ln_final(resid)) if hasattr(m, "ln_final") else m.unembed(resid)
+        return residual_logits(self.model, resid, scale)
 
     def _check(self) -> None:
         """The last block and the head, run by this class, must give the model's logits."""
@@ -210,21 +204,6 @@ class LayerRunner:
             return None
         picked = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
         return self.head(picked, final_scale)
-
-
-def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
-    """The final LayerNorm (or RMSNorm) of ``resid`` with a given scale."""
-    if hasattr(model, "mlm_head") or not hasattr(model, "ln_final"):
-        raise PatchingError("a frozen final LayerNorm needs a model whose logits follow ln_final")
-    norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
-    x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
-    x = x / scale.to(x.dtype)
-    params = dict(model.ln_final.named_parameters())
-    weight = next((v for k, v in params.items() if k.endswith("weight")), None)
-    bias = next((v for k, v in params.items() if k.endswith("bias")), None)
-    if weight is not None:
-        x = x * weight.to(x.dtype)
-    return x + bias.to(x.dtype) if bias is not None else x
 
 
 def _rows(value: Any, n: int, rows: int) -> Any:

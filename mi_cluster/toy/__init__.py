@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 TOY_IOI_DIR = Path(__file__).parent / "weights"
+# The toy model's tuned lens (``mi-cluster train-lens``), for ``TunedLens.load``.
+TOY_TUNED_LENS = TOY_IOI_DIR / "tuned_lens.safetensors"
 
-__all__ = ["TOY_IOI_DIR", "load_toy_ioi", "register"]
+__all__ = ["TOY_IOI_DIR", "TOY_TUNED_LENS", "load_toy_ioi", "register"]
 
 
 def load_toy_ioi(

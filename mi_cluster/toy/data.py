@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from mi_cluster.ioi import IOIPrompt, fill_template
 
@@ -250,3 +251,11 @@ def eval_examples(kind: str, n: int = 400, seed: int = 123) -> list[IOIPrompt]:
 def _rename(ex: IOIPrompt, io: str, s: str) -> IOIPrompt:
     words = [io if w == ex.io else s if w == ex.s else w for w in ex.text.split(" ")]
     return IOIPrompt(" ".join(words), io, s, ex.template, ex.order)
+
+
+def training_texts(n: int, seed: int, max_tokens: int, tokenizer: Any) -> list[str]:
+    """``n`` texts from the training distribution, answers appended, that fit in
+    ``max_tokens`` tokens with a BOS (as the toy model was trained; longer ones dropped)."""
+    texts = [t + (f" {a}" if a else "") for t, a in training_sequences(n, seed=seed)]
+    lengths = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [t for t, ids in zip(texts, lengths, strict=True) if len(ids) + 1 <= max_tokens]

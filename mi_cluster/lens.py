@@ -1,0 +1,306 @@
+"""The logit lens and the tuned lens: what the model would predict if it stopped at a layer.
+
+The residual stream after each layer (``resid_post``, starting with the embedding) goes
+through the model's own output head: the final LayerNorm, computed on that residual as the
+model computes it on its last one (centred, divided by its own per-position scale, then
+weighted), and the unembedding (for BERT's masked-LM models, the MLM transform first). At
+the last layer this *is* the model's output, so the lens there equals the model's
+log-probabilities exactly.
+
+The tuned lens (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with
+the Tuned Lens") first applies a learned affine translator per layer, ``h + h A + b``
+(identity at initialisation), trained to minimise KL(final || lens) on a corpus; see
+:mod:`mi_cluster.tuned_lens`. Every function here takes either lens.
+
+Memory is bounded: residuals are kept only at the requested positions (through
+:func:`mi_cluster.activations.collect`), the vocabulary-sized distributions are computed a
+chunk of rows at a time and reduced to top-k tokens, watched ranks, KL and logit
+differences; the full ``[layer, row, d_vocab]`` log-probabilities are kept only when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mi_cluster.activations import Positions, collect
+from mi_cluster.models import model_device, model_info, require_meaningful_logits
+from mi_cluster.prompts import get_tokenizer
+
+if TYPE_CHECKING:
+    from mi_cluster.tuned_lens import TunedLens
+
+__all__ = ["LensResult", "logit_lens", "residual_logits", "token_id"]
+
+_CHUNK_ELEMENTS = 2**25  # vocabulary-sized floats per chunk (128 MiB in float32)
+
+
+def residual_logits(
+    model: Any, resid: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"] | None = None
+) -> Float[Tensor, "... d_vocab"]:
+    """The model's output head applied to residual vectors: final LayerNorm (or RMSNorm)
+    and unembedding; for BERT masked-LM models dense -> activation -> LayerNorm -> decoder.
+
+    With ``scale``, the final norm divides by it instead of each residual's own scale (used
+    by path patching to freeze the norm at another run's value)."""
+    if scale is not None:
+        return model.unembed(_normalise_with(model, resid, scale))
+    if hasattr(model, "mlm_head"):
+        from transformers.activations import ACT2FN
+
+        return model.unembed(model.ln_final(ACT2FN[model.cfg.act_fn](model.mlm_head(resid))))
+    return (
+        model.unembed(model.ln_final(resid)) if hasattr(model, "ln_final") else model.unembed(resid)
+    )
+
+
+def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
+    """The final LayerNorm (or RMSNorm) of ``resid`` with a given scale."""
+    if hasattr(model, "mlm_head") or not hasattr(model, "ln_final"):
+        raise ValueError("a frozen final LayerNorm needs a model whose logits follow ln_final")
+    norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
+    x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
+    x = x / scale.to(x.dtype)
+    params = dict(model.ln_final.named_parameters())
+    weight = next((v for k, v in params.items() if k.endswith("weight")), None)
+    bias = next((v for k, v in params.items() if k.endswith("bias")), None)
+    if weight is not None:
+        x = x * weight.to(x.dtype)
+    return x + bias.to(x.dtype) if bias is not None else x
+
+
+def token_id(model_or_tokenizer: Any, token: int | str) -> int:
+    """A token id from an id or from a string that the tokenizer encodes as one token
+    (e.g. ``" Paris"`` with GPT-2's leading space)."""
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    if isinstance(token, bool) or not isinstance(token, int | str):
+        raise TypeError(f"a token is an id (int) or a string, got {token!r}")
+    if isinstance(token, int):
+        if not 0 <= token < len(tokenizer):
+            raise ValueError(f"token id {token} is outside the vocabulary (size {len(tokenizer)})")
+        return token
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(f"{token!r} is {len(ids)} tokens {pieces}, not one; give a token id")
+    return int(ids[0])
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """A lens over layers, at the kept positions of each prompt (one row per position).
+
+    Fields:
+        lens: ``"logit"`` or ``"tuned"``.
+        layer_labels: ``"embed"``, ``"L0"``, ... ``"L{n-1}"``; the last is the model's output.
+        top_ids: the ``k`` most likely tokens, ``[layer, row, k]`` (ecco's "predictions").
+        top_log_probs: their log-probabilities, ``[layer, row, k]``.
+        top_tokens: their strings, ``[layer][row][k]``.
+        watch_ids: the watched token ids (ecco's ``rankings_watch``), may be empty;
+            watch_tokens: their strings.
+        watch_ranks: rank of each watched token, 0 for the most likely, ``[layer, row, watch]``.
+        watch_log_probs: their log-probabilities, ``[layer, row, watch]``.
+        kl_to_final: KL(final || layer) in nats, ``[layer, row]``; 0 at the last layer.
+        answer_ids: per row ``(correct, incorrect)`` token ids, or None.
+        logit_diff: per layer and row, logit(correct) - logit(incorrect), or None.
+        log_probs: the full ``[layer, row, d_vocab]`` log-probabilities if asked, else None.
+        prompts: the prompts; ``prompt_index``/``positions``/``tokens``: per row, its
+            prompt, its token position in the unpadded prompt and that token's string.
+        model_name: the model's name.
+    """
+
+    lens: str
+    layer_labels: tuple[str, ...]
+    top_ids: Int[Tensor, "layer row k"]
+    top_log_probs: Float[Tensor, "layer row k"]
+    top_tokens: tuple[tuple[tuple[str, ...], ...], ...]
+    watch_ids: tuple[int, ...]
+    watch_tokens: tuple[str, ...]
+    watch_ranks: Int[Tensor, "layer row watch"]
+    watch_log_probs: Float[Tensor, "layer row watch"]
+    kl_to_final: Float[Tensor, "layer row"]
+    answer_ids: Int[Tensor, "row 2"] | None
+    logit_diff: Float[Tensor, "layer row"] | None
+    log_probs: Float[Tensor, "layer row d_vocab"] | None
+    prompts: tuple[str, ...]
+    prompt_index: tuple[int, ...]
+    positions: tuple[int, ...]
+    tokens: tuple[str, ...]
+    model_name: str
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_labels)
+
+    def rows_of(self, prompt: int) -> list[int]:
+        """The rows that belong to prompt number ``prompt``."""
+        return [r for r, i in enumerate(self.prompt_index) if i == prompt]
+
+
+def _decoder(model: Any) -> Any:
+    """Token id -> its string as it reads in text (``" Paris"``), cached per id."""
+    tokenizer = get_tokenizer(model)
+    cache: dict[int, str] = {}
+
+    def decode(i: int) -> str:
+        if i not in cache:
+            cache[i] = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+        return cache[i]
+
+    return decode
+
+
+def _answers(
+    model: Any,
+    answers: Any,
+    prompt_index: Sequence[int],
+    n_prompts: int,
+) -> Tensor:
+    """``[row, 2]`` answer ids from one ``(correct, incorrect)`` pair or one per prompt."""
+    if (
+        isinstance(answers, tuple | list)
+        and len(answers) == 2
+        and all(isinstance(a, int | str) for a in answers)
+    ):
+        pairs = [answers] * n_prompts
+    else:
+        pairs = list(answers)
+        if len(pairs) != n_prompts:
+            raise ValueError(
+                f"answers: give one (correct, incorrect) pair, or one per prompt "
+                f"({n_prompts}), got {len(pairs)}"
+            )
+    ids = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"answers: each entry is a (correct, incorrect) pair, got {pair!r}")
+        ids.append([token_id(model, pair[0]), token_id(model, pair[1])])
+    per_prompt = torch.tensor(ids, dtype=torch.long)
+    return per_prompt[torch.tensor(prompt_index, dtype=torch.long)]
+
+
+def logit_lens(
+    model: Any,
+    prompts: Sequence[str],
+    positions: Positions | str = "last",
+    *,
+    lens: TunedLens | None = None,
+    k: int = 10,
+    watch: Sequence[int | str] = (),
+    answers: Any = None,
+    keep_log_probs: bool = False,
+    batch_size: int = 32,
+    padding_side: Literal["right", "left"] = "right",
+    progress: bool = True,
+) -> LensResult:
+    """The logit lens (or, with ``lens=``, the tuned lens) at every layer.
+
+    Args:
+        model: a TransformerLens model with real logits (MiniLM has none and is refused).
+        prompts: the prompts (lengths may differ; batches are padded on ``padding_side``).
+        positions: which tokens to read (:class:`~mi_cluster.activations.Positions`,
+            ``"last"`` or ``"all"``).
+        lens: a :class:`~mi_cluster.tuned_lens.TunedLens` for this model; None: logit lens.
+        k: how many top tokens to keep per layer and row.
+        watch: token ids or one-token strings whose rank is tracked at every layer.
+        answers: one ``(correct, incorrect)`` pair for all prompts or one per prompt (ids
+            or one-token strings); gives the logit difference per layer.
+        keep_log_probs: also keep the full ``[layer, row, d_vocab]`` log-probabilities.
+    """
+    require_meaningful_logits(model, "the logit lens")
+    d_vocab = model.cfg.d_vocab
+    if not 1 <= k <= d_vocab:
+        raise ValueError(f"k must be between 1 and the vocabulary size {d_vocab}, got {k}")
+    watch_ids = [token_id(model, t) for t in watch]
+    if lens is not None:
+        lens.check_model(model)
+    dev = model_device(model)
+    acts = collect(
+        model,
+        prompts,
+        "resid_post",
+        positions,
+        batch_size=batch_size,
+        storage_device=dev,
+        padding_side=padding_side,
+        progress=progress,
+    )
+    if any(len(p) != 1 for p in acts.positions):
+        raise ValueError(
+            "the lens reads single token positions; averaged positions (Positions.mean, "
+            "a word's mean sub-token) have no next-token prediction"
+        )
+    resid = acts.tensor  # [layer, row, d_model]
+    n_layers, n_rows = resid.shape[0], resid.shape[1]
+    answer_ids = (
+        None if answers is None else _answers(model, answers, acts.prompt_index, len(prompts))
+    )
+    watch_t = torch.tensor(watch_ids, dtype=torch.long, device=dev)
+    top_ids = torch.empty((n_layers, n_rows, k), dtype=torch.long)
+    top_lp = torch.empty((n_layers, n_rows, k), dtype=resid.dtype)
+    w_ranks = torch.empty((n_layers, n_rows, len(watch_ids)), dtype=torch.long)
+    w_lp = torch.empty((n_layers, n_rows, len(watch_ids)), dtype=resid.dtype)
+    kl = torch.empty((n_layers, n_rows), dtype=resid.dtype)
+    diff = None if answer_ids is None else torch.empty((n_layers, n_rows), dtype=resid.dtype)
+    full = torch.empty((n_layers, n_rows, d_vocab), dtype=resid.dtype) if keep_log_probs else None
+    chunk = max(1, _CHUNK_ELEMENTS // d_vocab)
+    with torch.no_grad():
+        for start in range(0, n_rows, chunk):
+            rows = slice(start, min(n_rows, start + chunk))
+            final = torch.log_softmax(residual_logits(model, resid[-1, rows]).float(), -1)
+            for layer in range(n_layers):
+                h = resid[layer, rows]
+                if lens is not None and layer < n_layers - 1:
+                    h = lens.translate(layer, h)
+                lp = (
+                    final
+                    if layer == n_layers - 1
+                    else torch.log_softmax(residual_logits(model, h).float(), -1)
+                )
+                values, ids = lp.topk(k, dim=-1)
+                top_ids[layer, rows], top_lp[layer, rows] = ids.cpu(), values.to(resid.dtype).cpu()
+                if watch_ids:
+                    watched = lp[:, watch_t]
+                    w_lp[layer, rows] = watched.to(resid.dtype).cpu()
+                    w_ranks[layer, rows] = (lp[:, None, :] > watched[:, :, None]).sum(-1).cpu()
+                kl[layer, rows] = (
+                    (final.exp() * (final - lp)).sum(-1).clamp_min(0).to(resid.dtype).cpu()
+                )
+                if diff is not None:
+                    a = answer_ids[rows].to(dev)
+                    diff[layer, rows] = (
+                        (lp.gather(1, a[:, :1]) - lp.gather(1, a[:, 1:]))[:, 0]
+                        .to(resid.dtype)
+                        .cpu()
+                    )
+                if full is not None:
+                    full[layer, rows] = lp.to(resid.dtype).cpu()
+    decode = _decoder(model)
+    top_tokens = tuple(
+        tuple(tuple(decode(i) for i in row) for row in layer.tolist()) for layer in top_ids
+    )
+    return LensResult(
+        lens="logit" if lens is None else "tuned",
+        layer_labels=acts.layer_labels,
+        top_ids=top_ids,
+        top_log_probs=top_lp,
+        top_tokens=top_tokens,
+        watch_ids=tuple(watch_ids),
+        watch_tokens=tuple(decode(i) for i in watch_ids),
+        watch_ranks=w_ranks,
+        watch_log_probs=w_lp,
+        kl_to_final=kl,
+        answer_ids=answer_ids,
+        logit_diff=diff,
+        log_probs=full,
+        prompts=tuple(prompts),
+        prompt_index=acts.prompt_index,
+        positions=tuple(p[0] for p in acts.positions),
+        tokens=tuple(t[0] for t in acts.tokens),
+        model_name=model_info(model).name,
+    )
