@@ -37,13 +37,16 @@ __all__ = [
     "site_hooks",
 ]
 
-Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "result", "z"]
+Site = Literal[
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "result", "z"
+]
 SITES: tuple[str, ...] = (
     "resid_pre",
     "resid_mid",
     "resid_post",
     "attn_out",
     "mlp_out",
+    "mlp_post",  # MLP neurons after the non-linearity, [.., d_mlp]
     "result",
     "z",
 )
@@ -54,7 +57,7 @@ def hook_name(site: str, layer: int) -> str:
     """The TransformerLens hook name of ``site`` at ``layer`` (the one place names are built)."""
     if site not in SITES and site not in ("pattern", "attn_scores", "q", "k", "v", "scale"):
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
-    return get_act_name(site, layer)
+    return get_act_name("post" if site == "mlp_post" else site, layer)
 
 
 def site_hooks(site: str, n_layers: int) -> list[tuple[str, str]]:

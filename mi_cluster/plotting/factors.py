@@ -1,0 +1,187 @@
+"""Figures of activation factors (NMF): the passage as colour-coded text, a component x
+token heatmap, and each component's top tokens. Plain plotly shapes and text, so all of
+them export to PNG/SVG/PDF."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from mi_cluster.factors import ActivationFactors
+from mi_cluster.plotting.style import apply_paper_style
+
+__all__ = ["component_colors", "plot_factor_heatmap", "plot_factor_text", "plot_factor_top_tokens"]
+
+_CHAR = 7.2  # px per character at the text figure's font size (Arial 12)
+_LINE = 26  # px per line of text
+
+
+def component_colors(n: int) -> list[str]:
+    """One colour per component (plotly's colour-blind-safe "Safe" set, cycled)."""
+    pool = list(plotly.colors.qualitative.Safe)
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (
+        plotly.colors.hex_to_rgb(color)
+        if color.startswith("#")
+        else plotly.colors.unlabel_rgb(color)
+    )
+    return f"rgba({int(r)},{int(g)},{int(b)},{alpha:.3f})"
+
+
+def _display(token: str) -> tuple[str, bool]:
+    """A token as it reads in running text, and whether it joins the previous one
+    (WordPiece ``##`` continuations; GPT-2 tokens without a leading space)."""
+    if token.startswith("##"):
+        return token[2:], True
+    return token.strip() or "␣", False
+
+
+def plot_factor_text(
+    f: ActivationFactors,
+    components: Sequence[int] | None = None,
+    *,
+    width: int = 900,
+    title: str | None = None,
+) -> go.Figure:
+    """The passage with each token highlighted in the colour of its strongest component
+    (among ``components``, default all), the opacity its activation relative to that
+    component's maximum (ecco's explorable as a static figure). Hover shows every value."""
+    comps = list(range(f.n_components)) if components is None else list(components)
+    if not comps or any(not 0 <= c < f.n_components for c in comps):
+        raise ValueError(f"components must be in 0..{f.n_components - 1}, got {components}")
+    colors = component_colors(f.n_components)
+    acts = f.activations[comps].double().cpu()  # [comp, token]
+    rel = acts / acts.max(1, keepdim=True).values.clamp_min(1e-12)
+    strength, which = rel.max(0)
+    shapes, xs, ys, texts, hovers = [], [], [], [], []
+    x, line = 0.0, 0
+    usable = width - 40
+    for i, token in enumerate(f.tokens):
+        shown, joins = _display(token)
+        w = _CHAR * len(shown) + 6
+        gap = 0.0 if joins else 4.0
+        if x > 0 and x + gap + w > usable:
+            x, line, gap = 0.0, line + 1, 0.0
+        x0 = x + gap
+        y0 = -line * _LINE
+        c = comps[int(which[i])]
+        shapes.append(
+            {
+                "type": "rect",
+                "x0": x0,
+                "x1": x0 + w,
+                "y0": y0 - _LINE / 2 + 2,
+                "y1": y0 + _LINE / 2 - 2,
+                "fillcolor": _rgba(colors[c], 0.85 * float(strength[i])),
+                "line": {"width": 0},
+                "layer": "below",
+            }
+        )
+        xs.append(x0 + w / 2)
+        ys.append(y0)
+        texts.append(shown)
+        values = ", ".join(f"C{cc}: {float(acts[j, i]):.2f}" for j, cc in enumerate(comps))
+        hovers.append(f"{f.labels[i]}<br>{values}")
+        x = x0 + w
+    fig = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="text",
+            text=texts,
+            textfont={"size": 12, "color": "#000000"},
+            hovertext=hovers,
+            hoverinfo="text",
+            showlegend=False,
+        )
+    )
+    for c in comps:
+        order = f.activations[c].argsort(descending=True).tolist()
+        words = list(dict.fromkeys(_display(f.tokens[i])[0] for i in order[:40]))[:4]
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"symbol": "square", "size": 12, "color": colors[c]},
+                name=f"C{c}: " + ", ".join(words),
+            )
+        )
+    n_lines = line + 1
+    fig.update_xaxes(visible=False, range=[-5, usable + 5])
+    fig.update_yaxes(visible=False, range=[-(n_lines - 0.5) * _LINE, 0.5 * _LINE])
+    legend_rows = math.ceil(len(comps) / 2)
+    fig.update_layout(
+        shapes=shapes,
+        title=title or f"{f.model_name}: NMF components of {f.site} ({f.n_components} components)",
+        legend={"orientation": "h", "y": -0.02, "yanchor": "top", "x": 0, "font": {"size": 11}},
+        margin={"t": 70, "b": 30 + 22 * legend_rows, "l": 20, "r": 20},
+    )
+    return apply_paper_style(fig, width=width, height=int(n_lines * _LINE + 120 + 22 * legend_rows))
+
+
+def plot_factor_heatmap(f: ActivationFactors, title: str | None = None) -> go.Figure:
+    """Component x token heatmap of the factor activations (tokens in passage order)."""
+    z = f.activations.double().cpu()
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.tolist(),
+            x=list(f.labels),
+            y=[f"C{c}" for c in range(f.n_components)],
+            colorscale="Viridis",
+            zmin=0,
+            colorbar={"title": "activation"},
+            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    n = len(f.labels)
+    fig.update_xaxes(title_text="token", tickangle=-90, tickfont={"size": 9 if n < 120 else 6})
+    fig.update_yaxes(autorange="reversed", title_text="component")
+    fig.update_layout(
+        title=title or f"{f.model_name}: NMF component activation by token ({f.site})"
+    )
+    return apply_paper_style(
+        fig, width=int(min(2400, max(700, 7 * n + 200))), height=int(40 * f.n_components + 260)
+    )
+
+
+def plot_factor_top_tokens(
+    f: ActivationFactors, n: int = 10, columns: int = 4, title: str | None = None
+) -> go.Figure:
+    """Each component's ``n`` most active tokens, one bar panel per component."""
+    tops = f.top_tokens(n)
+    cols = min(columns, f.n_components)
+    rows = math.ceil(f.n_components / cols)
+    colors = component_colors(f.n_components)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"C{c}" for c in range(f.n_components)],
+        horizontal_spacing=0.12,
+        vertical_spacing=0.12,
+    )
+    for c, top in enumerate(tops):
+        fig.add_trace(
+            go.Bar(
+                x=[v for _, v in top],
+                y=[t for t, _ in top],
+                orientation="h",
+                marker_color=colors[c],
+                showlegend=False,
+                hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            ),
+            row=c // cols + 1,
+            col=c % cols + 1,
+        )
+        fig.update_yaxes(
+            autorange="reversed", tickfont={"size": 10}, row=c // cols + 1, col=c % cols + 1
+        )
+    fig.update_layout(title=title or f"{f.model_name}: top tokens of each NMF component ({f.site})")
+    return apply_paper_style(fig, width=240 * cols + 120, height=int((22 * n + 60) * rows + 120))
