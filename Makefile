@@ -29,6 +29,9 @@ figures: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) experiments/subject_object_clustering.py --quiet
 	HF_HUB_OFFLINE=1 $(PY) experiments/numbers_vs_words.py
 	HF_HUB_OFFLINE=1 $(PY) experiments/rsa_embeddings.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/logit_lens.py --quiet
+	HF_HUB_OFFLINE=1 $(PY) experiments/attention_views.py
+	HF_HUB_OFFLINE=1 $(PY) experiments/activation_factors.py
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q

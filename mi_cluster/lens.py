@@ -108,6 +108,8 @@ class LensResult:
         kl_to_final: KL(final || layer) in nats, ``[layer, row]``; 0 at the last layer.
         answer_ids: per row ``(correct, incorrect)`` token ids, or None.
         logit_diff: per layer and row, logit(correct) - logit(incorrect), or None.
+        answer_ranks: per layer and row, the ranks of the correct and the incorrect answer
+            ``[layer, row, 2]``, or None.
         log_probs: the full ``[layer, row, d_vocab]`` log-probabilities if asked, else None.
         prompts: the prompts; ``prompt_index``/``positions``/``tokens``: per row, its
             prompt, its token position in the unpadded prompt and that token's string.
@@ -126,6 +128,7 @@ class LensResult:
     kl_to_final: Float[Tensor, "layer row"]
     answer_ids: Int[Tensor, "row 2"] | None
     logit_diff: Float[Tensor, "layer row"] | None
+    answer_ranks: Int[Tensor, "layer row 2"] | None
     log_probs: Float[Tensor, "layer row d_vocab"] | None
     prompts: tuple[str, ...]
     prompt_index: tuple[int, ...]
@@ -247,6 +250,7 @@ def logit_lens(
     w_lp = torch.empty((n_layers, n_rows, len(watch_ids)), dtype=resid.dtype)
     kl = torch.empty((n_layers, n_rows), dtype=resid.dtype)
     diff = None if answer_ids is None else torch.empty((n_layers, n_rows), dtype=resid.dtype)
+    a_ranks = None if answer_ids is None else torch.empty((n_layers, n_rows, 2), dtype=torch.long)
     full = torch.empty((n_layers, n_rows, d_vocab), dtype=resid.dtype) if keep_log_probs else None
     chunk = max(1, _CHUNK_ELEMENTS // d_vocab)
     with torch.no_grad():
@@ -272,12 +276,9 @@ def logit_lens(
                     (final.exp() * (final - lp)).sum(-1).clamp_min(0).to(resid.dtype).cpu()
                 )
                 if diff is not None:
-                    a = answer_ids[rows].to(dev)
-                    diff[layer, rows] = (
-                        (lp.gather(1, a[:, :1]) - lp.gather(1, a[:, 1:]))[:, 0]
-                        .to(resid.dtype)
-                        .cpu()
-                    )
+                    answer_lp = lp.gather(1, answer_ids[rows].to(dev))  # [row, 2]
+                    diff[layer, rows] = (answer_lp[:, 0] - answer_lp[:, 1]).to(resid.dtype).cpu()
+                    a_ranks[layer, rows] = (lp[:, None, :] > answer_lp[:, :, None]).sum(-1).cpu()
                 if full is not None:
                     full[layer, rows] = lp.to(resid.dtype).cpu()
     decode = _decoder(model)
@@ -297,6 +298,7 @@ def logit_lens(
         kl_to_final=kl,
         answer_ids=answer_ids,
         logit_diff=diff,
+        answer_ranks=a_ranks,
         log_probs=full,
         prompts=tuple(prompts),
         prompt_index=acts.prompt_index,

@@ -179,10 +179,11 @@ def test_figure_builders(minilm):
     head_view = plot_head_view(p, 2, heads=[0, 3])
     groups = {t.legendgroup for t in head_view.data if t.mode == "lines"}
     assert groups == {"H0", "H3"}
+    assert [t.name for t in head_view.data if t.showlegend is not False] == ["H0", "H3"]
     texts = [t for t in head_view.data if t.mode == "text"]
     assert len(texts) == 2 and list(texts[0].text) == list(p.labels)
     # every drawn line is a weight of at least min_weight
-    n_lines = sum(len(t.x) // 3 for t in head_view.data if t.mode == "lines")
+    n_lines = sum(len(t.x) // 3 for t in head_view.data if t.mode == "lines" and len(t.x) > 1)
     li = p.layer_index(2)
     assert n_lines == int((p.pattern[li, [0, 3]] >= 0.02).sum())
     pattern = plot_pattern(p, 2, 3, show_special=False)

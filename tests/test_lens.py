@@ -102,6 +102,9 @@ def test_ranks_topk_kl_and_logit_difference(toy):
     ]
     want = lp[:, [0, 1], ids[:, 0]] - lp[:, [0, 1], ids[:, 1]]
     torch.testing.assert_close(r.logit_diff.double(), want, atol=1e-5, rtol=1e-5)
+    for j in range(2):
+        answer = lp.gather(2, ids[None, :, j : j + 1].expand(r.n_layers, -1, -1))
+        assert torch.equal(r.answer_ranks[..., j], (lp > answer).sum(-1))
     assert [t.strip() for t in r.watch_tokens] == [
         t.strip() for t in watch
     ]  # word-level vocabulary

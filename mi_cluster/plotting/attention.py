@@ -144,7 +144,16 @@ def plot_head_view(
     fig = go.Figure()
     for h in heads:
         w = p.pattern[li, h].double().cpu()
-        first = True
+        fig.add_trace(  # the legend entry, at full colour (the lines below are faint)
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"color": colors[h], "width": 3},
+                name=f"H{h}",
+                legendgroup=f"H{h}",
+            )
+        )
         for low, high, alpha in _LEVELS:
             q, k = ((w >= max(low, min_weight)) & (w < high)).nonzero(as_tuple=True)
             if len(q) == 0:
@@ -162,11 +171,10 @@ def plot_head_view(
                     opacity=alpha,
                     name=f"H{h}",
                     legendgroup=f"H{h}",
-                    showlegend=first,
+                    showlegend=False,
                     hoverinfo="skip",
                 )
             )
-            first = False
     font_color = ["#888888" if s else "#000000" for s in p.special]
     for x, side in ((0.0, "middle left"), (1.0, "middle right")):
         fig.add_trace(
@@ -185,10 +193,11 @@ def plot_head_view(
     fig.update_yaxes(visible=False, range=[-n + 0.3, 1.0])
     fig.update_layout(
         title=title or f"{p.model_name}: head view of layer {layer}",
-        legend={"x": 1.0, "xanchor": "left", "y": 1.0, "title": "head"},
-        margin={"t": 70, "l": 20, "r": 20},
+        legend={"orientation": "h", "x": 0, "y": 0, "yanchor": "top", "entrywidth": 56},
+        margin={"t": 70, "l": 20, "r": 20, "b": 30 + 26 * math.ceil(len(heads) / 8)},
     )
-    return apply_paper_style(fig, width=620, height=int(max(360, 18 * n + 120)))
+    height = 18 * n + 100 + 26 * math.ceil(len(heads) / 8)
+    return apply_paper_style(fig, width=620, height=int(max(360, height)))
 
 
 def plot_neuron_view(nv: NeuronView, title: str | None = None) -> go.Figure:

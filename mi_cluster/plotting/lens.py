@@ -1,0 +1,159 @@
+"""Logit-lens figures: the top predictions at every layer (ecco's "predictions"), the
+ranks of watched tokens by layer (ecco's "rankings_watch"), and the layer x position map of
+the top token for one prompt. Per-layer curves (KL, logit difference) use
+:func:`mi_cluster.plotting.layer_bands`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from mi_cluster.lens import LensResult
+from mi_cluster.plotting.style import apply_paper_style
+
+__all__ = ["plot_lens_positions", "plot_lens_predictions", "plot_lens_ranks"]
+
+
+def _check_row(result: LensResult, row: int) -> None:
+    if not 0 <= row < len(result.prompt_index):
+        raise ValueError(f"row {row} is outside the lens result's {len(result.prompt_index)} rows")
+
+
+def _shown(token: str) -> str:
+    return repr(token)[1:-1] if token.strip() == "" else token
+
+
+def plot_lens_predictions(
+    result: LensResult, row: int = 0, k: int | None = None, title: str | None = None
+) -> go.Figure:
+    """The ``k`` most likely next tokens at every layer for one row: layers down, rank
+    across, each cell the token, coloured by its probability."""
+    _check_row(result, row)
+    k = result.top_ids.shape[-1] if k is None else min(k, result.top_ids.shape[-1])
+    probs = result.top_log_probs[:, row, :k].double().exp()
+    text = [
+        [_shown(t) for t in result.top_tokens[layer][row][:k]] for layer in range(result.n_layers)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=probs.tolist(),
+            x=[str(i + 1) for i in range(k)],
+            y=list(result.layer_labels),
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": 11},
+            colorscale="Purples",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "probability"},
+            hovertemplate="%{y}, rank %{x}: %{text} (p = %{z:.3f})<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="layer")
+    fig.update_xaxes(title_text="rank", side="top")
+    prompt = result.prompts[result.prompt_index[row]]
+    where = f"after {_shown(result.tokens[row])!r} (position {result.positions[row]})"
+    fig.update_layout(
+        title=title or f"{result.model_name}, {result.lens} lens: top predictions {where}",
+        annotations=[
+            {
+                "text": prompt if len(prompt) < 110 else prompt[:107] + "...",
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": -0.06,
+                "showarrow": False,
+                "font": {"size": 11, "color": "#555555"},
+            }
+        ],
+        margin={"t": 140, "b": 60},
+    )
+    return apply_paper_style(
+        fig, width=int(max(520, 90 * k + 160)), height=int(36 * result.n_layers + 200)
+    )
+
+
+def plot_lens_ranks(
+    result: LensResult, rows: Sequence[int] | None = None, title: str | None = None
+) -> go.Figure:
+    """The rank (0 = most likely) of each watched token at every layer: one column per
+    watched token and row, coloured on a log scale (ecco's ``rankings_watch``)."""
+    if not result.watch_ids:
+        raise ValueError("no watched tokens: give watch=[...] to logit_lens")
+    rows = [0] if rows is None else list(rows)
+    for r in rows:
+        _check_row(result, r)
+    columns, ranks = [], []
+    for r in rows:
+        for j, token in enumerate(result.watch_tokens):
+            label = _shown(token)
+            columns.append(
+                label if len(rows) == 1 else f"{label} @ {_shown(result.tokens[r])} ({r})"
+            )
+            ranks.append(result.watch_ranks[:, r, j].tolist())
+    z = [
+        [math.log10(ranks[c][layer] + 1) for c in range(len(columns))]
+        for layer in range(result.n_layers)
+    ]
+    text = [[str(ranks[c][layer]) for c in range(len(columns))] for layer in range(result.n_layers)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=columns,
+            y=list(result.layer_labels),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Viridis_r",
+            zmin=0,
+            colorbar={"title": "log10(rank + 1)"},
+            hovertemplate="%{y}, %{x}: rank %{text}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="layer")
+    fig.update_xaxes(title_text="watched token", side="top")
+    fig.update_layout(
+        title=title or f"{result.model_name}, {result.lens} lens: rank of watched tokens (0 = top)",
+        margin={"t": 120},
+    )
+    return apply_paper_style(
+        fig, width=int(max(460, 110 * len(columns) + 200)), height=int(36 * result.n_layers + 220)
+    )
+
+
+def plot_lens_positions(result: LensResult, prompt: int = 0, title: str | None = None) -> go.Figure:
+    """For one prompt read at every position (``positions="all"``): layers down, positions
+    across, each cell the top next-token prediction coloured by its probability."""
+    rows = result.rows_of(prompt)
+    if not rows:
+        raise ValueError(f"prompt {prompt} has no rows in this lens result")
+    probs = result.top_log_probs[:, rows, 0].double().exp()
+    text = [
+        [_shown(result.top_tokens[layer][r][0]) for r in rows] for layer in range(result.n_layers)
+    ]
+    x = [f"{result.positions[r]}: {_shown(result.tokens[r])}" for r in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=probs.tolist(),
+            x=x,
+            y=list(result.layer_labels),
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": 10},
+            colorscale="Purples",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "probability"},
+            hovertemplate="%{y}, after %{x}: %{text} (p = %{z:.3f})<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="layer")
+    fig.update_xaxes(title_text="input token (prediction is for the next one)", tickangle=-45)
+    fig.update_layout(
+        title=title
+        or f"{result.model_name}, {result.lens} lens: top prediction by layer and position"
+    )
+    return apply_paper_style(
+        fig, width=int(max(600, 70 * len(rows) + 200)), height=int(40 * result.n_layers + 260)
+    )
