@@ -44,6 +44,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -16,7 +16,6 @@ Writes ``activation_factors_minilm.json`` and figures ``activation_factors_minil
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,10 +29,9 @@ def run(out: Path, n_components: int, png: bool) -> dict:
     from sklearn.decomposition import NMF
 
     from mi_cluster.activations import Positions, collect
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.factors import activation_factors
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import save_formats
+    from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.factors import (
         plot_factor_heatmap,
         plot_factor_text,
@@ -81,16 +79,11 @@ def run(out: Path, n_components: int, png: bool) -> dict:
         "heatmap": plot_factor_heatmap(f),
         "top_tokens": plot_factor_top_tokens(f),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "activation_factors_minilm"
-    files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")]
-    for kind, fig in figs.items():
-        written, failed = save_formats(
-            fig, out / f"{stem}_{kind}", ("html", "png") if png else ("html",)
-        )
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    files, failed = write_experiment(
+        out, "activation_factors_minilm", record, figs, png=png, indent=1
+    )
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(p) for p in files]
     return record
 

@@ -16,7 +16,6 @@ Writes ``attention_views_<model>.json`` and figures ``attention_views_<model>_<k
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -50,10 +49,9 @@ SUMMARY_PROMPTS = {
 def run(
     name: str, text: str, text_b: str | None, hv_layer: int, nv: tuple, out: Path, png: bool
 ) -> dict:
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.attention import attention_patterns, head_summary, neuron_view
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import save_formats
+    from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.attention import (
         plot_head_view,
         plot_model_view,
@@ -98,16 +96,11 @@ def run(
         },
         "strongest_head": extremes,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"attention_views_{name}"
-    files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")]
-    for kind, fig in figs.items():
-        written, failed = save_formats(
-            fig, out / f"{stem}_{kind}", ("html", "png") if png else ("html",)
-        )
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    files, failed = write_experiment(
+        out, f"attention_views_{name}", record, figs, png=png, indent=1
+    )
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

@@ -31,7 +31,6 @@ kind in patching, resid, upstream, heads, scatter, claims (``.html``, and ``.png
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -385,9 +384,8 @@ def figures(name: str, found: dict, claims: list) -> dict:
 def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool = True,
         progress: bool = True) -> dict:  # fmt: skip
     from mi_cluster import heads as H
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import save_formats
+    from mi_cluster.plotting import write_experiment
 
     model = load_model(name, device=device)
     make, names = prompt_maker(model, name)
@@ -444,16 +442,11 @@ def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool 
             found["dla_rise_under_mover_ablation"]
         )
     record["agreement"] = agreement(name, found, record)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"ioi_name_movers_{name.replace('/', '_')}"
-    files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")]
-    for kind, fig in figures(name, found, claims).items():
-        written, failed = save_formats(
-            fig, out / f"{stem}_{kind}", ("html", "png") if png else ("html",)
-        )
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    figs = figures(name, found, claims)
+    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1)
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

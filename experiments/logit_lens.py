@@ -20,7 +20,6 @@ Writes ``logit_lens_<model>.json`` and figures ``logit_lens_<model>_<kind>`` to 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -51,11 +50,10 @@ def _ci_record(t) -> dict:
 def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
     import torch
 
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.ioi import ioi_prompts
     from mi_cluster.lens import logit_lens
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import layer_bands, save_formats
+    from mi_cluster.plotting import layer_bands, write_experiment
     from mi_cluster.plotting.lens import plot_lens_positions, plot_lens_predictions, plot_lens_ranks
     from mi_cluster.stats import paired_test
 
@@ -150,16 +148,10 @@ def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
             title=f"{name}: logit lens vs tuned lens on held-out text ({len(held)} texts, 95% CI)",
         )
     record["answer"] = answer(record)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"logit_lens_{name.replace('/', '_')}"
-    files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=1) + "\n")]
-    for kind, fig in figs.items():
-        written, failed = save_formats(
-            fig, out / f"{stem}_{kind}", ("html", "png") if png else ("html",)
-        )
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1)
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

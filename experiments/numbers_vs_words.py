@@ -20,7 +20,6 @@ animation of the pooled sequences) to ``--out``. Default model: MiniLM, offline.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -54,9 +53,8 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
     import torch
 
     from mi_cluster.activations import Positions, collect
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import Band, layer_bands, layer_scatter, save_formats
+    from mi_cluster.plotting import Band, layer_bands, layer_scatter, write_experiment
     from mi_cluster.projections import pca_by_layer
     from mi_cluster.stats import correlation_test, correspondence_test
 
@@ -188,18 +186,17 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
         },
         "projection_basis": proj.basis,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    files = [atomic_write_text(out / "numbers_vs_words.json", json.dumps(record, indent=2) + "\n")]
-    static = ("png",) if png else ()
-    for stem, fig, formats in (
-        ("cosine", cosine_fig, ("html", *static)),
-        ("length", length_fig, ("html", *static)),
-        ("sequences", seq_fig, ("html",)),  # an animation: HTML only
-    ):
-        written, failed = save_formats(fig, out / f"numbers_vs_words_{stem}", formats)
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    figs = {"cosine": cosine_fig, "length": length_fig, "sequences": seq_fig}
+    files, failed = write_experiment(
+        out,
+        "numbers_vs_words",
+        record,
+        figs,
+        png=png,
+        html_only={"sequences"},  # animation
+    )
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

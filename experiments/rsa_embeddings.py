@@ -20,7 +20,6 @@ Writes ``rsa_embeddings.json``, ``rsa_embeddings_matrices.{html,png}``,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -93,14 +92,13 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     import torch
 
     from mi_cluster.activations import Positions, collect
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.models import gpt2_tokenizer, load_model
     from mi_cluster.plotting import (
         Band,
         layer_bands,
-        save_formats,
         similarity_heatmaps,
         value_scatter,
+        write_experiment,
     )
     from mi_cluster.prompts import get_tokenizer
     from mi_cluster.similarity import SimilarityMatrix, mantel_test
@@ -234,14 +232,10 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
         "cosine_a": [r4(row) for row in cos_first],
         "cosine_b": [r4(row) for row in cos_second],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    files = [atomic_write_text(out / "rsa_embeddings.json", json.dumps(record, indent=2) + "\n")]
-    formats = ("html", "png") if png else ("html",)
-    for stem, fig in (("matrices", matrices_fig), ("scatter", scatter_fig), ("layers", layers_fig)):
-        written, failed = save_formats(fig, out / f"rsa_embeddings_{stem}", formats)
-        files += written
-        for message in failed:
-            print(message, file=sys.stderr)
+    figs = {"matrices": matrices_fig, "scatter": scatter_fig, "layers": layers_fig}
+    files, failed = write_experiment(out, "rsa_embeddings", record, figs, png=png)
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]
     return record
 

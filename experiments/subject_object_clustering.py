@@ -20,7 +20,6 @@ Offline it runs on MiniLM (real BERT weights) and the shipped toy IOI model; wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -39,10 +38,9 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Run the study on one model and write its files; returns the JSON record."""
-    from mi_cluster.atomic import atomic_write_text
     from mi_cluster.designs import NAMES, OBJECTS, UnknownWordWarning, role_design
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import save_formats
+    from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
     from mi_cluster.subject_object import run_subject_object_study
 
@@ -72,19 +70,21 @@ def run(
         "site": "resid_post (embedding output, then each block's output)",
     }
     stem = f"subject_object_{study.model_name.replace('/', '_')}"
-    out.mkdir(parents=True, exist_ok=True)
-    written = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")]
     figures = {
         "scatter": study_scatter(study),
         "shift": study_shift(study),
         "separation": study_separation(study),
     }
-    for kind, fig in figures.items():
-        static = ("png",) if png and kind != "scatter" else ()  # the animation: HTML only
-        files, failed = save_formats(fig, out / f"{stem}_{kind}", ("html", *static))
-        written += files
-        for message in failed:
-            print(message, file=sys.stderr)
+    written, failed = write_experiment(
+        out,
+        stem,
+        record,
+        figures,
+        png=png,
+        html_only={"scatter"},  # the animation
+    )
+    for message in failed:
+        print(message, file=sys.stderr)
     record["files"] = [str(p) for p in written]
     return record
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LensResult", "logit_lens", "residual_logits", "token_id"]
 
-_CHUNK_ELEMENTS = 2**25  # vocabulary-sized floats per chunk (128 MiB in float32)
+_CHUNK_ELEMENTS = 2**23  # vocabulary-sized floats per chunk (32 MiB in float32)
 
 
 def residual_logits(
@@ -256,29 +256,30 @@ def logit_lens(
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
             rows = slice(start, min(n_rows, start + chunk))
-            final = torch.log_softmax(residual_logits(model, resid[-1, rows]).float(), -1)
+            final_logits = residual_logits(model, resid[-1, rows]).float()
+            final = torch.log_softmax(final_logits, -1)
             for layer in range(n_layers):
                 h = resid[layer, rows]
                 if lens is not None and layer < n_layers - 1:
                     h = lens.translate(layer, h)
-                lp = (
-                    final
-                    if layer == n_layers - 1
-                    else torch.log_softmax(residual_logits(model, h).float(), -1)
-                )
+                # Ranks and logit differences are read off the logits, not the
+                # log-probabilities: the same order, without log_softmax's rounding.
+                last = layer == n_layers - 1
+                logits = final_logits if last else residual_logits(model, h).float()
+                lp = final if last else torch.log_softmax(logits, -1)
                 values, ids = lp.topk(k, dim=-1)
                 top_ids[layer, rows], top_lp[layer, rows] = ids.cpu(), values.to(resid.dtype).cpu()
                 if watch_ids:
-                    watched = lp[:, watch_t]
-                    w_lp[layer, rows] = watched.to(resid.dtype).cpu()
-                    w_ranks[layer, rows] = (lp[:, None, :] > watched[:, :, None]).sum(-1).cpu()
+                    w_lp[layer, rows] = lp[:, watch_t].to(resid.dtype).cpu()
+                    watched = logits[:, watch_t]
+                    w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
                 kl[layer, rows] = (
                     (final.exp() * (final - lp)).sum(-1).clamp_min(0).to(resid.dtype).cpu()
                 )
                 if diff is not None:
-                    answer_lp = lp.gather(1, answer_ids[rows].to(dev))  # [row, 2]
-                    diff[layer, rows] = (answer_lp[:, 0] - answer_lp[:, 1]).to(resid.dtype).cpu()
-                    a_ranks[layer, rows] = (lp[:, None, :] > answer_lp[:, :, None]).sum(-1).cpu()
+                    answer = logits.gather(1, answer_ids[rows].to(dev))  # [row, 2]
+                    diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(resid.dtype).cpu()
+                    a_ranks[layer, rows] = (logits[:, None, :] > answer[:, :, None]).sum(-1).cpu()
                 if full is not None:
                     full[layer, rows] = lp.to(resid.dtype).cpu()
     decode = _decoder(model)

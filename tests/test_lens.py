@@ -166,3 +166,36 @@ def test_translate_is_identity_plus_affine():
     np.testing.assert_allclose(lens.translate(1, h).double().numpy(), want.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="residual layers 0..1"):
         lens.translate(2, h)
+
+
+def test_equals_transformer_lens_logit_lens(toy):
+    """TransformerLens 4's own logit lens is the peer: same log-probabilities at every
+    layer and position, same ranks of a watched token."""
+    from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_lens
+
+    text = PROMPTS[0]
+    tokens = toy.to_tokens(text)
+    ref = tl_logit_lens(toy, tokens, positions=None, return_type="log_probs")
+    ranks = tl_logit_lens(toy, tokens, positions=None, targets=" Mary").rank_trajectory(" Mary")
+    ours = logit_lens(toy, [text], "all", keep_log_probs=True, watch=[" Mary"], progress=False)
+    assert ref.values.shape[0] == ours.n_layers
+    torch.testing.assert_close(ours.log_probs, ref.values[:, 0].float(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(ours.watch_ranks[..., 0], ranks[:, 0].cpu())
+
+
+def test_lens_figure_builders(toy):
+    from mi_cluster.plotting.lens import plot_lens_positions, plot_lens_predictions, plot_lens_ranks
+
+    r = logit_lens(toy, PROMPTS[:2], "last", k=6, watch=[" Mary", " John"], progress=False)
+    pred = plot_lens_predictions(r, 1, k=4)
+    assert pred.data[0].type == "heatmap" and len(pred.data[0].x) == 4
+    assert list(pred.data[0].y) == list(r.layer_labels)
+    assert pred.data[0].text[-1][0] == r.top_tokens[-1][1][0]  # layer L2, row 1, rank 1
+    ranks = plot_lens_ranks(r, [0, 1])
+    assert len(ranks.data[0].x) == 4  # two watched tokens x two rows
+    assert ranks.data[0].text[-1][0] == str(int(r.watch_ranks[-1, 0, 0]))
+    everywhere = logit_lens(toy, PROMPTS[:1], "all", k=1, progress=False)
+    pos = plot_lens_positions(everywhere, 0)
+    assert len(pos.data[0].x) == len(everywhere.rows_of(0)) == len(toy.to_tokens(PROMPTS[0])[0])
+    with pytest.raises(ValueError, match="no watched tokens"):
+        plot_lens_ranks(logit_lens(toy, PROMPTS[:1], progress=False))

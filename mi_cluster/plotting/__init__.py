@@ -1,7 +1,12 @@
 """Paper figures. Every function returns a ``plotly.graph_objects.Figure``; writing files
 is left to experiments and the CLI."""
 
-from mi_cluster.plotting.export import FigureExportError, save_figure, save_formats
+from mi_cluster.plotting.export import (
+    FigureExportError,
+    save_figure,
+    save_formats,
+    write_experiment,
+)
 from mi_cluster.plotting.heatmap import similarity_heatmaps
 from mi_cluster.plotting.lines import Band, layer_bands
 from mi_cluster.plotting.projection import layer_scatter
@@ -16,4 +21,5 @@ __all__ = [
     "save_formats",
     "similarity_heatmaps",
     "value_scatter",
+    "write_experiment",
 ]

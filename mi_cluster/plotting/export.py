@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-from mi_cluster.atomic import atomic_path
+from mi_cluster.atomic import atomic_path, atomic_write_text
 
-__all__ = ["FigureExportError", "save_figure", "save_formats"]
+__all__ = ["FigureExportError", "save_figure", "save_formats", "write_experiment"]
 
 STATIC_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 PLOTLY_JS = "plotly.min.js"
@@ -81,3 +83,29 @@ def save_formats(
         except FigureExportError as err:
             failed.append(str(err))
     return written, failed
+
+
+def write_experiment(
+    out: str | os.PathLike,
+    stem: str,
+    record: dict,
+    figures: Mapping[str, go.Figure],
+    *,
+    png: bool = True,
+    html_only: Collection[str] = (),
+    indent: int = 2,
+) -> tuple[list[Path], list[str]]:
+    """Write an experiment's outputs to ``out``: ``<stem>.json`` (``record``) and, for each
+    figure, ``<stem>_<kind>.html`` and ``.png`` (unless ``png`` is false or the kind is in
+    ``html_only``, e.g. animations). Every file is written atomically. Returns the files
+    written and the messages of static exports that failed (see :func:`save_formats`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=indent) + "\n")]
+    failures: list[str] = []
+    for kind, fig in figures.items():
+        formats = ("html", "png") if png and kind not in html_only else ("html",)
+        written, failed = save_formats(fig, out / f"{stem}_{kind}", formats)
+        files += written
+        failures += failed
+    return files, failures
