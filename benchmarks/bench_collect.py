@@ -64,6 +64,21 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
+def run_children(script: str, methods: tuple[str, ...], args: argparse.Namespace) -> dict:
+    """Run ``script --child METHOD`` with the same arguments for each method, each in its
+    own process (clean peak-memory readings); returns each child's last JSON line."""
+    results = {}
+    for method in methods:
+        cmd = [sys.executable, script, "--child", method] + [
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k != "child" and v is not None
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
 def child(method: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -134,15 +149,7 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    results = {}
-    for method in ("run_with_cache", "mi_cluster"):
-        cmd = [sys.executable, __file__, "--child", method] + [
-            f"--{k.replace('_', '-')}={v}"
-            for k, v in vars(args).items()
-            if k != "child" and v is not None
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_children(__file__, ("run_with_cache", "mi_cluster"), args)
     a, b = results["run_with_cache"], results["mi_cluster"]
     same = abs(a["checksum"] - b["checksum"]) <= 1e-5 * abs(a["checksum"])
     print(

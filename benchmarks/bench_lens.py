@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_collect import PeakRSS, prompts  # noqa: E402
+from bench_collect import PeakRSS, prompts, run_children  # noqa: E402
 
 
 def child(method: str, args: argparse.Namespace) -> None:
@@ -108,15 +107,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir = str(save_gpt2_shaped(tmp))
-        results = {}
-        for method in ("transformer_lens", "mi_cluster"):
-            cmd = [sys.executable, __file__, "--child", method] + [
-                f"--{k.replace('_', '-')}={v}"
-                for k, v in vars(args).items()
-                if k != "child" and v is not None
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        results = run_children(__file__, ("transformer_lens", "mi_cluster"), args)
     a, b = results["transformer_lens"], results["mi_cluster"]
     print(
         f"logit lens, last token, top-10 + answer rank at 13 layers: {args.n} prompts through a "

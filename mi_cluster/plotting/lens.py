@@ -25,6 +25,29 @@ def _shown(token: str) -> str:
     return repr(token)[1:-1] if token.strip() == "" else token
 
 
+def _probability_map(
+    result: LensResult, probs, x: list[str], text: list[list[str]], hover: str, font: int
+) -> go.Figure:
+    """Layers down, ``x`` across, each cell a token coloured by its probability."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=probs.tolist(),
+            x=x,
+            y=list(result.layer_labels),
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": font},
+            colorscale="Purples",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "probability"},
+            hovertemplate=hover + "<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="layer")
+    return fig
+
+
 def plot_lens_predictions(
     result: LensResult, row: int = 0, k: int | None = None, title: str | None = None
 ) -> go.Figure:
@@ -36,22 +59,8 @@ def plot_lens_predictions(
     text = [
         [_shown(t) for t in result.top_tokens[layer][row][:k]] for layer in range(result.n_layers)
     ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=probs.tolist(),
-            x=[str(i + 1) for i in range(k)],
-            y=list(result.layer_labels),
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 11},
-            colorscale="Purples",
-            zmin=0,
-            zmax=1,
-            colorbar={"title": "probability"},
-            hovertemplate="%{y}, rank %{x}: %{text} (p = %{z:.3f})<extra></extra>",
-        )
-    )
-    fig.update_yaxes(autorange="reversed", title_text="layer")
+    x = [str(i + 1) for i in range(k)]
+    fig = _probability_map(result, probs, x, text, "%{y}, rank %{x}: %{text} (p = %{z:.3f})", 11)
     fig.update_xaxes(title_text="rank", side="top")
     prompt = result.prompts[result.prompt_index[row]]
     where = f"after {_shown(result.tokens[row])!r} (position {result.positions[row]})"
@@ -133,22 +142,8 @@ def plot_lens_positions(result: LensResult, prompt: int = 0, title: str | None =
         [_shown(result.top_tokens[layer][r][0]) for r in rows] for layer in range(result.n_layers)
     ]
     x = [f"{result.positions[r]}: {_shown(result.tokens[r])}" for r in rows]
-    fig = go.Figure(
-        go.Heatmap(
-            z=probs.tolist(),
-            x=x,
-            y=list(result.layer_labels),
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 10},
-            colorscale="Purples",
-            zmin=0,
-            zmax=1,
-            colorbar={"title": "probability"},
-            hovertemplate="%{y}, after %{x}: %{text} (p = %{z:.3f})<extra></extra>",
-        )
-    )
-    fig.update_yaxes(autorange="reversed", title_text="layer")
+    hover = "%{y}, after %{x}: %{text} (p = %{z:.3f})"
+    fig = _probability_map(result, probs, x, text, hover, 10)
     fig.update_xaxes(title_text="input token (prediction is for the next one)", tickangle=-45)
     fig.update_layout(
         title=title
