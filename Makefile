@@ -23,15 +23,7 @@ demo: $(STAMP)
 
 # Every figure under figures/: the demo and each experiment (offline).
 figures: $(STAMP)
-	$(VENV)/bin/mi-cluster demo
-	HF_HUB_OFFLINE=1 $(PY) experiments/layer_similarity.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/ioi_name_movers.py --quiet
-	HF_HUB_OFFLINE=1 $(PY) experiments/subject_object_clustering.py --quiet
-	HF_HUB_OFFLINE=1 $(PY) experiments/numbers_vs_words.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/rsa_embeddings.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/logit_lens.py --quiet
-	HF_HUB_OFFLINE=1 $(PY) experiments/attention_views.py
-	HF_HUB_OFFLINE=1 $(PY) experiments/activation_factors.py
+	$(VENV)/bin/mi-cluster figures
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q

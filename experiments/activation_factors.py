@@ -37,6 +37,7 @@ def run(out: Path, n_components: int, png: bool) -> dict:
         plot_factor_text,
         plot_factor_top_tokens,
     )
+    from mi_cluster.provenance import provenance
 
     model = load_model("minilm")
     text = PASSAGE.read_text(encoding="utf-8").strip()
@@ -79,8 +80,14 @@ def run(out: Path, n_components: int, png: bool) -> dict:
         "heatmap": plot_factor_heatmap(f),
         "top_tokens": plot_factor_top_tokens(f),
     }
+    record["headline"] = (
+        f"{n_components} components, relative error {record['relative_error']:.3f} "
+        f"(scikit-learn {record['scikit_learn_relative_error']:.3f}); C0: "
+        + ", ".join(t for t, _ in record["components"][0]["top_tokens"][:4])
+    )
+    prov = provenance([model], [text], seed=None)
     files, failed = write_experiment(
-        out, "activation_factors_minilm", record, figs, png=png, indent=1
+        out, "activation_factors_minilm", record, figs, png=png, indent=1, provenance=prov
     )
     for message in failed:
         print(message, file=sys.stderr)

@@ -58,6 +58,7 @@ def run(
         plot_neuron_view,
         plot_pattern,
     )
+    from mi_cluster.provenance import provenance
 
     model = load_model(name)
     p = attention_patterns(model, text, text_b)
@@ -96,8 +97,13 @@ def run(
         },
         "strongest_head": extremes,
     }
+    record["headline"] = ", ".join(
+        f"{k} {v['head']} ({v['value']:.2f})" for k, v in extremes.items()
+    )
+    prompts = [text if text_b is None else f"{text} [SEP] {text_b}", *SUMMARY_PROMPTS[name]]
+    prov = provenance([model], prompts, seed=0)
     files, failed = write_experiment(
-        out, f"attention_views_{name}", record, figs, png=png, indent=1
+        out, f"attention_views_{name}", record, figs, png=png, indent=1, provenance=prov
     )
     for message in failed:
         print(message, file=sys.stderr)

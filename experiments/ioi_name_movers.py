@@ -386,6 +386,7 @@ def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool 
     from mi_cluster import heads as H
     from mi_cluster.models import load_model
     from mi_cluster.plotting import write_experiment
+    from mi_cluster.provenance import provenance
 
     model = load_model(name, device=device)
     make, names = prompt_maker(model, name)
@@ -444,7 +445,14 @@ def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool 
     record["agreement"] = agreement(name, found, record)
     stem = f"ioi_name_movers_{name.replace('/', '_')}"
     figs = figures(name, found, claims)
-    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1)
+    confirmed = record["agreement"]["found"]
+    movers, negative = confirmed["name_movers"], confirmed["negative_name_movers"]
+    record["headline"] = (
+        f"logit difference {record['behaviour']['clean_logit_difference']:+.2f}; name movers "
+        f"{movers or 'none'}, negative {negative or 'none'}"
+    )
+    prov = provenance([model], [p.text for p in found["clean"]], seed=0)
+    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1, provenance=prov)
     for message in failed:
         print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]

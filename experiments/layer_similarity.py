@@ -19,7 +19,6 @@ directions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -28,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mi_cluster.activations import Positions, collect  # noqa: E402
 from mi_cluster.atomic import atomic_write_text  # noqa: E402
 from mi_cluster.models import load_model  # noqa: E402
-from mi_cluster.plotting import FigureExportError, save_figure, similarity_heatmaps  # noqa: E402
+from mi_cluster.plotting import similarity_heatmaps, write_experiment  # noqa: E402
+from mi_cluster.provenance import provenance  # noqa: E402
 from mi_cluster.similarity import (  # noqa: E402
     cca,
     ecco_cca,
@@ -124,18 +124,21 @@ def main() -> None:
         "linear_cka": [[round(v, 4) for v in r] for r in biased.values.tolist()],
         "debiased_cka": [[round(v, 4) for v in r] for r in debiased.values.tolist()],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "layer_similarity.json", json.dumps(record, indent=2) + "\n")
+    last = rows[-1]
+    record["headline"] = (
+        f"linear CKA of the embeddings with L0 {rows[0]['cka']:.2f}, with "
+        f"{last['layer']} {last['cka']:.2f}"
+    )
+    prov = provenance([model], [PASSAGE])
+    files, failed = write_experiment(
+        args.out, "layer_similarity", record, {"cka": fig}, png=not args.no_png, provenance=prov
+    )
     atomic_write_text(args.out / "layer_similarity.md", table)
-    save_figure(fig, args.out / "layer_similarity.html")
     print(table)
-    if not args.no_png:
-        try:
-            save_figure(fig, args.out / "layer_similarity.png")
-        except FigureExportError as err:
-            raise SystemExit(
-                f"{err} (the JSON, table and HTML were written; or pass --no-png)"
-            ) from err
+    for path in files:
+        print(f"wrote {path}")
+    if failed:
+        raise SystemExit(f"{failed[0]} (the JSON, table and HTML were written; or pass --no-png)")
 
 
 if __name__ == "__main__":

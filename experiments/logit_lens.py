@@ -55,6 +55,7 @@ def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
     from mi_cluster.models import load_model
     from mi_cluster.plotting import layer_bands, write_experiment
     from mi_cluster.plotting.lens import plot_lens_positions, plot_lens_predictions, plot_lens_ranks
+    from mi_cluster.provenance import provenance
     from mi_cluster.stats import paired_test
 
     model = load_model(name)
@@ -149,7 +150,14 @@ def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
         )
     record["answer"] = answer(record)
     stem = f"logit_lens_{name.replace('/', '_')}"
-    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1)
+    lens_rec = record["lenses"]["logit"]
+    record["headline"] = (
+        "logit difference IO - S by layer: "
+        + ", ".join(f"{v:+.2f}" for v in lens_rec["logit_difference"]["mean"])
+        + f"; first layer above 0: {lens_rec['first_layer_logit_difference_ci_above_zero']}"
+    )
+    prov = provenance([model], texts, seed=0)
+    files, failed = write_experiment(out, stem, record, figs, png=png, indent=1, provenance=prov)
     for message in failed:
         print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]

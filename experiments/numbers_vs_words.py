@@ -56,6 +56,7 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
     from mi_cluster.models import load_model
     from mi_cluster.plotting import Band, layer_bands, layer_scatter, write_experiment
     from mi_cluster.projections import pca_by_layer
+    from mi_cluster.provenance import provenance
     from mi_cluster.stats import correlation_test, correspondence_test
 
     model = load_model(model_name)
@@ -187,13 +188,16 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
         "projection_basis": proj.basis,
     }
     figs = {"cosine": cosine_fig, "length": length_fig, "sequences": seq_fig}
+    record["headline"] = record["answer"].split(". ")[0] + "."
+    prov = provenance([model], [*DIGITS, *WORDS, *sequences["digits"], *sequences["words"]])
     files, failed = write_experiment(
         out,
         "numbers_vs_words",
         record,
         figs,
         png=png,
-        html_only={"sequences"},  # animation
+        html_only={"sequences"},
+        provenance=prov,  # animation
     )
     for message in failed:
         print(message, file=sys.stderr)

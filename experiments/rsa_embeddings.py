@@ -101,6 +101,7 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
         write_experiment,
     )
     from mi_cluster.prompts import get_tokenizer
+    from mi_cluster.provenance import provenance
     from mi_cluster.similarity import SimilarityMatrix, mantel_test
 
     loaded = {name: load_model(name) for name in models}
@@ -233,7 +234,14 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
         "cosine_b": [r4(row) for row in cos_second],
     }
     figs = {"matrices": matrices_fig, "scatter": scatter_fig, "layers": layers_fig}
-    files, failed = write_experiment(out, "rsa_embeddings", record, figs, png=png)
+    record["headline"] = (
+        f"RSA r = {record['comparison']['rsa_pearson_r']:.3f} between {record['comparison']['a']} "
+        f"and {record['comparison']['b']}"
+        if "comparison" in record
+        else record["answer"]
+    )
+    prov = provenance(list(loaded.values()), [" " + w for w in WORDS], seed=0)
+    files, failed = write_experiment(out, "rsa_embeddings", record, figs, png=png, provenance=prov)
     for message in failed:
         print(message, file=sys.stderr)
     record["files"] = [str(f) for f in files]

@@ -42,6 +42,7 @@ def run(
     from mi_cluster.models import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
+    from mi_cluster.provenance import provenance
     from mi_cluster.subject_object import run_subject_object_study
 
     model = load_model(model_name)
@@ -75,6 +76,8 @@ def run(
         "shift": study_shift(study),
         "separation": study_separation(study),
     }
+    record["headline"] = record["answer"].split(". ")[0] + "."
+    prov = provenance([model], design.texts, seed=0)
     written, failed = write_experiment(
         out,
         stem,
@@ -82,6 +85,7 @@ def run(
         figures,
         png=png,
         html_only={"scatter"},  # the animation
+        provenance=prov,
     )
     for message in failed:
         print(message, file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,31 +11,30 @@ __all__ = ["main", "run_demo"]
 
 
 def run_demo(
-    model_name: str = "minilm", out_dir: str | Path = "figures", progress: bool = True
+    model_name: str = "minilm",
+    out_dir: str | Path = "figures",
+    progress: bool = True,
+    static: bool = False,
 ) -> dict:
     """Run the subject/object study (names vs objects, each in subject and in object
     position of five template families, and alone) on ``model_name`` and write the demo
-    figures and a summary with the effect per layer and its confidence interval."""
-    from mi_cluster.atomic import atomic_write_text
+    figures (HTML; with ``static`` also PNG/SVG and a key-frame strip of the animation) and
+    ``demo.json`` with the effect per layer, its confidence interval and the provenance."""
     from mi_cluster.designs import role_design
     from mi_cluster.models import load_model
-    from mi_cluster.plotting import save_figure
+    from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
+    from mi_cluster.provenance import provenance
     from mi_cluster.subject_object import run_subject_object_study
 
-    out = Path(out_dir)
     model = load_model(model_name)
     design = role_design(model, capitalize=model_name != "toy-ioi")
     study = run_subject_object_study(model, design, progress=progress)
-    written = [
-        save_figure(study_scatter(study), out / "demo_pca_by_layer.html"),
-        save_figure(study_shift(study), out / "demo_shift_by_layer.html"),
-        save_figure(study_separation(study), out / "demo_separation_by_layer.html"),
-    ]
     record = study.summary()
     summary = {
         "model": study.model_name,
         "answer": record["answer"],
+        "headline": record["answer"].split(". ")[0] + ".",
         "n_prompts": len(design.items),
         "n_names": len(design.names),
         "n_objects": len(design.objects),
@@ -49,15 +47,22 @@ def run_demo(
         },
         "projection_basis": study.projection.basis,
     }
-    written.append(
-        atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
+    figures = {
+        "pca_by_layer": study_scatter(study),
+        "shift_by_layer": study_shift(study),
+        "separation_by_layer": study_separation(study),
+    }
+    prov = provenance([model], design.texts, seed=0)
+    written, failed = write_experiment(
+        out_dir, "demo", summary, figures, png=static, provenance=prov
     )
     summary["figures"] = [str(p) for p in written]
+    summary["export_failures"] = failed
     return summary
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    s = run_demo(args.model, args.out, progress=not args.quiet)
+    s = run_demo(args.model, args.out, progress=not args.quiet, static=args.static)
     words = f"{s['n_names']} names, {s['n_objects']} objects"
     print(f"model {s['model']}: {s['n_prompts']} prompts ({words})")
     print("subjecthood shift, subject minus object position (95% BCa CI; Holm-corrected p):")
@@ -73,6 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{s['answer']}\n")
     for path in s["figures"]:
         print(f"wrote {path}")
+    for message in s["export_failures"]:
+        print(message, file=sys.stderr)
     return 0
 
 
@@ -106,6 +113,103 @@ def _cmd_train_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every job that writes figures/, in order: (name, command after the Python interpreter).
+# Experiments are scripts of the repository (run from its root), never imported here.
+FIGURE_JOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("demo", ("-m", "mi_cluster.cli", "demo", "--quiet", "--static")),
+    ("layer_similarity", ("experiments/layer_similarity.py",)),
+    ("ioi_name_movers", ("experiments/ioi_name_movers.py", "--quiet")),
+    ("subject_object_clustering", ("experiments/subject_object_clustering.py", "--quiet")),
+    ("numbers_vs_words", ("experiments/numbers_vs_words.py",)),
+    ("rsa_embeddings", ("experiments/rsa_embeddings.py",)),
+    ("logit_lens", ("experiments/logit_lens.py", "--quiet")),
+    ("attention_views", ("experiments/attention_views.py",)),
+    ("activation_factors", ("experiments/activation_factors.py",)),
+)
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return (
+        {
+            p.name: (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in directory.iterdir()
+            if p.is_file()
+        }
+        if directory.is_dir()
+        else {}
+    )
+
+
+def run_figures(
+    out: Path, only: list[str] | None = None, root: Path | None = None, echo=print
+) -> list[dict]:
+    """Run the figure jobs (all, or those named in ``only``) one after another, each in
+    its own process from the repository ``root``, offline, and write ``out/README.md``
+    from the figures' JSON. A failing job is reported and the others still run. Returns one
+    ``{"name", "ok", "seconds", "files", "error"}`` per job."""
+    import os
+    import subprocess
+    import time
+
+    from mi_cluster.atomic import atomic_write_text
+    from mi_cluster.plotting.export import figures_index
+
+    root = Path.cwd() if root is None else root
+    names = [n for n, _ in FIGURE_JOBS]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ValueError(f"unknown figure job(s) {unknown}; the jobs are {names}")
+    jobs = [(n, c) for n, c in FIGURE_JOBS if not only or n in only]
+    if (
+        any(c[0].startswith("experiments/") for _, c in jobs)
+        and not (root / "experiments").is_dir()
+    ):
+        raise FileNotFoundError(
+            f"no experiments/ folder in {root}: run `mi-cluster figures` from the repository root"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    results = []
+    for i, (name, command) in enumerate(jobs, 1):
+        echo(f"[{i}/{len(jobs)}] {name} ...")
+        before = _snapshot(out)
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, *command, "--out", str(out)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+        after = _snapshot(out)
+        files = sorted(k for k, v in after.items() if before.get(k) != v)
+        error = (
+            ""
+            if proc.returncode == 0
+            else "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        )
+        results.append(
+            {"name": name, "ok": not error, "seconds": seconds, "files": files, "error": error}
+        )
+        status = f"done in {seconds:.0f} s, {len(files)} files" if not error else "FAILED"
+        echo(f"[{i}/{len(jobs)}] {name}: {status}")
+        if error:
+            echo("    " + error.replace("\n", "\n    "))
+    atomic_write_text(out / "README.md", figures_index(out))
+    return results
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    results = run_figures(Path(args.out), args.only)
+    print(f"\n{'job':<28}{'result':>8}{'seconds':>9}{'files':>7}")
+    for r in results:
+        result = "ok" if r["ok"] else "FAILED"
+        print(f"{r['name']:<28}{result:>8}{r['seconds']:>9.0f}{len(r['files']):>7}")
+    print(f"wrote {Path(args.out) / 'README.md'}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mi-cluster",
@@ -121,7 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="minilm", help="model to load (default: minilm, offline)")
     demo.add_argument("--out", default="figures", help="output directory (default: figures)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--static", action="store_true", help="also PNG/SVG (needs a Chromium), as make figures"
+    )
     demo.set_defaults(func=_cmd_demo)
+    figures = sub.add_parser(
+        "figures",
+        help="regenerate figures/ offline: the demo and every experiment, deterministically, "
+        "with figures/README.md (run from the repository root)",
+    )
+    figures.add_argument("--out", default="figures", help="output directory (default: figures)")
+    figures.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help=f"run only these jobs: {[n for n, _ in FIGURE_JOBS]}",
+    )
+    figures.set_defaults(func=_cmd_figures)
     lens = sub.add_parser(
         "train-lens",
         help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "

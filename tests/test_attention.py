@@ -202,7 +202,7 @@ def test_long_passage_head_view_exports_to_png_and_svg(minilm, tmp_path):
     assert len(p.labels) > 300
     fig = plot_head_view(p, 3, heads=[0, 1])
     for fmt in ("png", "svg"):
-        out = save_figure(fig, tmp_path / f"head.{fmt}")
+        (out,) = save_figure(fig, tmp_path / f"head.{fmt}")
         assert out.stat().st_size > 10_000
     assert (tmp_path / "head.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (tmp_path / "head.svg").read_bytes()[:500]

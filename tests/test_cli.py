@@ -21,7 +21,7 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
     assert "Plotly.newPlot" in scatter and "addFrames" in scatter  # one frame per layer
     for label in ("lamp", "Adam", "object \\u00b7 subject", "layer L5", "Procrustes"):
         assert label in scatter, label
-    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["model"] == "minilm" and summary["n_names"] >= 30 and summary["n_objects"] >= 30
     inter = summary["interaction"]
     assert len(inter["estimate"]) == len(summary["layers"]) == 7
@@ -29,11 +29,22 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
         assert inter["ci_bca"][0][i] - 1e-9 <= inter["estimate"][i] <= inter["ci_bca"][1][i] + 1e-9
     assert summary["answer"].startswith("Model minilm")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "demo.json",
         "demo_pca_by_layer.html",
+        "demo_pca_by_layer.json",
         "demo_separation_by_layer.html",
+        "demo_separation_by_layer.json",
         "demo_shift_by_layer.html",
-        "demo_summary.json",
+        "demo_shift_by_layer.json",
         "plotly.min.js",
     ]
+    # provenance: the weights, the prompts, the seed, the command and the versions
+    prov = summary["provenance"]
+    assert prov["models"][0]["name"] == "minilm" and len(prov["models"][0]["weights_sha256"]) == 64
+    assert prov["n_prompts"] == summary["n_prompts"] and prov["seed"] == 0
+    assert prov["versions"]["transformer_lens"].startswith("4.")
+    sidecar = json.loads((tmp_path / "demo_pca_by_layer.json").read_text())
+    assert sidecar["provenance"] == prov and len(sidecar["frames"]) == 7
+    assert sidecar["headline"] == summary["headline"] and sidecar["title"]
     out = capsys.readouterr().out
     assert "95% BCa CI" in out and "interaction" in out and "wrote" in out

@@ -99,10 +99,7 @@ def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_pat
 
     fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
 
-    def no_browser(*args, **kwargs):
-        raise RuntimeError("Kaleido requires Google Chrome to be installed")
-
-    monkeypatch.setattr(go.Figure, "write_image", no_browser)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
     written, failed = save_formats(fig, tmp_path / "fig", ("html", "png"))
     assert [p.name for p in written] == ["fig.html"]
     assert (

@@ -103,4 +103,4 @@ def test_factor_figures(mlp_matrix, tmp_path):
     if shutil.which("chromium") is None:
         pytest.skip("static export needs Chromium: apt-get install chromium")
     for fmt in ("png", "svg"):
-        assert save_figure(text, tmp_path / f"nmf.{fmt}").stat().st_size > 5_000
+        assert save_figure(text, tmp_path / f"nmf.{fmt}")[0].stat().st_size > 5_000

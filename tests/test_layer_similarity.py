@@ -34,7 +34,8 @@ def test_table_values_and_files(minilm, tmp_path, monkeypatch):
     record = json.loads((tmp_path / "layer_similarity.json").read_text())
     assert record["layers"][0] == "embed" and len(record["debiased_cka"]) == 7
     assert record["embeddings_vs_layer"] == rows
-    assert (tmp_path / "layer_similarity.html").stat().st_size > 0
+    assert (tmp_path / "layer_similarity_cka.html").stat().st_size > 0
+    assert record["provenance"]["models"][0]["name"] == "minilm"
     assert "| L5 |" in (tmp_path / "layer_similarity.md").read_text()
 
 

@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Collection, Mapping
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
 
 from mi_cluster.atomic import atomic_path, atomic_write_text
+from mi_cluster.provenance import Provenance
 
-__all__ = ["FigureExportError", "save_figure", "save_formats", "write_experiment"]
+__all__ = [
+    "FigureExportError",
+    "chromium_path",
+    "figure_record",
+    "figures_index",
+    "save_figure",
+    "save_formats",
+    "write_experiment",
+]
 
-STATIC_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
+STATIC_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp")
+DEFAULT_FORMATS = ("html", "png", "svg")
 PLOTLY_JS = "plotly.min.js"
+# Seconds a static export may take before its browser is killed (env MI_CLUSTER_EXPORT_TIMEOUT).
+EXPORT_TIMEOUT_S = float(os.environ.get("MI_CLUSTER_EXPORT_TIMEOUT", "120"))
+PNG_SCALE = 2  # static pixels per layout pixel: a 500-px figure is 1000 px, 300 dpi at 3.3 in
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+INSTALL_HINT = (
+    "install Debian's Chromium (apt-get install chromium) or point BROWSER_PATH at a "
+    "Chromium or Chrome binary; mi_cluster never downloads a browser"
+)
 
 
 class FigureExportError(RuntimeError):
     """A static figure (PNG, SVG, PDF) could not be rendered: kaleido or a Chromium is
-    missing or failed."""
+    missing, failed, or did not answer within the time-out."""
+
+
+def chromium_path() -> str | None:
+    """The browser kaleido will use: ``BROWSER_PATH`` if set, else a Chromium or Chrome on
+    ``PATH``; None if there is none."""
+    override = os.environ.get("BROWSER_PATH")
+    if override:
+        return override if Path(override).is_file() else None
+    return next((p for p in map(shutil.which, _BROWSERS) if p), None)
 
 
 def _local_plotly_js(directory: Path) -> None:
@@ -36,53 +69,160 @@ def _local_plotly_js(directory: Path) -> None:
         tmp.write_text(js, encoding="utf-8")
 
 
-def save_figure(fig: go.Figure, path: str | os.PathLike, embed_plotlyjs: bool = False) -> Path:
-    """Write ``fig`` to ``path``. ``.html`` opens offline with animations kept: it loads
-    ``plotly.min.js`` from its own folder, written there once for all figures (never a
-    CDN), or carries plotly.js inside it with ``embed_plotlyjs=True`` (4.8 MB a file, for
-    an HTML that travels alone). ``.png``/``.svg``/``.pdf`` go through kaleido (needs a
-    Chromium on the machine; a failure raises :class:`FigureExportError` saying how to
-    install one). Each file appears complete or not at all, and the same figure always
-    gives the same bytes (the plot's element id comes from the file name)."""
-    target = Path(path)
-    if target.suffix != ".html" and target.suffix not in STATIC_FORMATS:
-        raise ValueError(f"unknown figure format {target.suffix!r} for {target}")
-    if target.suffix == ".html" and not embed_plotlyjs:
+def _write_html(fig: go.Figure, target: Path, embed_plotlyjs: bool) -> None:
+    if not embed_plotlyjs:
         target.parent.mkdir(parents=True, exist_ok=True)
         _local_plotly_js(target.parent)
     with atomic_path(target) as tmp:
-        if target.suffix == ".html":
-            js = True if embed_plotlyjs else PLOTLY_JS
-            div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in target.stem)
-            fig.write_html(
-                str(tmp), include_plotlyjs=js, full_html=True, auto_play=False, div_id=div_id
+        js = True if embed_plotlyjs else PLOTLY_JS
+        div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in target.stem)
+        fig.write_html(
+            str(tmp), include_plotlyjs=js, full_html=True, auto_play=False, div_id=div_id
+        )
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the export child, its process group and every descendant (a browser may have
+    started a session of its own)."""
+    try:
+        import psutil
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # psutil missing, or the child is already gone
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:
+        with contextlib.suppress(Exception):
+            p.kill()
+    proc.communicate()
+
+
+def _write_static(fig: go.Figure, targets: list[tuple[Path, str]], timeout: float) -> None:
+    """Render ``targets`` (path, format) in a child process with one browser; kill it (and
+    its browser) if it takes longer than ``timeout`` seconds."""
+    names = ", ".join(p.name for p, _ in targets)
+    browser = chromium_path()
+    if browser is None:
+        raise FigureExportError(f"{names} not written: no Chromium found; {INSTALL_HINT}")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError as err:
+        raise FigureExportError(
+            f"{names} not written: static export needs kaleido>=1 (the figures extra: "
+            'pip install "mi-cluster[figures]")'
+        ) from err
+    with contextlib.ExitStack() as stack:
+        tmps = [(stack.enter_context(atomic_path(p)), fmt) for p, fmt in targets]
+        job = {
+            "figure": fig.to_json(),
+            "targets": [[str(t), fmt] for t, fmt in tmps],
+            "scale": PNG_SCALE,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mi_cluster.plotting._export_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "BROWSER_PATH": browser},
+            start_new_session=True,  # its own process group: the browser dies with it
+        )
+        try:
+            _, err = proc.communicate(json.dumps(job).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            raise FigureExportError(
+                f"{names} not written: the browser ({browser}) did not finish within the "
+                f"{timeout:g} s time-out and was killed (raise it with timeout= or "
+                "MI_CLUSTER_EXPORT_TIMEOUT)"
+            ) from None
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-3:]
+            raise FigureExportError(
+                f"{names} not written: kaleido/Chromium failed ({browser}): {' | '.join(tail)}"
             )
+        empty = [t.name for t, _ in tmps if not t.is_file() or t.stat().st_size == 0]
+        if empty:
+            raise FigureExportError(f"{names} not written: the browser produced no output")
+
+
+def save_figure(
+    fig: go.Figure,
+    target: str | os.PathLike,
+    formats: Sequence[str] | None = None,
+    *,
+    embed_plotlyjs: bool = False,
+    timeout: float = EXPORT_TIMEOUT_S,
+) -> list[Path]:
+    """Write ``fig`` as ``<target>.<format>`` for each of ``formats`` (default: HTML, PNG
+    and SVG; a ``target`` that ends in a format's suffix writes just that file).
+
+    - ``.html`` opens offline with animations kept: it loads ``plotly.min.js`` from its own
+      folder, written there once for all figures (never a CDN), or carries plotly.js inside
+      it with ``embed_plotlyjs=True`` (4.8 MB a file, for an HTML that travels alone).
+    - ``.png``/``.svg``/``.pdf`` go through kaleido and the system's Chromium in a child
+      process, all formats with one browser start; PNGs at twice the layout's pixels. A
+      browser that does not finish within ``timeout`` seconds is killed and
+      :class:`FigureExportError` names the files and the time-out; a missing Chromium
+      raises it with the install hint. Nothing is ever downloaded.
+
+    Each file appears complete or not at all, and the same figure gives the same bytes."""
+    target = Path(target)
+    if formats is None:
+        suffix = target.suffix.lstrip(".")
+        if suffix in ("html", *STATIC_FORMATS):
+            formats, target = (suffix,), target.with_suffix("")
         else:
-            try:
-                fig.write_image(str(tmp))
-            except Exception as err:  # kaleido missing, Chromium missing or crashed
-                raise FigureExportError(
-                    f"{target.name} not written: {err}. Static export needs the figures extra "
-                    "(kaleido>=1) and a Chromium on the machine (apt-get install chromium)"
-                ) from err
-    return target
+            formats = DEFAULT_FORMATS
+    formats = [f.lstrip(".").lower() for f in formats]
+    unknown = [f for f in formats if f != "html" and f not in STATIC_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown figure format(s) {unknown}; use html or {STATIC_FORMATS}")
+    paths = {f: Path(f"{os.fspath(target)}.{f}") for f in formats}
+    if "html" in paths:
+        _write_html(fig, paths["html"], embed_plotlyjs)
+    static = [(paths[f], f) for f in formats if f != "html"]
+    if static:
+        paths[formats[0]].parent.mkdir(parents=True, exist_ok=True)
+        _write_static(fig, static, timeout)
+    return [paths[f] for f in formats]
 
 
 def save_formats(
     fig: go.Figure, stem: str | os.PathLike, formats: tuple[str, ...] = ("html", "png")
 ) -> tuple[list[Path], list[str]]:
-    """Write ``fig`` as ``<stem>.<format>`` for each format (see :func:`save_figure`).
-    Returns the files written and, instead of raising, the message of each static format
-    that could not be rendered, so a machine without a Chromium still gets the others."""
-    written: list[Path] = []
+    """:func:`save_figure`, but a static export that fails is reported instead of raised:
+    returns the files written and the failure messages, so a machine without a Chromium
+    still gets the HTML."""
+    written = save_figure(fig, stem, [f for f in formats if f == "html"])
     failed: list[str] = []
-    for fmt in formats:
-        path = Path(f"{os.fspath(stem)}.{fmt.lstrip('.')}")
+    static = [f for f in formats if f != "html"]
+    if static:
         try:
-            written.append(save_figure(fig, path))
+            written += save_figure(fig, stem, static)
         except FigureExportError as err:
             failed.append(str(err))
     return written, failed
+
+
+_DATA_KEYS = ("type", "name", "x", "y", "z", "base", "error_x", "error_y")
+
+
+def _traces(traces: list[dict]) -> list[dict]:
+    return [{k: t[k] for k in _DATA_KEYS if k in t} for t in traces]
+
+
+def figure_record(fig: go.Figure) -> dict:
+    """The numbers a figure plots: per trace its type, name and x/y/z (and error bars), and
+    the same for every animation frame; with its title."""
+    spec = json.loads(fig.to_json())
+    title = (spec.get("layout", {}).get("title") or {}).get("text") or ""
+    out = {"title": re.sub(r"<[^>]+>", " ", title).strip(), "data": _traces(spec["data"])}
+    if spec.get("frames"):
+        out["frames"] = [
+            {"name": f.get("name"), "data": _traces(f.get("data", []))} for f in spec["frames"]
+        ]
+    return out
 
 
 def write_experiment(
@@ -94,18 +234,82 @@ def write_experiment(
     png: bool = True,
     html_only: Collection[str] = (),
     indent: int = 2,
+    provenance: Provenance | None = None,
+    headlines: Mapping[str, str] | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Write an experiment's outputs to ``out``: ``<stem>.json`` (``record``) and, for each
-    figure, ``<stem>_<kind>.html`` and ``.png`` (unless ``png`` is false or the kind is in
-    ``html_only``, e.g. animations). Every file is written atomically. Returns the files
-    written and the messages of static exports that failed (see :func:`save_formats`)."""
+    """Write an experiment's outputs to ``out``:
+
+    - ``<stem>.json``: ``record`` (with ``"provenance"`` added when given);
+    - per figure, ``<stem>_<kind>.html`` and ``.png`` and ``.svg`` (only HTML when ``png``
+      is false or the kind is in ``html_only``; animations get a key-frame strip
+      ``<stem>_<kind>_strip`` in the static formats instead, see :func:`keyframe_strip`);
+    - per figure, ``<stem>_<kind>.json``: the numbers it plots (:func:`figure_record`), its
+      headline (``headlines[kind]``, else ``record["headline"]``), the provenance and the
+      files; :func:`figures_index` builds ``figures/README.md`` from these.
+
+    Every file is written atomically. Returns the files written and the messages of static
+    exports that failed (see :func:`save_formats`)."""
+    from mi_cluster.plotting.strips import keyframe_strip
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance.as_dict() if provenance is not None else None
+    if prov is not None:
+        record = {**record, "provenance": prov}
     files = [atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=indent) + "\n")]
     failures: list[str] = []
+    static = ("png", "svg") if png else ()
     for kind, fig in figures.items():
-        formats = ("html", "png") if png and kind not in html_only else ("html",)
-        written, failed = save_formats(fig, out / f"{stem}_{kind}", formats)
+        name = f"{stem}_{kind}"
+        written, failed = save_formats(
+            fig, out / name, ("html",) if kind in html_only else ("html", *static)
+        )
+        if fig.frames and static:  # an animation: a strip of its key frames for the paper
+            strip, strip_failed = save_formats(keyframe_strip(fig), out / f"{name}_strip", static)
+            written, failed = written + strip, failed + strip_failed
+        sidecar = {
+            "figure": name,
+            **figure_record(fig),
+            "headline": (headlines or {}).get(kind) or record.get("headline") or "",
+            "source": f"{stem}.json",
+            "files": [p.name for p in written],
+            "provenance": prov,
+        }
         files += written
+        files.append(atomic_write_text(out / f"{name}.json", json.dumps(sidecar, indent=1) + "\n"))
         failures += failed
     return files, failures
+
+
+def figures_index(directory: str | os.PathLike) -> str:
+    """``README.md`` text for a figures folder: one line per figure (from the ``.json``
+    written beside each by :func:`write_experiment`) with what it shows, its files, the
+    command that made it and its headline number."""
+    directory = Path(directory)
+    rows = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(meta, dict) or "figure" not in meta:
+            continue
+        command = (meta.get("provenance") or {}).get("command", "")
+        files = ", ".join(f"[{f.rsplit('.', 1)[-1]}]({f})" for f in meta.get("files", []))
+        cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        rows.append(
+            f"| `{meta['figure']}` ({files}) | {cell(meta.get('title', ''))} | "
+            f"`{cell(command)}` | {cell(meta.get('headline', ''))} |"
+        )
+    header = [
+        "# Figures",
+        "",
+        "Generated by `mi-cluster figures` (do not edit): every figure, what it shows, the "
+        "command that made it and its headline number. Beside each figure a `.json` holds "
+        "the numbers it plots and its provenance (model weights hash, prompt-set hash, seed, "
+        "versions).",
+        "",
+        "| figure | what it shows | command | headline |",
+        "|---|---|---|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
