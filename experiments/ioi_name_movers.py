@@ -58,6 +58,32 @@ COMPILED_TRUTH = {
 }
 
 
+# The circuit each offline model's card documents, evaluated as a whole (IOI paper, Sec. 4).
+CARD_CIRCUITS = {
+    "ioi-compiled": [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2), (3, 0)],  # the construction
+    # duplicate-token heads, the layer-1 intro-name copiers and L2H2 (toy MODEL_CARD.md)
+    "toy-ioi": [(0, 0), (0, 2), (1, 0), (1, 1), (1, 3), (2, 2)],
+}
+
+
+def circuit_evaluation(model: Any, name: str, make, names, n: int) -> dict | None:
+    """The card's circuit on fresh prompts: every other head mean-ablated over ABC prompts
+    (the paper's reference), and resampled from other prompts of the same length."""
+    from mi_cluster import ioi
+    from mi_cluster.circuits import evaluate_circuit
+
+    if name not in CARD_CIRCUITS:
+        return None
+    clean = make(n, 1)
+    abc = ioi.abc_corruption(clean, names, seed=1)
+    return {
+        method: evaluate_circuit(
+            model, clean, CARD_CIRCUITS[name], reference=ref, method=method
+        ).summary()
+        for method, ref in (("mean", abc), ("resample", None))
+    }
+
+
 def prompt_maker(model: Any, name: str):
     """``(make(n, seed, one_template=False), names)`` for the model's IOI distribution."""
     from mi_cluster import compiled, ioi
@@ -270,6 +296,9 @@ def agreement(name: str, found: dict, record: dict) -> dict:
     if name == "ioi-compiled":
         checks = {k: ours[k] == v for k, v in COMPILED_TRUTH.items()}
         checks["every_claim_supported"] = all(c["supported"] for c in claims)
+        checks["constructed_circuit_is_faithful_and_beats_random_circuits"] = all(
+            abs(e["kept"] - 1) < 0.05 and e["p_value"] < 0.05 for e in record["circuit"].values()
+        )
         return {"reference": COMPILED_TRUTH, "found": ours, "checks": checks}
     if name == "toy-ioi":  # its card: no positive movers; L2H2 suppresses S2 found via L0 heads
         top = found["top_direct"][0]
@@ -293,6 +322,10 @@ def agreement(name: str, found: dict, record: dict) -> dict:
                 h for h in [(0, 0), (0, 1), (0, 2), (0, 3)] if att["s2_to_s1"][h] > 0.3
             )
             == [(0, 0), (0, 2)],
+            "cards_circuit_beats_random_circuits_under_resampling": record["circuit"]["resample"][
+                "p_value"
+            ]
+            < 0.05,
             "L2H2_key_senders_are_the_cards_duplicate_heads": (0, 2)
             in _upstream(found, [(2, 2)], "k")
             and set(_upstream(found, [(2, 2)], "k")) <= {(0, 0), (0, 2), (1, 2)},
@@ -393,6 +426,7 @@ def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool 
     found = discover(model, make, names, n, progress)
     found["end_io_per_prompt"] = H.attention_between(model, found["clean"], "end", "io")
     claims = confirm(model, make, names, n, found)
+    circuit = circuit_evaluation(model, name, make, names, n)
     r = found["results"]
     record: dict[str, Any] = {
         "model": name,
@@ -442,6 +476,8 @@ def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool 
         record["per_head"]["dla_rise_under_mover_ablation"] = _grid(
             found["dla_rise_under_mover_ablation"]
         )
+    if circuit is not None:
+        record["circuit"] = circuit
     record["agreement"] = agreement(name, found, record)
     stem = f"ioi_name_movers_{name.replace('/', '_')}"
     figs = figures(name, found, claims)
@@ -483,6 +519,15 @@ def report(record: dict) -> str:
             f"{claim['effect']:+.3f} [{claim['ci_low']:+.3f}, {claim['ci_high']:+.3f}], "
             f"p = {claim['p_value']:.3g} (smallest possible {claim['p_min']:.2g}) "
             f"vs {claim['null']}"
+        )
+    for method, e in record.get("circuit", {}).items():
+        lines.append(
+            f"card's circuit {e['heads']}, the rest {method}-ablated: keeps "
+            f"{100 * e['kept']:.0f}% of the logit difference ({e['circuit_metric']:+.2f} "
+            f"[{e['circuit_ci'][0]:+.2f}, {e['circuit_ci'][1]:+.2f}] of {e['model_metric']:+.2f}); "
+            f"completeness gap mean {e['completeness_mean']:.2f}, worst "
+            f"{e['completeness_worst']:.2f}; random circuits keep {e['random_mean']:+.2f} "
+            f"(p = {e['p_value']:.3g})"
         )
     a = record["agreement"]
     movers, negative = a["found"]["name_movers"], a["found"]["negative_name_movers"]

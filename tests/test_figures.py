@@ -59,7 +59,9 @@ def test_static_export_sizes_and_formats(tmp_path):
 
     assert Image.open(tmp_path / "h.png").size == (800, 600)  # twice the layout's pixels
     svg = (tmp_path / "h.svg").read_text()
-    assert re.search(r'width="400"', svg) and re.search(r'height="300"', svg)
+    assert re.match(r'<svg[^>]* width="400" height="300"', svg)  # vector: the layout's size
+    save_figure(fig, tmp_path / "again", ("svg",))
+    assert (tmp_path / "again.svg").read_text() == svg  # the same bytes every time
     assert (tmp_path / "h.pdf").read_bytes()[:4] == b"%PDF"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
