@@ -31,9 +31,7 @@ from mi_cluster.head_claims import (
     _ablation_drops,
     _check_heads,
     _interval,
-    _prepare,
-    _reference,
-    _replacements,
+    ablation_setup,
     random_head_sets,
     random_set_p_value,
 )
@@ -127,9 +125,7 @@ def evaluate_circuit(
     heads = tuple(dict.fromkeys(_check_heads(model, heads))) if heads else ()
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     every = tuple((a, b) for a in range(n_layers) for b in range(n_heads))
-    prep = _prepare(model, prompts)
-    ref = _reference(model, reference) if reference is not None else prep
-    replace = _replacements(model, prep, ref, method, seed, reference is None)
+    prep, replace = ablation_setup(model, prompts, reference, method, seed)
     gen = torch.Generator().manual_seed(seed)
 
     def outside(kept: Sequence[Head]) -> tuple[Head, ...]:

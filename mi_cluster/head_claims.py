@@ -296,6 +296,21 @@ def _replacements(
     return {layer: z[chosen, :width] for layer, z in zs.items()}
 
 
+def ablation_setup(
+    model: Any,
+    prompts: Sequence[IOIPrompt],
+    reference: Sequence[IOIPrompt | str] | None,
+    method: Literal["mean", "resample"],
+    seed: int,
+    repeated: bool = True,
+) -> tuple[_Prepared, dict[int, Tensor]]:
+    """The prepared prompts and, per layer, what replaces an ablated head's ``hook_z``
+    (its mean over ``reference``, default the prompts, or a resampled reference prompt)."""
+    prep = _prepare(model, prompts, repeated=repeated)
+    ref = _reference(model, reference) if reference is not None else prep
+    return prep, _replacements(model, prep, ref, method, seed, reference is None)
+
+
 def ablation_hooks(
     model: Any,
     prompts: Sequence[IOIPrompt],
@@ -307,9 +322,7 @@ def ablation_hooks(
     """Hooks that ablate ``heads`` when running ``prompts`` (as :func:`ablation_test` does),
     to measure anything else under the ablation, e.g. which heads take over."""
     heads = _check_heads(model, heads)
-    prep = _prepare(model, prompts, repeated=False)
-    ref = _reference(model, reference) if reference is not None else prep
-    replace = _replacements(model, prep, ref, method, seed, reference is None)
+    prep, replace = ablation_setup(model, prompts, reference, method, seed, repeated=False)
     chosen = torch.zeros(model.cfg.n_layers, 1, model.cfg.n_heads, dtype=torch.bool)
     for a, b in heads:
         chosen[a, 0, b] = True
@@ -342,9 +355,7 @@ def ablation_test(
     ``rows_per_pass`` prompt rows in one forward pass."""
     require_meaningful_logits(model, "an ablation test")
     heads = _check_heads(model, heads)
-    prep = _prepare(model, prompts)
-    ref = _reference(model, reference) if reference is not None else prep
-    replace = _replacements(model, prep, ref, method, seed, reference is None)
+    prep, replace = ablation_setup(model, prompts, reference, method, seed)
 
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
     drops = _ablation_drops(model, prep, [heads, *sets], replace, rows_per_pass)
