@@ -35,7 +35,7 @@ from mi_cluster.prompts import get_tokenizer
 if TYPE_CHECKING:
     from mi_cluster.tuned_lens import TunedLens
 
-__all__ = ["LensResult", "logit_lens", "residual_logits", "token_id"]
+__all__ = ["LensResult", "layer_logits", "logit_lens", "residual_logits", "token_id"]
 
 _CHUNK_ELEMENTS = 2**23  # vocabulary-sized floats per chunk (32 MiB in float32)
 
@@ -57,6 +57,17 @@ def residual_logits(
     return (
         model.unembed(model.ln_final(resid)) if hasattr(model, "ln_final") else model.unembed(resid)
     )
+
+
+def layer_logits(
+    model: Any, resid: Float[Tensor, "row d_model"], layer: int, lens: TunedLens | None = None
+) -> Float[Tensor, "row d_vocab"]:
+    """The lens's logits (float32) for residuals of residual layer ``layer`` (0: the
+    embedding): the tuned lens's translator first where ``lens`` is given and the layer has
+    one (the last layer needs none), then the model's head."""
+    if lens is not None and layer < lens.n_translators:
+        resid = lens.translate(layer, resid)
+    return residual_logits(model, resid).float()
 
 
 def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
@@ -259,13 +270,12 @@ def logit_lens(
             final_logits = residual_logits(model, resid[-1, rows]).float()
             final = torch.log_softmax(final_logits, -1)
             for layer in range(n_layers):
-                h = resid[layer, rows]
-                if lens is not None and layer < n_layers - 1:
-                    h = lens.translate(layer, h)
                 # Ranks and logit differences are read off the logits, not the
                 # log-probabilities: the same order, without log_softmax's rounding.
                 last = layer == n_layers - 1
-                logits = final_logits if last else residual_logits(model, h).float()
+                logits = (
+                    final_logits if last else layer_logits(model, resid[layer, rows], layer, lens)
+                )
                 lp = final if last else torch.log_softmax(logits, -1)
                 values, ids = lp.topk(k, dim=-1)
                 top_ids[layer, rows], top_lp[layer, rows] = ids.cpu(), values.to(resid.dtype).cpu()

@@ -1,0 +1,63 @@
+"""Paired-prompt comparisons per layer: KL and JS against scipy on the lens's own
+distributions, identities (0 for identical prompts, JS symmetric), alignment errors."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
+
+from mi_cluster.activations import Positions
+from mi_cluster.lens import logit_lens
+from mi_cluster.models import LogitsUnavailableError, load_model
+from mi_cluster.paired import compare_prompts
+
+A = ["When Mary and John went to the store , John gave a drink to", "Mary liked the book ."]
+B = ["When Anna and Peter went to the park , Peter gave a drink to", "John liked the ball ."]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy-ioi")
+
+
+def test_identical_prompts_are_at_distance_zero(toy):
+    c = compare_prompts(toy, A, A)
+    assert torch.all(c.kl.abs() < 1e-6) and torch.all(c.js.abs() < 1e-6)
+    assert torch.allclose(c.cosine, torch.ones_like(c.cosine))
+    assert torch.allclose(c.cka, torch.ones_like(c.cka), atol=1e-6)
+
+
+def test_kl_and_js_equal_scipy_and_js_is_symmetric(toy):
+    c = compare_prompts(toy, A, B)
+    ba = compare_prompts(toy, B, A)
+    torch.testing.assert_close(c.js, ba.js, atol=1e-9, rtol=1e-6)
+    assert not torch.allclose(c.kl, ba.kl)  # KL is not symmetric
+    la = logit_lens(toy, A, "all", keep_log_probs=True, progress=False)
+    lb = logit_lens(toy, B, "all", keep_log_probs=True, progress=False)
+    for layer in range(c.kl.shape[0]):
+        for row in (0, 5, len(c.pair_index) - 1):
+            p = la.log_probs[layer, row].double().exp().numpy()
+            q = lb.log_probs[layer, row].double().exp().numpy()
+            assert c.kl[layer, row] == pytest.approx(entropy(p, q), abs=1e-5)
+            assert c.js[layer, row] == pytest.approx(jensenshannon(p, q) ** 2, abs=1e-6)
+    # per pair: the mean over that pair's rows; intervals around the mean over pairs
+    first = [r for r, i in enumerate(c.pair_index) if i == 0]
+    assert c.per_pair["js"][:, 0].numpy() == pytest.approx(c.js[:, first].mean(1).numpy())
+    mean = c.per_pair["js"].mean(1)
+    assert torch.all(c.ci_low["js"] <= mean + 1e-9) and torch.all(mean <= c.ci_high["js"] + 1e-9)
+
+
+def test_named_words_align_prompts_of_different_lengths(toy, minilm):
+    a = ["Mary went to the store ."]
+    b = ["Then , after the lunch , the lamp went to the store ."]
+    with pytest.raises(ValueError, match="not aligned"):
+        compare_prompts(toy, a, b)
+    c = compare_prompts(toy, a, b, Positions.word("went"), positions_b=Positions.word("went"))
+    assert c.tokens_a == c.tokens_b == ("went",) and c.kl.shape == (4, 1)
+    assert np.isnan(c.cka).all()  # CKA needs at least three rows
+    with pytest.raises(LogitsUnavailableError, match="use_lens=False"):
+        compare_prompts(minilm, ["The cat sat"], ["The dog sat"])
+    enc = compare_prompts(minilm, ["The cat sat"], ["The dog sat"], use_lens=False)
+    assert enc.kl is None and enc.cosine.shape == (7, 5)
+    assert enc.cosine[0, 0] == pytest.approx(1.0)  # [CLS] embedding is the same
