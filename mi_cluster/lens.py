@@ -31,6 +31,7 @@ from torch import Tensor
 from mi_cluster.activations import Positions, collect
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
 from mi_cluster.prompts import get_tokenizer
+from mi_cluster.similarity.distances import kl_from_log_probs
 
 if TYPE_CHECKING:
     from mi_cluster.tuned_lens import TunedLens
@@ -283,9 +284,7 @@ def logit_lens(
                     w_lp[layer, rows] = lp[:, watch_t].to(resid.dtype).cpu()
                     watched = logits[:, watch_t]
                     w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
-                kl[layer, rows] = (
-                    (final.exp() * (final - lp)).sum(-1).clamp_min(0).to(resid.dtype).cpu()
-                )
+                kl[layer, rows] = kl_from_log_probs(final, lp).to(resid.dtype).cpu()
                 if diff is not None:
                     answer = logits.gather(1, answer_ids[rows].to(dev))  # [row, 2]
                     diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(resid.dtype).cpu()

@@ -26,6 +26,7 @@ from mi_cluster.activations import Positions, collect
 from mi_cluster.lens import _CHUNK_ELEMENTS, layer_logits
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
 from mi_cluster.similarity.cka import linear_cka
+from mi_cluster.similarity.distances import js_from_log_probs, kl_from_log_probs
 from mi_cluster.stats import paired_test
 
 if TYPE_CHECKING:
@@ -80,11 +81,8 @@ def _divergences(model: Any, a: Tensor, b: Tensor, lens: Any) -> tuple[Tensor, T
             for layer in range(n_layers):
                 lp_a = torch.log_softmax(layer_logits(model, a[layer, rows], layer, lens), -1)
                 lp_b = torch.log_softmax(layer_logits(model, b[layer, rows], layer, lens), -1)
-                p_a, p_b = lp_a.exp(), lp_b.exp()
-                log_m = torch.log((p_a + p_b) / 2).clamp_min(-1e30)
-                kl[layer, rows] = (p_a * (lp_a - lp_b)).sum(-1).clamp_min(0).double().cpu()
-                half = (p_a * (lp_a - log_m)).sum(-1) + (p_b * (lp_b - log_m)).sum(-1)
-                js[layer, rows] = (half / 2).clamp(0, math.log(2)).double().cpu()
+                kl[layer, rows] = kl_from_log_probs(lp_a, lp_b).double().cpu()
+                js[layer, rows] = js_from_log_probs(lp_a, lp_b).double().cpu()
     return kl, js
 
 

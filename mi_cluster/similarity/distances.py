@@ -67,23 +67,32 @@ def _check_logits(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return p.to(dtype), q.to(dtype)
 
 
+def kl_from_log_probs(lp: Tensor, lq: Tensor) -> Float[Tensor, "..."]:
+    """``KL(P || Q)`` in nats from log-probabilities ``(..., vocab)`` (for callers that
+    already hold them; :func:`kl_divergence` takes logits)."""
+    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0)
+
+
+def js_from_log_probs(lp: Tensor, lq: Tensor) -> Float[Tensor, "..."]:
+    """Jensen-Shannon divergence in nats from log-probabilities ``(..., vocab)``."""
+    lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2)
+    js = 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+    return js.clamp(0, math.log(2))
+
+
 def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Float[Tensor, "..."]:
     """``KL(P || Q)`` in nats between the softmax distributions of two logit tensors
     ``(..., vocab)``, one value per leading index (e.g. per token). Computed from log-softmax,
     so it is finite for any finite logits."""
     p, q = _check_logits(logits_p, logits_q)
-    lp, lq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0)
+    return kl_from_log_probs(torch.log_softmax(p, -1), torch.log_softmax(q, -1))
 
 
 def js_divergence(logits_p: Tensor, logits_q: Tensor) -> Float[Tensor, "..."]:
     """Jensen-Shannon divergence in nats (between 0 and ln 2), per leading index.
     ``scipy.spatial.distance.jensenshannon`` returns its square root."""
     p, q = _check_logits(logits_p, logits_q)
-    lp, lq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
-    lm = torch.logsumexp(torch.stack([lp, lq]), 0) - math.log(2)
-    js = 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
-    return js.clamp(0, math.log(2))
+    return js_from_log_probs(torch.log_softmax(p, -1), torch.log_softmax(q, -1))
 
 
 def spectrum_distance(
