@@ -32,8 +32,11 @@ from mi_cluster.activations import Positions, collect
 from mi_cluster.atomic import atomic_path
 from mi_cluster.lens import residual_logits
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
+from mi_cluster.similarity.distances import kl_from_log_probs
 
 __all__ = ["TunedLens", "train_tuned_lens"]
+
+_FORMAT = "mi_cluster.tuned_lens/1"
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,14 @@ class TunedLens:
         """Write the lens as one safetensors file (atomically)."""
         from safetensors.torch import save_file
 
-        meta = {"model_name": self.model_name, "info": json.dumps(self.info, sort_keys=True)}
+        # One metadata key, as Activations.save: safetensors orders several keys at random,
+        # so the same lens would not always give the same bytes.
+        meta = {
+            "mi_cluster": json.dumps(
+                {"format": _FORMAT, "model_name": self.model_name, "info": self.info},
+                sort_keys=True,
+            )
+        }
         tensors = {"weight": self.weight.contiguous().cpu(), "bias": self.bias.contiguous().cpu()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -98,11 +108,12 @@ class TunedLens:
         if not path.is_file():
             raise FileNotFoundError(f"no tuned lens at {path}")
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if "model_name" not in meta or set(f.keys()) != {"weight", "bias"}:
+            header = f.metadata() or {}
+            meta = json.loads(header.get("mi_cluster", "{}"))
+            if meta.get("format") != _FORMAT or set(f.keys()) != {"weight", "bias"}:
                 raise ValueError(f"{path} is not a tuned lens written by TunedLens.save")
             weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
-        return cls(meta["model_name"], weight, bias, json.loads(meta.get("info", "{}")))
+        return cls(meta["model_name"], weight, bias, meta["info"])
 
 
 @contextmanager
@@ -121,8 +132,7 @@ def _frozen(model: Any) -> Iterator[None]:
 
 def _kl(final: Tensor, logits: Tensor) -> Tensor:
     """Mean KL(final || softmax(logits)) over rows, ``final`` being log-probabilities."""
-    lp = torch.log_softmax(logits, -1)
-    return (final.exp() * (final - lp)).sum(-1).mean()
+    return kl_from_log_probs(final, torch.log_softmax(logits, -1)).mean()
 
 
 def train_tuned_lens(
