@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mi_cluster.factors import ActivationFactors
-from mi_cluster.plotting.style import apply_paper_style
+from mi_cluster.plotting.style import apply_paper_style, rgba
 
 __all__ = ["component_colors", "plot_factor_heatmap", "plot_factor_text", "plot_factor_top_tokens"]
 
@@ -24,15 +24,6 @@ def component_colors(n: int) -> list[str]:
     """One colour per component (plotly's colour-blind-safe "Safe" set, cycled)."""
     pool = list(plotly.colors.qualitative.Safe)
     return [pool[i % len(pool)] for i in range(n)]
-
-
-def _rgba(color: str, alpha: float) -> str:
-    r, g, b = (
-        plotly.colors.hex_to_rgb(color)
-        if color.startswith("#")
-        else plotly.colors.unlabel_rgb(color)
-    )
-    return f"rgba({int(r)},{int(g)},{int(b)},{alpha:.3f})"
 
 
 def _display(token: str) -> tuple[str, bool]:
@@ -79,7 +70,7 @@ def plot_factor_text(
                 "x1": x0 + w,
                 "y0": y0 - _LINE / 2 + 2,
                 "y1": y0 + _LINE / 2 - 2,
-                "fillcolor": _rgba(colors[c], 0.85 * float(strength[i])),
+                "fillcolor": rgba(colors[c], 0.85 * float(strength[i])),
                 "line": {"width": 0},
                 "layer": "below",
             }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mi_cluster.plotting.style import PALETTE, apply_paper_style
+from mi_cluster.plotting.style import PALETTE, apply_paper_style, rgba
 
 __all__ = ["Band", "layer_bands"]
 
@@ -30,11 +30,6 @@ class Band:
     high: Sequence[float] | None = None
     significant: Sequence[bool] | None = None
     reference: bool = False
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def layer_bands(
@@ -91,7 +86,7 @@ def layer_bands(
                         y=[float(v) for v in band.high] + [float(v) for v in band.low][::-1],
                         mode="lines",
                         fill="toself",
-                        fillcolor=_rgba(color, 0.15),
+                        fillcolor=rgba(color, 0.15),
                         line={"width": 0},
                         hoverinfo="skip",
                         showlegend=False,

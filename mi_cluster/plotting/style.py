@@ -27,6 +27,7 @@ __all__ = [
     "color_for",
     "marker_for",
     "paper_size",
+    "rgba",
 ]
 
 # Colour-blind-safe (Okabe-Ito).
@@ -56,6 +57,15 @@ _template.layout.plot_bgcolor = "white"
 _template.layout.colorscale = {"sequential": SEQUENTIAL, "diverging": DIVERGING}
 _template.layout.legend = {"bgcolor": "rgba(255,255,255,0.7)"}
 pio.templates["mi_cluster"] = _template
+
+
+def rgba(color: str, alpha: float) -> str:
+    """``color`` (``"#RRGGBB"`` or ``"rgb(r, g, b)"``) with opacity ``alpha``."""
+    if color.startswith("#"):
+        r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    else:
+        r, g, b = (int(float(v)) for v in color[color.index("(") + 1 : -1].split(",")[:3])
+    return f"rgba({r},{g},{b},{round(alpha, 3):g})"
 
 
 def color_for(group: str, order: list[str]) -> str:
