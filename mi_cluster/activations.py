@@ -517,8 +517,8 @@ def collect(
         prompts: the prompts; lengths may differ (batches are padded, with an attention
             mask, and give the same vectors as running each prompt alone).
         site: ``"resid_post"`` (embedding + every block's output), ``"resid_pre"``,
-            ``"resid_mid"``, ``"attn_out"``, ``"mlp_out"``, or per head ``"result"`` /
-            ``"z"``.
+            ``"resid_mid"``, ``"attn_out"``, ``"mlp_out"``, ``"mlp_post"`` (MLP neurons), or
+            per head ``"result"`` / ``"z"``.
         positions: a :class:`Positions`, or ``"last"``, ``"mean"``, ``"all"``.
         batch_size: prompts per forward pass (grouped by length to limit padding).
         device: where the model runs; defaults to the model's device.

@@ -17,6 +17,12 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The shipped toy IOI model, loaded once for every test that reads it."""
+    return load_model("toy-ioi", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def minilm():
     return load_model("minilm", device="cpu")
 

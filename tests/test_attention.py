@@ -15,7 +15,6 @@ from mi_cluster.attention import (
     repeated_tokens,
     summarise_patterns,
 )
-from mi_cluster.models import load_model
 from mi_cluster.plotting import save_figure
 from mi_cluster.plotting.attention import (
     plot_head_view,
@@ -26,11 +25,6 @@ from mi_cluster.plotting.attention import (
 
 PAIR = ("The cat sat on the mat", "The cat lay on the rug")
 IOI = "When Mary and John went to the store , John gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi")
 
 
 def test_sentence_pair_patterns_equal_hugging_face_attentions(minilm, hf_minilm):

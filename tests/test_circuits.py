@@ -7,13 +7,7 @@ import torch
 from mi_cluster.circuits import evaluate_circuit
 from mi_cluster.head_claims import ablation_hooks
 from mi_cluster.heads import logit_difference
-from mi_cluster.models import load_model
 from mi_cluster.toy.data import eval_examples
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi")
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi")
-
-
-@pytest.fixture(scope="module")
 def gpt2_shaped(tmp_path_factory):
     return load_model(str(save_gpt2_shaped(tmp_path_factory.mktemp("gpt2"))))
 

@@ -9,16 +9,11 @@ from scipy.stats import entropy
 
 from mi_cluster.activations import Positions
 from mi_cluster.lens import logit_lens
-from mi_cluster.models import LogitsUnavailableError, load_model
+from mi_cluster.models import LogitsUnavailableError
 from mi_cluster.paired import compare_prompts
 
 A = ["When Mary and John went to the store , John gave a drink to", "Mary liked the book ."]
 B = ["When Anna and Peter went to the park , Peter gave a drink to", "John liked the ball ."]
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi")
 
 
 def test_identical_prompts_are_at_distance_zero(toy):

@@ -82,11 +82,6 @@ def tiny64():
     )
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi", device="cpu")
-
-
 def _compare_with_transformer_lens(model, clean, corrupted, metric, tl_metric, sites, atol):
     tokens_clean, tokens_corrupt = model.to_tokens(clean), model.to_tokens(corrupted)
     assert tokens_clean.shape == tokens_corrupt.shape

@@ -14,13 +14,6 @@ from mi_cluster.subject_object import run_subject_object_study
 
 
 @pytest.fixture(scope="module")
-def toy():
-    from mi_cluster.toy import load_toy_ioi
-
-    return load_toy_ioi()
-
-
-@pytest.fixture(scope="module")
 def study(toy):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

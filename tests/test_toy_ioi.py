@@ -18,7 +18,7 @@ from mi_cluster.heads import (
     patch_head_attention_effect,
     replace_subject,
 )
-from mi_cluster.models import load_model, model_info
+from mi_cluster.models import model_info
 from mi_cluster.toy import TOY_IOI_DIR
 from mi_cluster.toy.data import NAMES, eval_examples
 
@@ -27,11 +27,6 @@ CARD = json.loads((TOY_IOI_DIR / "training.json").read_text())
 
 def prompts(kind, n=200):
     return [IOIPrompt(e.text, e.io, e.s) for e in eval_examples(kind, n=n)]
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return load_model("toy-ioi", device="cpu")
 
 
 def test_loads_offline_attention_only(toy):
