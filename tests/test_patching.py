@@ -411,6 +411,123 @@ def test_attribution_tracks_exact_patching_on_the_toy_model(toy):
     torch.testing.assert_close(att["head_out"].corrupted, exact.corrupted)
 
 
+ROLE_CLEAN = ["adam had fun . lamp went to the store .", "so after lunch pen went to the store ."]
+ROLE_CORRUPT = ["adam went and saw lamp at the store .", "so they saw pen at the store ."]
+ROLE_POS = torch.tensor([5, 4])  # the read word, at one index in both prompts of a pair
+
+
+def _projection(model, layer, seed=0):
+    """A non-logit metric: the read word's residual after ``layer`` projected on a random
+    direction (as a subjecthood or probe score is)."""
+    d = torch.randn(
+        model.cfg.d_model, generator=torch.Generator().manual_seed(seed), dtype=model.cfg.dtype
+    )
+    name = hook_name("resid_post", layer)
+    metric = activation_metric(
+        "projection", name, lambda act, p: act[torch.arange(len(p)), ROLE_POS[p]] @ d
+    )
+    return metric, d
+
+
+@pytest.mark.parametrize("site", ["mlp_out_all", "attn_out_all"])
+def test_padded_pairs_with_an_activation_metric_equal_plain_torch_hooks(minilm, hf_minilm, site):
+    """Pairs of different token lengths (lengths="pad", MiniLM, bidirectional): patching a
+    layer's whole MLP or attention output from the subject-position prompt into the
+    object-position prompt, scored by a projection of the read word's residual three
+    layers up, equals the same patch done with forward hooks on Hugging Face's BertModel
+    (no TransformerLens, no padding)."""
+    read = 3
+    metric, d = _projection(minilm, read)
+    ours = activation_patching(
+        minilm, ROLE_CLEAN, ROLE_CORRUPT, metric, site, lengths="pad", progress=False
+    )
+    tok = minilm.tokenizer
+    for layer in range(read + 1):
+        layer_mod = hf_minilm.encoder.layer[layer]
+        # TransformerLens's bridge hooks BERT's (post-LN) attention output after its LayerNorm
+        module = layer_mod.output.dense if site == "mlp_out_all" else layer_mod.attention.output
+        for i in range(2):
+            a, b = (
+                tok(ROLE_CLEAN[i], return_tensors="pt"),
+                tok(ROLE_CORRUPT[i], return_tensors="pt"),
+            )
+            store = {}
+            h = module.register_forward_hook(
+                lambda m, x, out, store=store: store.__setitem__("src", out.clone())
+            )
+            with torch.no_grad():
+                hf_minilm(**a)
+            h.remove()
+            h = module.register_forward_hook(
+                lambda m, x, out, store=store: store["src"][:, : out.shape[1]]
+            )
+            with torch.no_grad():
+                hidden = hf_minilm(**b, output_hidden_states=True).hidden_states[read + 1]
+            h.remove()
+            want = hidden[0, ROLE_POS[i]] @ d
+            torch.testing.assert_close(ours.values[layer, i], want, atol=2e-4, rtol=1e-5)
+    # layers above the one read cannot move it
+    torch.testing.assert_close(ours.values[read + 1 :], ours.corrupted.expand(2, -1))
+
+
+def test_non_logit_metrics_equal_a_hand_computed_patch(tiny64):
+    """A projection and a cosine to a reference set, through the same batched sweeps as
+    logit metrics (no special path): each head's output at the read word patched from the
+    clean into the corrupted prompt of unequal length equals a hand patch with hooks on
+    the corrupted prompt alone; attribution of the same metric is exact where the metric
+    is linear in the site (the residual it reads) and tracks exact patching elsewhere."""
+    clean = ["When Mary and John went to the store", "When Eve and Paul went home"]
+    corrupt = ["When Mary and John were at the big store", "When Eve and Paul had gone home"]
+    proj, d = _projection(tiny64, 1)
+    reference = torch.randn(5, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    name = hook_name("resid_post", 1)
+
+    def cos_score(x):
+        return torch.nn.functional.cosine_similarity(x[:, None], reference[None], dim=-1).mean(1)
+
+    def cosine(act, p):
+        return cos_score(act[torch.arange(len(p)), ROLE_POS[p]])
+
+    cos = activation_metric("cosine to reference", name, cosine)
+    kw = {"lengths": "pad", "progress": False}
+    for metric, score in ((proj, lambda x: x @ d), (cos, cos_score)):
+        res = activation_patching(tiny64, clean, corrupt, metric, "head_out_by_pos", **kw)
+        with torch.no_grad():
+            _, cache = tiny64.run_with_cache(tiny64.to_tokens(clean[1]))
+        for layer, pos, head in ((0, 4, 1), (1, 2, 3), (1, 4, 0)):
+            z = hook_name("z", layer)
+
+            def patch(act, hook, z=z, pos=pos, head=head, cache=cache):
+                act[:, pos, head] = cache[z][:, pos, head]
+                return act
+
+            store = {}
+            with torch.no_grad():
+                tiny64.run_with_hooks(
+                    tiny64.to_tokens(corrupt[1]),
+                    fwd_hooks=[
+                        (z, patch),
+                        (name, lambda a, hook, store=store: store.__setitem__("x", a)),
+                    ],
+                )
+            want = score(store["x"][:, ROLE_POS[1]])
+            torch.testing.assert_close(
+                res.values[layer, pos, head, 1], want.squeeze(), rtol=1e-9, atol=1e-12
+            )
+    exact = activation_patching(tiny64, clean, corrupt, proj, "resid_post", **kw)
+    att = attribution_patching(
+        tiny64, clean, corrupt, proj, ("resid_post", "head_out"), lengths="pad"
+    )
+    torch.testing.assert_close(att["resid_post"].values[1], exact.values[1])
+    torch.testing.assert_close(att["resid_post"].clean, exact.clean)
+    head_exact = activation_patching(tiny64, clean, corrupt, proj, "head_out", **kw)
+    assert correlation_with(att["head_out"], head_exact) > 0.9
+    with pytest.raises(PatchingError, match="end at different positions"):
+        activation_patching(
+            tiny64, clean, corrupt, logit_difference(tiny64, [("Mary", "John")] * 2), **kw
+        )
+
+
 class _AttentionOnly:
     """The tiny model as an attention-only model would look: no MLP hooks. Any forward
     pass through it fails, so errors raised here come before one."""

@@ -1,7 +1,8 @@
 """Activation patching: one batched sweep for every kind of site.
 
 A site kind is a TransformerLens activation and the axes a patch is indexed by
-(:data:`SITE_KINDS`): the residual stream, attention and MLP outputs by (layer, position),
+(:data:`SITE_KINDS`): the residual stream, attention and MLP outputs by (layer, position)
+or over all positions,
 each head's output over all positions or by position, each head's query, key, value and
 attention pattern. :func:`activation_patching` runs the same sweep for all of them:
 
@@ -11,6 +12,10 @@ attention pattern. :func:`activation_patching` runs the same sweep for all of th
   unpatched run) and stops early where the metric reads no logits; the output head runs
   only at the positions the metric reads;
 - values stay on the device until the end (no host synchronisation per site).
+
+On post-LayerNorm models (BERT, MiniLM) TransformerLens's bridge hooks ``attn_out`` after
+the attention sub-block's LayerNorm, so there it is the residual stream between attention
+and MLP, not what attention adds; a head's own contribution is its ``z`` (``head_out``).
 
 Denoising patches the clean run's activations into the corrupted run; noising, the
 corrupted run's into the clean run. Results equal ``transformer_lens.patching``'s
@@ -67,6 +72,8 @@ SITE_KINDS: dict[str, SiteKind] = {
     "resid_post": SiteKind("resid_post", ("pos",), "residual stream leaving each block"),
     "attn_out": SiteKind("attn_out", ("pos",), "attention layer output"),
     "mlp_out": SiteKind("mlp_out", ("pos",), "MLP output"),
+    "attn_out_all": SiteKind("attn_out", (), "attention layer output, all positions"),
+    "mlp_out_all": SiteKind("mlp_out", (), "MLP output, all positions"),
     "head_out": SiteKind("z", ("head",), "each head's output (z), all positions"),
     "head_out_by_pos": SiteKind("z", ("pos", "head"), "each head's output (z) at one position"),
     "q": SiteKind("q", ("head",), "each head's queries, all positions"),
@@ -156,7 +163,8 @@ class Runs:
 def cached_runs(model: Any, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
     """Run the clean and corrupted prompts once, together, keeping ``cache_sites``."""
     tokens = torch.cat([pair.clean, pair.corrupted])
-    mask = None if pair.mask is None else torch.cat([pair.mask, pair.mask])
+    masks = [pair.attention_mask("clean"), pair.attention_mask("corrupted")]
+    mask = None if masks[0] is None else torch.cat(masks)
     return Runs(LayerRunner(model, tokens, mask, sorted(set(cache_sites))), pair.batch)
 
 
@@ -184,7 +192,9 @@ def _setter(act_name: str, axes: tuple[str, ...], source: Tensor):
     """A hook writing ``source``'s values into the patched rows at each row's site."""
 
     def write(act: Tensor, rows: Tensor, prompt: Tensor, index: dict[str, Tensor]) -> None:
-        if act_name == "pattern":  # [row, head, dest, src]
+        if not axes:  # the whole activation of the row
+            act[rows] = source[prompt].to(act.dtype)
+        elif act_name == "pattern":  # [row, head, dest, src]
             act[rows, index["head"]] = source[prompt, index["head"]].to(act.dtype)
         elif axes == ("pos",):  # [row, pos, ...]
             act[rows, index["pos"]] = source[prompt, index["pos"]].to(act.dtype)
@@ -207,6 +217,7 @@ def activation_patching(
     *,
     direction: Literal["denoise", "noise"] = "denoise",
     layers: Sequence[int] | None = None,
+    lengths: Literal["equal", "pad"] = "equal",
     max_batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
@@ -220,6 +231,8 @@ def activation_patching(
         site: a key of :data:`SITE_KINDS`.
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
         layers: the layers to sweep (default all).
+        lengths: ``"pad"`` lets a clean prompt and its corrupted partner differ in length
+            (:func:`~mi_cluster.patching.inputs.prepare_pair`).
         max_batch_size: rows (site x prompt copies) per forward pass; default
             :func:`~mi_cluster.patching.runner.rows_per_pass` (64 on a CPU, what fits in a
             quarter of free memory on a GPU). At least one site's prompts go in a pass.
@@ -230,7 +243,7 @@ def activation_patching(
     if direction not in ("denoise", "noise"):
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     kind = SITE_KINDS[site]
-    pair = prepare_pair(model, clean, corrupted)
+    pair = prepare_pair(model, clean, corrupted, lengths)
     layers = sorted(set(range(model.cfg.n_layers) if layers is None else layers))
     hooks = _check_site(model, kind, layers)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 
 from mi_cluster.activations import hook_name
-from mi_cluster.patching.activation import SITE_KINDS, PatchResult, _check_site, axis_labels
+from mi_cluster.patching.activation import (
+    SITE_KINDS,
+    PatchResult,
+    _check_site,
+    _layer_of,
+    axis_labels,
+)
 from mi_cluster.patching.inputs import prepare_pair, resolve_positions
 from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, validate
 from mi_cluster.patching.runner import PatchingError
@@ -25,7 +31,8 @@ __all__ = ["ATTRIBUTION_SITES", "attribution_patching", "correlation_with"]
 
 # site kind -> how the attribution is summed: over which axes of the activation
 ATTRIBUTION_SITES: tuple[str, ...] = (
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out", "head_out_by_pos",
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn_out_all", "mlp_out_all",
+    "head_out", "head_out_by_pos",
 )  # fmt: skip
 
 
@@ -35,6 +42,8 @@ def _reduce(product: Tensor, site: str) -> Tensor:
         return product.sum((1, 3))
     if site == "head_out_by_pos":  # -> [prompt, pos, head]
         return product.sum(-1)
+    if site in ("attn_out_all", "mlp_out_all"):  # [prompt, pos, d] -> [prompt]
+        return product.sum((1, 2))
     return product.sum(-1)  # [prompt, pos, d] -> [prompt, pos]
 
 
@@ -46,8 +55,13 @@ def attribution_patching(
     sites: Sequence[str] = ("head_out", "resid_pre"),
     *,
     direction: Literal["denoise", "noise"] = "denoise",
+    lengths: Literal["equal", "pad"] = "equal",
 ) -> dict[str, PatchResult]:
     """Estimated patched metric at every site of each kind in ``sites``, per prompt.
+
+    The metric may read the logits, activations (``metric.reads``, e.g. a subjecthood
+    score of one layer's residual), or both; the gradient flows to every site before what
+    it reads. ``lengths`` as for activation patching.
 
     Returns one :class:`PatchResult` per site kind (``site="attribution <kind>"``), with
     the same axes as :func:`~mi_cluster.patching.activation.activation_patching` and values
@@ -58,48 +72,60 @@ def attribution_patching(
         raise PatchingError(f"attribution patching supports {ATTRIBUTION_SITES}, not {bad}")
     if direction not in ("denoise", "noise"):
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if metric.reads:
-        raise PatchingError(
-            "attribution patching needs a metric of the logits (it differentiates them)"
-        )
-    pair = prepare_pair(model, clean, corrupted)
+    pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     layers = range(model.cfg.n_layers)
     names = {s: [hook_name(SITE_KINDS[s].act, layer) for layer in layers] for s in sites}
     for s in sites:
         _check_site(model, SITE_KINDS[s], list(layers))
+    for name in metric.reads:
+        _layer_of(name)
     wanted = sorted({n for ns in names.values() for n in ns})
+    cached = sorted(set(wanted) | set(metric.reads))
     positions = resolve_positions(metric.positions, pair)
-    kw = {} if pair.mask is None else {"attention_mask": pair.mask}
-    base_tokens, source_tokens = (
-        (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
-    )
+    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
+
+    def mask_kw(which: str) -> dict[str, Tensor]:
+        mask = pair.attention_mask(which)
+        return {} if mask is None else {"attention_mask": mask}
+
+    def at(logits: Tensor) -> Tensor | None:
+        if positions is None:
+            return None
+        index = positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
+        return logits.gather(1, index)
+
+    tokens = {"clean": pair.clean, "corrupted": pair.corrupted}
     with torch.no_grad():  # forward 1: the source run
         source_logits, source_cache = model.run_with_cache(
-            source_tokens, names_filter=lambda n: n in wanted, **kw
+            tokens[source], names_filter=lambda n: n in cached, **mask_kw(source)
         )
     kept: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook: Any, name: str) -> Tensor:
-        if not act.requires_grad:  # frozen parameters: make the graph start here
+        if name in wanted and not act.requires_grad:  # frozen weights: the graph starts here
             act = act.detach().requires_grad_(True)
         kept[name] = act
         return act
 
-    hooks = [(n, lambda act, hook, n=n: keep(act, hook, n)) for n in wanted]
+    hooks = [(n, lambda act, hook, n=n: keep(act, hook, n)) for n in cached]
+    prompt = torch.arange(pair.batch)
     with torch.enable_grad():  # forward 2 and the backward pass: the base run
-        base_logits = model.run_with_hooks(base_tokens, fwd_hooks=hooks, **kw)
-        prompt = torch.arange(pair.batch)
-        at = positions.to(base_logits.device)[..., None].expand(-1, -1, base_logits.shape[-1])
-        source_at = source_logits.gather(1, at)
-        clean_at = source_at if direction == "denoise" else base_logits.detach().gather(1, at)
-        value = metric.fn(MetricInput(prompt, base_logits.gather(1, at), {}, clean_at))
+        base_logits = model.run_with_hooks(tokens[base], fwd_hooks=hooks, **mask_kw(base))
+        source_at, base_at = at(source_logits), at(base_logits)
+        clean_at = source_at if direction == "denoise" else at(base_logits.detach())
+        reads = {n: kept[n] for n in metric.reads}
+        value = metric.fn(MetricInput(prompt, base_at, reads, clean_at))
         _check_output(metric, value, pair.batch)
-        grads = torch.autograd.grad(value.sum(), [kept[n] for n in wanted])
-    grad = dict(zip(wanted, grads, strict=True))
+        grads = torch.autograd.grad(value.sum(), [kept[n] for n in wanted], allow_unused=True)
+    grad = {
+        n: torch.zeros_like(kept[n]) if g is None else g  # a site after what the metric reads
+        for n, g in zip(wanted, grads, strict=True)
+    }
     base_value = value.detach()
     with torch.no_grad():
-        source_value = metric.fn(MetricInput(prompt, source_at, {}, clean_at)).detach()
+        source_reads = {n: source_cache[n] for n in metric.reads}
+        source_value = metric.fn(MetricInput(prompt, source_at, source_reads, clean_at)).detach()
     clean_value, corrupted_value = (
         (source_value, base_value) if direction == "denoise" else (base_value, source_value)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
@@ -27,6 +27,8 @@ class PromptPair:
         last: ``Int[Tensor, "prompt"]``, each prompt's last real token.
         position_labels: a unique label per position, from the first clean prompt
             (``"John 1"``, ``"John 2"`` when a token repeats).
+        corrupted_mask, corrupted_last: the corrupted prompts' own mask and last token
+            when they differ from the clean ones (``lengths="pad"``), else None.
     """
 
     clean: Int[Tensor, "prompt pos"]
@@ -34,6 +36,8 @@ class PromptPair:
     mask: Int[Tensor, "prompt pos"] | None
     last: Int[Tensor, " prompt"]
     position_labels: list[str]
+    corrupted_mask: Int[Tensor, "prompt pos"] | None = None
+    corrupted_last: Int[Tensor, " prompt"] | None = None
 
     @property
     def batch(self) -> int:
@@ -43,13 +47,31 @@ class PromptPair:
     def n_pos(self) -> int:
         return self.clean.shape[1]
 
+    def attention_mask(self, which: str) -> Int[Tensor, "prompt pos"] | None:
+        """The mask of the ``"clean"`` or ``"corrupted"`` prompts (None: no padding)."""
+        if which == "corrupted" and self.corrupted_mask is not None:
+            return self.corrupted_mask
+        return self.mask
+
 
 def prepare_pair(
-    model: Any, clean: Sequence[str] | Tensor, corrupted: Sequence[str] | Tensor
+    model: Any,
+    clean: Sequence[str] | Tensor,
+    corrupted: Sequence[str] | Tensor,
+    lengths: Literal["equal", "pad"] = "equal",
 ) -> PromptPair:
     """Tokenize (or check) the two prompt sets: same number of prompts, and each clean
     prompt as many tokens as its corrupted partner (a patch moves an activation at a
-    position to the same position)."""
+    position to the same position).
+
+    With ``lengths="pad"`` a pair may differ in length: both are right-padded (and masked)
+    to the longest prompt, and positions are still compared by index, so the tokens a
+    patch or a metric cares about must sit at the same index in both (e.g. a word with
+    as many tokens before it in both prompts; a causal model's activations there do not
+    depend on what follows). A metric then names its positions: ``"last"`` would mean a
+    different token in the two prompts."""
+    if lengths not in ("equal", "pad"):
+        raise PatchingError(f"lengths must be 'equal' or 'pad', got {lengths!r}")
     device = model.cfg.device
     if isinstance(clean, Tensor) or isinstance(corrupted, Tensor):
         if not (isinstance(clean, Tensor) and isinstance(corrupted, Tensor)):
@@ -72,15 +94,18 @@ def prepare_pair(
     tc = [tokenize_prompt(model, t) for t in clean]
     tx = [tokenize_prompt(model, t) for t in corrupted]
     for k, (a, b) in enumerate(zip(tc, tx, strict=True)):
-        if len(a) != len(b):
+        if len(a) != len(b) and lengths == "equal":
             raise PatchingError(
                 f"prompt pair {k} has {len(a)} clean and {len(b)} corrupted tokens; patching "
-                f"needs equal lengths: {list(a.str_tokens)} vs {list(b.str_tokens)}"
+                f"needs equal lengths (or lengths='pad' with the patched and read tokens at "
+                f"the same index): {list(a.str_tokens)} vs {list(b.str_tokens)}"
             )
-    clean_tokens, mask, _ = pad_tokens(model, tc, "right")
-    corrupted_tokens, _, _ = pad_tokens(model, tx, "right")
-    padded = bool((mask == 0).any())
-    last = mask.sum(1) - 1
+    tokens, masks, _ = pad_tokens(model, tc + tx, "right")
+    n = len(tc)
+    clean_tokens, corrupted_tokens = tokens[:n], tokens[n:]
+    mask, corrupted_mask = masks[:n], masks[n:]
+    padded = bool((masks == 0).any())
+    unequal = not torch.equal(mask, corrupted_mask)
     labels = unique_token_labels(list(tc[0].str_tokens)) + ["<pad>"] * (
         clean_tokens.shape[1] - len(tc[0])
     )
@@ -88,8 +113,10 @@ def prepare_pair(
         clean_tokens.to(device),
         corrupted_tokens.to(device),
         mask.to(device) if padded else None,
-        last,
+        mask.sum(1) - 1,
         labels,
+        corrupted_mask.to(device) if unequal else None,
+        corrupted_mask.sum(1) - 1 if unequal else None,
     )
 
 
@@ -101,6 +128,11 @@ def resolve_positions(
         return None
     if isinstance(positions, str):
         if positions == "last":
+            if pair.corrupted_last is not None and not torch.equal(pair.last, pair.corrupted_last):
+                raise PatchingError(
+                    "clean and corrupted prompts end at different positions (lengths='pad'): "
+                    "give the metric explicit positions instead of 'last'"
+                )
             return pair.last[:, None]
         return torch.arange(pair.n_pos).expand(pair.batch, -1)
     pos = torch.as_tensor(positions).long()

@@ -68,6 +68,7 @@ def path_patching(
     *,
     direction: Literal["denoise", "noise"] = "noise",
     final_ln: Literal["recompute", "frozen"] = "recompute",
+    lengths: Literal["equal", "pad"] = "equal",
     max_batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
@@ -86,6 +87,7 @@ def path_patching(
             directions, as direct logit attribution does: a sender whose patched output is
             merely larger shrinks every other head's contribution through the LayerNorm,
             which ``"recompute"`` counts as its direct effect).
+        lengths: as for activation patching.
         max_batch_size: rows (sender x prompt copies) per forward pass (default as for
             activation patching).
         progress: a progress bar over forward passes.
@@ -101,7 +103,7 @@ def path_patching(
         raise PatchingError(
             "final_ln='frozen' applies to receivers='logits' and a metric read from the logits"
         )
-    pair = prepare_pair(model, clean, corrupted)
+    pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     z_names = [hook_name("z", layer) for layer in range(n_layers)]
