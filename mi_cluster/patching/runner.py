@@ -190,7 +190,9 @@ class LayerRunner:
         kwargs = {k: self._expand(v, prompt) for k, v in self._kwargs.items()}
         first, end = int(row_start[0]), self.n_layers if stop_layer is None else stop_layer
         resid = self.cache[hook_name("resid_pre", first)][prompt_d].clone()
-        with self.model.hooks(fwd_hooks=list(hooks)):
+        # No gradients: exact patching needs none, and with autograd on, the bridge's BERT
+        # blocks keep each run's graph alive (MiniLM grew ~2.6 MB per patched row and run).
+        with torch.no_grad(), self.model.hooks(fwd_hooks=list(hooks)):
             for layer in range(first, end):
                 n = int(torch.searchsorted(row_start, layer, right=True))
                 joined = int(torch.searchsorted(row_start, layer, right=False))
