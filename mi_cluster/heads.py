@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mi_cluster.activations import hook_name, pad_tokens
 from mi_cluster.ioi import IOIPositions, IOIPrompt, ioi_positions, locate, replace_subject
-from mi_cluster.models import model_device, require_meaningful_logits
+from mi_cluster.models import has_mlps, model_device, require_meaningful_logits
 from mi_cluster.prompts import single_token_id, tokenize_prompt
 
 __all__ = [
@@ -203,7 +203,7 @@ def copy_hits(
                 raise ValueError("copy_scores needs at least one name")
             ids = torch.tensor([single_token_id(model, n) for n in names])
             x = model.W_E.detach()[ids.to(model.W_E.device)]  # [name, d_model]
-            mlp = hook_name("mlp_out", 0) in model.hook_dict and not model.cfg.attn_only
+            mlp = has_mlps(model)
             if variant == "arena" and mlp:
                 x = x + model.blocks[0].mlp(_layer_norm_pre(x, model.cfg.eps)[None])[0]
         else:

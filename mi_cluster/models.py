@@ -29,6 +29,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "LogitsUnavailableError",
     "ModelInfo",
+    "has_mlps",
     "ModelUnavailableError",
     "TinyConfig",
     "build_word_tokenizer",
@@ -67,12 +68,15 @@ class ModelInfo:
         logits_meaningful: False when the unembedding is random (MiniLM's MLM head), so
             logit lens, logit difference and the like must refuse it.
         note: why, when logits are not meaningful.
+        attention_only: True for a model whose MLPs are absent or fixed at zero (the toy
+            and compiled IOI models keep GPT-2's MLP hooks, which then read exactly 0).
     """
 
     name: str
     source: str
     logits_meaningful: bool = True
     note: str = ""
+    attention_only: bool = False
 
 
 _INFO_ATTR = "mi_cluster_info"
@@ -94,6 +98,16 @@ def require_meaningful_logits(model: Any, analysis: str) -> None:
         raise LogitsUnavailableError(
             f"{analysis} needs real logits, but model {info.name!r} has none: {info.note}"
         )
+
+
+def has_mlps(model: Any) -> bool:
+    """Whether ``model`` has MLPs worth analysing: MLP hooks that are not attention-only
+    by its config or by its :class:`ModelInfo`."""
+    from mi_cluster.activations import hook_name  # activations imports this module
+
+    if getattr(model.cfg, "attn_only", False) or model_info(model).attention_only:
+        return False
+    return hook_name("mlp_out", 0) in getattr(model, "hook_dict", {})
 
 
 def model_device(model: Any) -> torch.device:

@@ -94,7 +94,11 @@ def load_compiled_ioi(
 
     with tempfile.TemporaryDirectory(prefix="mi_cluster_compiled_") as tmp:
         save_compiled_ioi(tmp)
-        info = ModelInfo(name="ioi-compiled", source="mi_cluster.compiled (built at load)")
+        info = ModelInfo(
+            name="ioi-compiled",
+            source="mi_cluster.compiled (built at load)",
+            attention_only=True,
+        )
         return load_directory(tmp, info, torch.device(device), dtype, compatibility_mode)
 
 

@@ -27,7 +27,7 @@ def load_toy_ioi(
             f"the toy IOI weights are missing from {TOY_IOI_DIR}; regenerate them with "
             "`mi-cluster train-toy`"
         )
-    info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR))
+    info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR), attention_only=True)
     return load_directory(TOY_IOI_DIR, info, torch.device(device), dtype, compatibility_mode)
 
 
