@@ -10,6 +10,7 @@ on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Gener
 ``fit_subjecthood_axis``           name-vs-object axis per layer (centroid or probe)
 ``cross_fitted_subjecthood``       scores from an axis fitted without the scored word
 ``paired_test``                    mean paired difference: sign-flip test + bootstrap CI
+``crossed_ratio_interval``         ratio of sums, words x templates crossed bootstrap
 ``two_sample_test``                difference of means: label-permutation test + CI
 ``correlation_test``               Pearson's r with a covariate: permutation test + CI
 ``correspondence_test``            matched pairs more similar than random pairings?
@@ -29,7 +30,9 @@ from mi_cluster.stats.inputs import StatsInputError
 from mi_cluster.stats.probe import ProbeResult, probe_accuracy, ridge_fit, unit_folds
 from mi_cluster.stats.resampling import (
     BootstrapInterval,
+    RatioInterval,
     bootstrap_interval,
+    crossed_ratio_interval,
     label_permutations,
     make_generator,
     permutation_p_value,
@@ -59,6 +62,7 @@ __all__ = [
     "CrossFittedScores",
     "EffectTest",
     "ProbeResult",
+    "RatioInterval",
     "SeparationTest",
     "StatsInputError",
     "SubjecthoodAxis",
@@ -68,6 +72,7 @@ __all__ = [
     "correlation_test",
     "correspondence_test",
     "cross_fitted_subjecthood",
+    "crossed_ratio_interval",
     "fit_subjecthood_axis",
     "holm",
     "label_permutations",

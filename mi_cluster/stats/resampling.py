@@ -33,7 +33,9 @@ __all__ = [
     "BootstrapInterval",
     "Seed",
     "bootstrap_interval",
+    "RatioInterval",
     "chunked",
+    "crossed_ratio_interval",
     "label_permutations",
     "make_generator",
     "permutation_p_value",
@@ -115,17 +117,20 @@ def permutations(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "res
 
 
 def stratified_bootstrap_counts(
-    strata: Int[Tensor, " unit"], n_resamples: int, seed: Seed
+    strata: Int[Tensor, " unit"], n_resamples: int, seed: Seed, one_fewer: bool = False
 ) -> Int[Tensor, "resample unit"]:
     """How often each unit is drawn in each bootstrap resample, resampling with
     replacement within each stratum (each group keeps its size, as scipy's multi-sample
-    bootstrap does)."""
+    bootstrap does). ``one_fewer``: draw ``n - 1`` of a stratum's ``n`` units (at least
+    one), so the resampled mean's variance is the unbiased ``s**2 / n`` instead of
+    ``(n - 1) / n`` of it, which matters for factors with few levels."""
     _check_count(n_resamples, "n_resamples")
     gen = make_generator(seed)
     counts = torch.zeros((n_resamples, strata.shape[0]), dtype=torch.int32)
     for s in torch.unique(strata).tolist():
         members = (strata == s).nonzero().squeeze(1)
-        draws = members[torch.randint(0, len(members), (n_resamples, len(members)), generator=gen)]
+        size = max(1, len(members) - 1) if one_fewer else len(members)
+        draws = members[torch.randint(0, len(members), (n_resamples, size), generator=gen)]
         counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.int32))
     return counts
 
@@ -257,3 +262,90 @@ def bootstrap_interval(
     bca_low = torch.where(finite, _quantile_rows(boot_sorted, a1.nan_to_num(0.5)), float("nan"))
     bca_high = torch.where(finite, _quantile_rows(boot_sorted, a2.nan_to_num(0.5)), float("nan"))
     return BootstrapInterval(estimate, low, high, bca_low, bca_high, confidence, n_resamples)
+
+
+@dataclass(frozen=True)
+class RatioInterval:
+    """Ratios of sums over a crossed table (e.g. words x templates), with intervals.
+
+    Fields:
+        estimate: ``Float[Tensor, "k"]``, ``sum(numerator[k]) / sum(denominator)``.
+        low, high: the percentile interval of a crossed bootstrap.
+        confidence: the confidence level.
+        n_resamples: bootstrap resamples drawn.
+    """
+
+    estimate: Float[Tensor, " k"]
+    low: Float[Tensor, " k"]
+    high: Float[Tensor, " k"]
+    confidence: float
+    n_resamples: int
+
+
+def crossed_counts(
+    n_rows: int, n_cols: int, n_resamples: int, seed: Seed, resample_cols: bool = True
+) -> tuple[Int[Tensor, "resample row"], Int[Tensor, "resample col"]]:
+    """Bootstrap counts of rows and of columns, drawn independently (rows first), each
+    ``n - 1`` draws of its ``n`` levels; with ``resample_cols=False`` every column keeps
+    count 1 (columns fixed)."""
+    gen = make_generator(seed)
+    one = torch.zeros(n_rows, dtype=torch.long)
+    rows = stratified_bootstrap_counts(one, n_resamples, gen, one_fewer=True)
+    if not resample_cols:
+        return rows, torch.ones(n_resamples, n_cols, dtype=rows.dtype)
+    one = torch.zeros(n_cols, dtype=torch.long)
+    return rows, stratified_bootstrap_counts(one, n_resamples, gen, one_fewer=True)
+
+
+def crossed_ratio_interval(
+    numerator: Float[Tensor, "k row col"],
+    denominator: Float[Tensor, "row col"],
+    *,
+    resample: Literal["crossed", "rows"] = "crossed",
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: Seed = 0,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> RatioInterval:
+    """``sum(numerator[k]) / sum(denominator)`` for every ``k``, with a percentile interval
+    from a bootstrap of the table's cells.
+
+    ``resample="crossed"`` is the "pigeonhole" bootstrap (Owen 2007): rows (e.g. words)
+    and columns (e.g. template families) are resampled independently with replacement and
+    each cell is weighted by its row's count times its column's count, so the interval
+    reflects the variation between words and between templates. Each factor draws
+    ``n - 1`` of its ``n`` levels, which removes the bootstrap's ``(n - 1) / n`` shrinkage of
+    a factor's variance. With few columns it is still somewhat liberal (a normal, not a
+    ``t``, quantile): in simulations with 20 rows and 5 columns a 95% interval covered the
+    population ratio in 91-94% of datasets (tests/test_role_shift.py).
+    ``resample="rows"`` resamples rows only, the columns held fixed (inference about these
+    templates). E.g. the fraction of a shift that each component
+    carries: numerator its effect per word and template, denominator the shift.
+    """
+    if not 0 < confidence < 1:
+        raise StatsInputError(f"confidence must be between 0 and 1, got {confidence}")
+    if resample not in ("crossed", "rows"):
+        raise StatsInputError(f"resample must be 'crossed' or 'rows', got {resample!r}")
+    if numerator.ndim != 3 or numerator.shape[1:] != denominator.shape:
+        raise StatsInputError(
+            f"numerator must be [k, row, col] over the denominator's [row, col] table, got "
+            f"{tuple(numerator.shape)} and {tuple(denominator.shape)}"
+        )
+    _check_count(n_resamples, "n_resamples")
+    total = denominator.sum()
+    if float(total.abs()) == 0.0:
+        raise StatsInputError("the denominator sums to zero: no ratio to estimate")
+    k, n_rows, n_cols = numerator.shape
+    rows, cols = crossed_counts(n_rows, n_cols, n_resamples, seed, resample == "crossed")
+    dt, dev = numerator.dtype, numerator.device
+    rows, cols = rows.to(dev, dt), cols.to(dev, dt)
+    boot = torch.empty(k, n_resamples, dtype=dt, device=dev)
+    for sl in chunked(n_resamples, (k + 1) * n_rows * numerator.element_size() * 2, max_memory):
+        top = (torch.einsum("krc,bc->kbr", numerator, cols[sl]) * rows[sl]).sum(-1)
+        bottom = ((denominator @ cols[sl].T).T * rows[sl]).sum(-1)
+        boot[:, sl] = top / bottom
+    alpha = (1 - confidence) / 2
+    ordered = boot.sort(dim=-1).values
+    level = torch.full((k,), alpha, dtype=dt, device=dev)
+    low, high = _quantile_rows(ordered, level), _quantile_rows(ordered, 1 - level)
+    return RatioInterval(numerator.sum((1, 2)) / total, low, high, confidence, n_resamples)

@@ -116,12 +116,15 @@ class CrossFittedScores:
         folds: ``Tensor``, the fold of each unit (units of one fold share an axis).
         method: the axis method.
         n_folds: number of folds.
+        axes: the axis of each fold (fitted without that fold's units), to score new
+            vectors of a unit with the axis that left it out (``axes[folds[unit]]``).
     """
 
     scores: Float[Tensor, "layer row"]
     folds: Tensor
     method: str
     n_folds: int
+    axes: tuple[SubjecthoodAxis, ...] = ()
 
 
 def cross_fitted_subjecthood(
@@ -151,9 +154,10 @@ def cross_fitted_subjecthood(
     folds = unit_folds(unit_label, n_folds, seed)
     row_fold = folds[row_unit]
     scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
+    axes = []
     for f in range(n_folds):
         held = row_fold == f
         train = fit & ~held
-        axis = _fit(x[:, train.to(x.device)], lab[train], method, ridge)
-        scores[:, held.to(x.device)] = axis.score(x[:, held.to(x.device)])
-    return CrossFittedScores(scores, folds, method, n_folds)
+        axes.append(_fit(x[:, train.to(x.device)], lab[train], method, ridge))
+        scores[:, held.to(x.device)] = axes[-1].score(x[:, held.to(x.device)])
+    return CrossFittedScores(scores, folds, method, n_folds, tuple(axes))
