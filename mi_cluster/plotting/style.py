@@ -100,7 +100,8 @@ def apply_paper_style(fig: go.Figure, width: int = 760, height: int = 560) -> go
             "t": max(fig.layout.margin.t or 0, top),
             "b": fig.layout.margin.b or 60,
         },
-        title={"y": 1 - 12 / height, "yanchor": "top", "yref": "container"},
+        # without a top pad plotly clips the first line of a multi-line title
+        title={"y": 1 - 12 / height, "yanchor": "top", "yref": "container", "pad": {"t": 8}},
     )
     return fig
 
