@@ -68,6 +68,31 @@ class PairedComparison:
     lens: str | None
     model_name: str
 
+    def by_position(self, measure: str = "cosine") -> tuple[Float[Tensor, "layer pos"], list[str]]:
+        """The measure at each position of the pairs (a pair's ``k``-th row), averaged over
+        the pairs that reach it, and a label per position from the first pair (``"a"``,
+        or ``"a / b"`` where the two prompts' tokens differ)."""
+        values = {"kl": self.kl, "js": self.js, "cosine": self.cosine}.get(measure)
+        if values is None:
+            raise ValueError(f"no {measure!r} in this comparison (kl and js need a lens)")
+        offset, seen = [], {}
+        for i in self.pair_index:
+            offset.append(seen.get(i, 0))
+            seen[i] = offset[-1] + 1
+        offset_t = torch.tensor(offset)
+        n_pos = int(offset_t.max()) + 1
+        sums = torch.zeros(values.shape[0], n_pos, dtype=torch.float64)
+        sums.index_add_(1, offset_t, values.double())
+        mean = sums / torch.bincount(offset_t, minlength=n_pos).double()
+        first = [k for k, i in enumerate(self.pair_index) if i == self.pair_index[0]]
+        labels = [
+            self.tokens_a[k] if self.tokens_a[k] == self.tokens_b[k]
+            else f"{self.tokens_a[k]} / {self.tokens_b[k]}"
+            for k in first
+        ]  # fmt: skip
+        labels += [f"pos {k}" for k in range(len(labels), n_pos)]
+        return mean, labels
+
 
 def _divergences(model: Any, a: Tensor, b: Tensor, lens: Any) -> tuple[Tensor, Tensor]:
     """KL(a || b) and JS per layer and row, vocabulary-sized tensors a chunk at a time."""

@@ -56,3 +56,37 @@ def test_named_words_align_prompts_of_different_lengths(toy, minilm):
     enc = compare_prompts(minilm, ["The cat sat"], ["The dog sat"], use_lens=False)
     assert enc.kl is None and enc.cosine.shape == (7, 5)
     assert enc.cosine[0, 0] == pytest.approx(1.0)  # [CLS] embedding is the same
+
+
+def test_by_position_averages_each_position_over_pairs(toy):
+    a = ["Mary went to the store .", "John liked the book ."]
+    b = ["John went to the store .", "Anna liked the ball ."]
+    c = compare_prompts(toy, a, b)
+    js, labels = c.by_position("js")
+    rows = [[r for r, i in enumerate(c.pair_index) if i == p] for p in range(2)]
+    n_pos = max(len(r) for r in rows)
+    assert js.shape == (c.js.shape[0], n_pos) and len(labels) == n_pos
+    for k in range(n_pos):  # position k: the mean over the pairs that reach it
+        at = [r[k] for r in rows if k < len(r)]
+        np.testing.assert_allclose(js[:, k], c.js[:, at].double().mean(1), rtol=1e-12)
+    assert labels[1] == "Mary / John" and labels[2] == "went"  # BOS first on the toy model
+    with pytest.raises(ValueError, match="kl and js need a lens"):
+        compare_prompts(toy, a, b, use_lens=False).by_position("js")
+
+
+def test_paired_figures(toy):
+    from mi_cluster.plotting.paired import paired_heatmap, paired_lines
+
+    a = ["Mary went to the store .", "John liked the book .", "Anna saw the ball ."]
+    b = ["John went to the store .", "Anna liked the book .", "Mary saw the lamp ."]
+    c = compare_prompts(toy, a, b)
+    lines = paired_lines(c)
+    names = [ann.text for ann in lines.layout.annotations]
+    assert "linear CKA of the residuals" in names and "Jensen-Shannon divergence" in names
+    means = [t for t in lines.data if t.name == "mean over pairs (95% CI)"]
+    assert len(means) == 3  # KL, JS, cosine, each with its band
+    np.testing.assert_allclose(means[1].y, c.per_pair["js"].mean(-1).numpy(), rtol=1e-9)
+    heat = paired_heatmap(c, "kl")
+    values, labels = c.by_position("kl")
+    np.testing.assert_allclose(np.array(heat.data[0].z), values.numpy(), rtol=1e-12)
+    assert heat.data[0].x[1] == f"1: {labels[1]}"
