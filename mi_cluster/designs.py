@@ -24,6 +24,7 @@ Nothing is dropped or reduced silently.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "RoleItem",
     "TemplateFamily",
     "UnknownWordWarning",
+    "name_swap_pairs",
     "role_design",
 ]
 
@@ -381,3 +383,49 @@ def role_design(
         tokenizer=str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
         position_gaps=gaps,
     )
+
+
+@dataclass(frozen=True)
+class NameSwapPairs:
+    """Each object word in a family's subject form, paired with the same prompt where a
+    name stands in its place ("X had fun. Lamp went to the store." / "X had fun. Adam went
+    to the store."): two prompt sets aligned token by token when both words are one token.
+
+    Fields:
+        objects, names: the prompts with the object word, and with the name instead.
+        object_words, name_words: the word read in each (as it appears).
+        family: the template family of each pair.
+    """
+
+    objects: tuple[str, ...]
+    names: tuple[str, ...]
+    object_words: tuple[str, ...]
+    name_words: tuple[str, ...]
+    family: tuple[str, ...]
+
+    def of_family(self, family: str) -> NameSwapPairs:
+        """The pairs of one family."""
+        keep = [k for k, f in enumerate(self.family) if f == family]
+        if not keep:
+            raise ValueError(f"no pairs in family {family!r}; families: {sorted(set(self.family))}")
+        return NameSwapPairs(
+            *(tuple(getattr(self, f.name)[k] for k in keep) for f in dataclasses.fields(self))
+        )
+
+
+def name_swap_pairs(design: RoleDesign) -> NameSwapPairs:
+    """For every object word and family of ``design``: its subject-form prompt, and that
+    prompt with a name (never the family's context name) in the object's place; names are
+    taken in turn so that each is used about equally."""
+    fams = {f.name: f for f in design.families}
+    rows = []
+    k = 0
+    for it in design.items:
+        if it.word_type != "object" or it.role != "subject":
+            continue
+        pool = [n for n in design.names if n != it.context_name]
+        name = pool[k % len(pool)]
+        k += 1
+        text = fams[it.family].subject.format(W=name, X=it.context_name)
+        rows.append((it.text, text, it.word, name, it.family))
+    return NameSwapPairs(*(tuple(r[i] for r in rows) for i in range(5)))

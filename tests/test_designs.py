@@ -12,6 +12,7 @@ from mi_cluster.designs import (
     OBJECTS,
     TemplateFamily,
     UnknownWordWarning,
+    name_swap_pairs,
     role_design,
 )
 from mi_cluster.models import gpt2_tokenizer
@@ -98,3 +99,27 @@ def test_bad_designs_are_refused(minilm):
     odd = TemplateFamily("odd", "{W} went to the spaceship.", "They saw {W}.", True, False)
     with pytest.raises(ValueError, match=r"does not know \['spaceship'\]"):
         role_design(load_toy_ioi(), NAMES[:3], OBJECTS[:3], [odd], capitalize=False)
+
+
+def test_name_swap_pairs_put_a_name_in_the_objects_slot(minilm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        design = role_design(minilm, NAMES[:6], OBJECTS[:4])
+    swaps = name_swap_pairs(design)
+    assert len(swaps.objects) == 4 * len(FAMILIES)
+    fams = {f.name: f for f in FAMILIES}
+    subject = {(it.word, it.family): it for it in design.items if it.role == "subject"}
+    for obj, name, w, n, fam in zip(
+        swaps.objects, swaps.names, swaps.object_words, swaps.name_words, swaps.family,
+        strict=True,
+    ):  # fmt: skip
+        item = subject[(w, fam)]
+        assert obj == item.text and n in design.names and n != item.context_name
+        assert name == fams[fam].subject.format(W=n, X=item.context_name)
+        a, b = tokenize_prompt(minilm, obj), tokenize_prompt(minilm, name)
+        assert len(a.ids) == len(b.ids)  # aligned token by token
+        assert [x != y for x, y in zip(a.ids, b.ids, strict=True)].count(True) == 1
+    one = swaps.of_family(FAMILIES[2].name)
+    assert set(one.family) == {FAMILIES[2].name} and len(one.objects) == 4
+    with pytest.raises(ValueError, match="no pairs in family"):
+        swaps.of_family("nope")
