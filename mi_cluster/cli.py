@@ -125,6 +125,7 @@ FIGURE_JOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logit_lens", ("experiments/logit_lens.py", "--quiet")),
     ("attention_views", ("experiments/attention_views.py",)),
     ("activation_factors", ("experiments/activation_factors.py",)),
+    ("object_to_subject_circuit", ("experiments/object_to_subject_circuit.py", "--quiet")),
 )
 
 

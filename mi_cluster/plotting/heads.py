@@ -24,7 +24,8 @@ def head_maps(
 ) -> go.Figure:
     """One layer x head heatmap per quantity (attention, direct logit attribution, copy
     score, ...), each on its own diverging scale centred at zero, cells labelled with their
-    value (quantities in different units do not share a colour scale)."""
+    value (quantities in different units do not share a colour scale); NaN cells (e.g.
+    heads that cannot send to a receiver) are left blank."""
     if not values or len(values) != len(titles):
         raise ValueError(f"{len(values)} maps and {len(titles)} titles: give one title a map")
     shape = tuple(values[0].shape)
@@ -39,7 +40,7 @@ def head_maps(
     )  # fmt: skip
     for k, v in enumerate(values):
         z = v.detach().double().cpu()
-        bound = float(z.abs().max()) or 1.0
+        bound = float(z.nan_to_num(0.0).abs().max()) or 1.0
         fig.add_trace(
             go.Heatmap(
                 z=z.tolist(),
@@ -50,7 +51,7 @@ def head_maps(
                 zmin=-bound,
                 zmax=bound,
                 showscale=False,
-                text=[[f"{x:.2f}" for x in row] for row in z.tolist()],
+                text=[["" if x != x else f"{x:.2f}" for x in row] for row in z.tolist()],
                 texttemplate="%{text}" if n_heads * n_layers <= 64 else None,
                 textfont={"size": 10},
                 hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",

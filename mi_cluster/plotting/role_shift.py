@@ -1,0 +1,195 @@
+"""Figures of the role-shift attribution: which components carry the shift of a word's
+subjecthood from object to subject position (:mod:`mi_cluster.role_shift`)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from mi_cluster.plotting.heads import head_maps
+from mi_cluster.plotting.style import PALETTE, apply_paper_style
+from mi_cluster.role_shift import ComponentShare, RoleShiftAttribution
+
+__all__ = ["role_shift_forest", "role_shift_heads", "role_shift_positions"]
+
+_TITLE_KINDS = {
+    "head_out": "head",
+    "head_out_by_pos": "head at one position",
+    "mlp_out_all": "MLP",
+    "mlp_out": "MLP at one position",
+    "resid_pre": "residual at one position",
+}
+
+
+def _subtitle(a: RoleShiftAttribution) -> str:
+    s = a.shift
+    c = a.shift_crossed
+    return (
+        f"{a.model_name}: what carries the shift of {a.word_type}s toward names at "
+        f"{a.layer_label}<br><sup>subjecthood, subject minus object position: "
+        f"{float(s.estimate[0]):+.3f}, words [{float(s.interval.low[0]):+.3f}, "
+        f"{float(s.interval.high[0]):+.3f}], words x families [{float(c.low[0]):+.3f}, "
+        f"{float(c.high[0]):+.3f}]<br>fraction: the share of it each patch carries</sup>"
+    )
+
+
+def role_shift_heads(a: RoleShiftAttribution) -> go.Figure:
+    """Layer x head maps of the fraction of the shift each head carries (its output at
+    every position patched from the subject into the object form), then for each path
+    receiver the fraction its upstream senders carry through it (blank: no path)."""
+    heads = a.components.get("head_out")
+    if heads is None:
+        raise ValueError("the attribution has no head_out site to draw")
+    maps, titles = [heads.fraction], ["each head's output (all positions)"]
+    for receiver, share in a.paths.items():
+        full = torch.full_like(heads.fraction, float("nan"))
+        full[: share.fraction.shape[0]] = share.fraction
+        maps.append(full)
+        titles.append(f"path: sender -> {receiver} (q, k, v)")
+    fig = head_maps(maps, titles, title=_subtitle(a), columns=min(3, len(maps)))
+    return fig
+
+
+def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
+    """Layer x position (relative to the read word W) maps of the fraction carried by
+    patching the residual stream, or an MLP's output, at one position; one diverging
+    scale for all panels."""
+    kinds = [k for k in ("resid_pre", "mlp_out") if k in a.components]
+    if not kinds:
+        raise ValueError("the attribution has no by-position site (resid_pre, mlp_out) to draw")
+    shares = [a.components[k] for k in kinds]
+    bound = max(float(s.fraction.abs().max()) for s in shares) or 1.0
+    fig = make_subplots(
+        rows=1, cols=len(kinds), subplot_titles=[_TITLE_KINDS[k] for k in kinds],
+        horizontal_spacing=0.08,
+    )  # fmt: skip
+    for k, share in enumerate(shares):
+        entry = "input to " if share.site == "resid_pre" else ""
+        fig.add_trace(
+            go.Heatmap(
+                z=share.fraction.tolist(),
+                x=share.labels["offset"],
+                y=[entry + lab for lab in share.labels["layer"]],
+                coloraxis="coloraxis",
+                text=[[f"{v:.2f}" for v in row] for row in share.fraction.tolist()],
+                texttemplate="%{text}",
+                textfont={"size": 9},
+                hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=k + 1,
+        )
+        fig.update_yaxes(autorange="reversed", row=1, col=k + 1)
+        fig.update_xaxes(title_text="position (W = the read word)", row=1, col=k + 1)
+    fig.update_layout(
+        coloraxis={
+            "colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound,
+            "colorbar": {"title": "fraction"},
+        },
+        title={"text": _subtitle(a), "x": 0.5, "xanchor": "center"},
+    )  # fmt: skip
+    n_off = len(shares[0].labels["offset"])
+    return apply_paper_style(fig, width=len(kinds) * max(380, 46 * n_off) + 200, height=460)
+
+
+_STATES = (
+    ("across", "reliable across families (Holm p < {alpha}, words x families interval excludes 0)"),
+    ("within", "reliable within these families only (words-only interval excludes 0)"),
+    ("none", "not reliable"),
+)
+
+
+def _rows(a: RoleShiftAttribution, share: ComponentShare, kind: str) -> list[dict]:
+    flat = [t.flatten().tolist() for t in (share.fraction, share.low, share.high)]
+    words = [t.flatten().tolist() for t in (share.low_words, share.high_words)]
+    across = {r[0] for r in a.reliable(share)}
+    within = {r[0] for r in a.reliable(share, "words")}
+    return [
+        {
+            "label": f"{kind}: {label}",
+            "f": flat[0][i], "low": flat[1][i], "high": flat[2][i],
+            "wlow": words[0][i], "whigh": words[1][i], "p": share.p_holm.flatten()[i].item(),
+            "state": "across" if label in across else "within" if label in within else "none",
+        }
+        for i, label in enumerate(share.component_labels())
+    ]  # fmt: skip
+
+
+def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
+    """The ``top`` components by |fraction| over every site kind and path, each with its
+    words-only 95% interval (thick: these families) and its words x families interval
+    (thin; clipped at the axis, which spans the words-only intervals); filled where
+    reliable across families, half-filled where reliable within these families only."""
+    rows = []
+    for site, share in a.components.items():
+        rows += _rows(a, share, _TITLE_KINDS.get(site, site))
+    for receiver, share in a.paths.items():
+        rows += _rows(a, share, f"path to {receiver}")
+    rows = sorted(rows, key=lambda r: -abs(r["f"]))[:top]
+    fig = go.Figure()
+    labels = [r["label"] for r in rows]
+    for k, (state, name) in enumerate(_STATES):
+        sub = [r for r in rows if r["state"] == state]
+        if not sub:
+            continue
+        color = PALETTE[k]
+        common = {"y": [r["label"] for r in sub], "mode": "markers", "legendgroup": state}
+        fig.add_trace(
+            go.Scatter(
+                x=[r["f"] for r in sub],
+                error_x={
+                    "type": "data", "symmetric": False, "thickness": 1, "width": 0,
+                    "color": color,
+                    "array": [r["high"] - r["f"] for r in sub],
+                    "arrayminus": [r["f"] - r["low"] for r in sub],
+                },
+                marker={"size": 1, "color": color},
+                showlegend=False,
+                hoverinfo="skip",
+                **common,
+            )
+        )  # fmt: skip
+        symbol = {"across": "circle", "within": "circle-dot", "none": "circle-open"}[state]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["f"] for r in sub],
+                error_x={
+                    "type": "data", "symmetric": False, "thickness": 3, "width": 5,
+                    "color": color,
+                    "array": [r["whigh"] - r["f"] for r in sub],
+                    "arrayminus": [r["f"] - r["wlow"] for r in sub],
+                },
+                marker={
+                    "size": 10, "symbol": symbol, "color": color,
+                    "line": {"color": color, "width": 1.5},
+                },
+                name=name.format(alpha=a.alpha),
+                hovertext=[
+                    f"{r['label']}: {r['f']:.3f}, words only [{r['wlow']:.3f}, "
+                    f"{r['whigh']:.3f}], words x families [{r['low']:.3f}, {r['high']:.3f}], "
+                    f"Holm p = {r['p']:.3g}"
+                    for r in sub
+                ],
+                hoverinfo="text",
+                **common,
+            )
+        )  # fmt: skip
+    low = min(0.0, *(r["wlow"] for r in rows))
+    high = max(1.0, *(r["whigh"] for r in rows))
+    pad = 0.08 * (high - low)
+    fig.add_vline(x=0, line={"color": "#888", "dash": "dot"})
+    fig.add_vline(x=1, line={"color": "#bbb", "dash": "dash"})
+    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1])
+    fig.update_xaxes(
+        title_text="fraction of the shift (1 = all of it)", range=[low - pad, high + pad]
+    )
+    title = _subtitle(a).replace(
+        "</sup>",
+        "<br>thick: words only (these families); thin: words x families, clipped at the axis</sup>",
+    )
+    fig.update_layout(
+        title={"text": title, "x": 0.5, "xanchor": "center"},
+        legend={"orientation": "v", "y": -0.14, "x": 0, "xanchor": "left", "yanchor": "top"},
+    )
+    return apply_paper_style(fig, width=880, height=300 + 30 * len(rows))
