@@ -57,3 +57,18 @@ def test_circuit_beats_random_circuits_on_a_planted_model(toy, prompts):
     assert ev.circuit_metric > ev.random_mean + 2
     assert ev.p_value < 0.1
     assert torch.tensor(ev.random_metrics).max() < ev.circuit_metric + 1
+
+
+def test_the_toy_cards_circuit_keeps_most_and_beats_random_circuits(toy):
+    """The circuit the toy card documents (duplicate-token heads L0H0 and L0H2, the layer-1
+    copiers L1H0, L1H1 and L1H3, and L2H2), every other head resampled from other prompts:
+    on 64 held-out prompts it keeps most of the logit difference (measured 54%; 56% with
+    another prompt seed) and random circuits of the same shape keep significantly less
+    (measured p = 0.04 and 0.03; they keep about -0.4 of +6.6). Under ABC mean ablation it
+    keeps far less (the IOI experiment reports 1%): its named roles are not the whole
+    circuit, as the card and the README say."""
+    card = [(0, 0), (0, 2), (1, 0), (1, 1), (1, 3), (2, 2)]
+    prompts = eval_examples("held_out_pairs", n=64, seed=3)
+    ev = evaluate_circuit(toy, prompts, card, method="resample", n_random=99)
+    assert ev.kept > 0.5
+    assert ev.p_value < 0.05 and ev.random_mean < ev.circuit_metric - 2
