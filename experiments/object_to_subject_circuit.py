@@ -112,8 +112,7 @@ def run(
     names, objects = (NAMES, OBJECTS) if words is None else (NAMES[:words], OBJECTS[:words])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownWordWarning)
-        # the toy model's word-level vocabulary has only lowercase objects
-        design = role_design(model, names, objects, capitalize=model_name != "toy-ioi")
+        design = role_design(model, names, objects)
     for w in caught:
         print(f"[{model_name}] {w.message}", file=sys.stderr)
 

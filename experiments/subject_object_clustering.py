@@ -47,11 +47,9 @@ def run(
 
     model = load_model(model_name)
     names, objects = (NAMES, OBJECTS) if words is None else (NAMES[:words], OBJECTS[:words])
-    # The toy model's word-level vocabulary has only lowercase objects.
-    capitalize = model_name != "toy-ioi"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownWordWarning)
-        design = role_design(model, names, objects, capitalize=capitalize)
+        design = role_design(model, names, objects)
     for w in caught:
         print(f"[{model_name}] {w.message}", file=sys.stderr)
     settings = {"n_permutations": n_permutations, "n_bootstrap": n_bootstrap, "progress": progress}

@@ -28,7 +28,7 @@ def run_demo(
     from mi_cluster.subject_object import run_subject_object_study
 
     model = load_model(model_name)
-    design = role_design(model, capitalize=model_name != "toy-ioi")
+    design = role_design(model)
     study = run_subject_object_study(model, design, progress=progress)
     record = study.summary()
     summary = {

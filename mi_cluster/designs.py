@@ -263,13 +263,22 @@ def _build(names, objects, families, capitalize, alone) -> list[RoleItem]:
     return items
 
 
+def _lowercase_only(tokenizer: Any, objects: Sequence[str]) -> bool:
+    """Whether the tokenizer knows some object in lowercase but not capitalised."""
+
+    def known(word: str) -> bool:
+        return not unknown_tokens(tokenizer, tokenize_prompt(tokenizer, " " + word))
+
+    return any(known(w) and not known(w[:1].upper() + w[1:]) for w in objects)
+
+
 def role_design(
     model_or_tokenizer: Any,
     names: Sequence[str] = NAMES,
     objects: Sequence[str] = OBJECTS,
     families: Sequence[TemplateFamily] = FAMILIES,
     *,
-    capitalize: bool = True,
+    capitalize: bool | Literal["auto"] = "auto",
     multi_token: Literal["drop", "reduce", "error"] = "drop",
     subtoken: Literal["first", "last", "mean"] = "mean",
     alone: bool = True,
@@ -280,8 +289,10 @@ def role_design(
         model_or_tokenizer: the model (or its tokenizer) that will read the prompts.
         names, objects: the words (at least two of each must survive the checks).
         families: template families (each needs ``{W}``; ``{X}`` is optional).
-        capitalize: capitalise a read word that starts a sentence (``"Lamp went ..."``);
-            pass False for a tokenizer that knows only lowercase nouns (the toy model).
+        capitalize: capitalise a read word that starts a sentence (``"Lamp went ..."``).
+            ``"auto"``: unless the tokenizer knows some object only in lowercase (a
+            word-level vocabulary of lowercase nouns, like the toy model's); the design
+            records what was used.
         multi_token: for a word split into several tokens: ``"drop"`` it (with a
             :class:`UnknownWordWarning` naming it), ``"reduce"`` it by ``subtoken``
             (recorded in ``reduced``, with a warning), or raise ``"error"``.
@@ -303,6 +314,10 @@ def role_design(
     if overlap:
         raise ValueError(f"words listed both as names and objects: {sorted(overlap)}")
     tokenizer = get_tokenizer(model_or_tokenizer)
+    if capitalize == "auto":
+        capitalize = not _lowercase_only(tokenizer, objects)
+    elif not isinstance(capitalize, bool):
+        raise ValueError(f"capitalize must be True, False or 'auto', got {capitalize!r}")
     dropped: dict[str, str] = {}
     split: dict[str, str] = {}
     first_pos: dict[tuple[str, str, str], int] = {}  # (word, family, role) -> first position

@@ -59,7 +59,11 @@ def test_toy_design_drops_unknown_words_with_a_warning_naming_them(tiny):
     assert dict(design.position_gaps) == {f.name: 0 for f in FAMILIES}
     with pytest.raises(ValueError, match="try capitalize=False"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        role_design(toy)  # "Lamp" is not in the toy vocabulary
+        role_design(toy, capitalize=True)  # "Lamp" is not in the toy vocabulary
+    with warnings.catch_warnings():  # "auto" sees that and keeps sentence starts lowercase
+        warnings.simplefilter("ignore")
+        auto = role_design(toy)
+    assert not auto.capitalize and auto.items == design.items
 
 
 def test_gpt2_tokenizer_multi_token_words_drop_reduce_or_error():
