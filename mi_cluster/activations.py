@@ -30,6 +30,7 @@ __all__ = [
     "Activations",
     "Positions",
     "SITES",
+    "as_positions",
     "collect",
     "collect_many",
     "hook_name",
@@ -175,7 +176,8 @@ class Positions:
         return out
 
 
-def _as_positions(positions: Positions | str) -> Positions:
+def as_positions(positions: Positions | str) -> Positions:
+    """``positions`` as a :class:`Positions` (``"last"``, ``"mean"``, ``"all"`` named)."""
     if isinstance(positions, Positions):
         return positions
     makers: dict[str, Callable[[], Positions]] = {
@@ -407,7 +409,7 @@ def collect_many(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    spec = _as_positions(positions)
+    spec = as_positions(positions)
     dev = torch.device(device) if device is not None else model_device(model)
     store = torch.device(storage_device)
     tokenized = [tokenize_prompt(model, p) for p in prompts]

@@ -211,6 +211,93 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
+def read_prompts(path: str | Path, field: str = "prompt", word_field: str | None = None):
+    """Prompts from a JSONL file: each line a JSON string, or an object with ``field``
+    (and ``word_field``, a word to read in that prompt). Returns ``(prompts, words)``."""
+    import json
+
+    prompts, words = [], []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+        if isinstance(row, str) and word_field is None:
+            prompts.append(row)
+            continue
+        if not isinstance(row, dict) or field not in row or (word_field and word_field not in row):
+            want = f"{field!r}" + (f" and {word_field!r}" if word_field else "")
+            raise ValueError(f"{path}, line {n}: expected an object with {want}")
+        prompts.append(str(row[field]))
+        if word_field:
+            words.append(str(row[word_field]))
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts, (words or None)
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    """Join the process group when launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR set)
+    or srun (SLURM_PROCID, SLURM_NTASKS; MASTER_ADDR and MASTER_PORT must be exported):
+    ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` for a single process."""
+    import os
+
+    import torch
+
+    env = os.environ
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return torch.distributed.get_rank(), world, int(env.get("LOCAL_RANK", "0"))
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    import torch
+
+    from mi_cluster.activations import Positions
+    from mi_cluster.models import load_model
+    from mi_cluster.store import ActivationStore, collect_to_store
+
+    prompts, words = read_prompts(args.prompts, args.field, args.word_field)
+    positions = Positions.word(words) if words else args.positions
+    rank, world, local = _init_distributed()
+    device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    try:
+        model = load_model(args.model, device=device)
+        run = collect_to_store(
+            model, prompts, args.out, args.site, positions, shard_size=args.shard_size,
+            dtype=args.dtype, batch_size=args.batch_size, max_shards=args.max_shards,
+            progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    print(
+        f"rank {rank}/{world}: wrote {len(run.written)} shards, {len(run.skipped)} already "
+        f"done", file=sys.stderr,
+    )  # fmt: skip
+    if rank == 0:
+        if run.complete:
+            store = ActivationStore(args.out)
+            size = sum(s["bytes"] for s in store.shards)
+            print(
+                f"{args.out}: complete, {store.n_rows} rows x {len(store.layer_labels)} layers "
+                f"in {len(store.shards)} shards, {size / 2**20:.1f} MiB ({store.spec.dtype}; "
+                f"rounding error max {store.cast_max_abs_error:.2g}, relative "
+                f"{store.cast_relative_error:.2g})"
+            )
+        else:
+            print(f"{args.out}: incomplete; run the same command again to finish it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mi-cluster",
@@ -243,6 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only these jobs: {[n for n, _ in FIGURE_JOBS]}",
     )
     figures.set_defaults(func=_cmd_figures)
+    col = sub.add_parser(
+        "collect",
+        help="collect one site at every layer into a sharded on-disk store (resumable); "
+        "under torchrun or srun each rank writes its own shards",
+    )
+    col.add_argument("--model", required=True, help="a model name or directory")
+    col.add_argument("--prompts", required=True, help="JSONL: a string or an object a line")
+    col.add_argument("--field", default="prompt", help="the prompt's key in JSONL objects")
+    col.add_argument("--word-field", help="a per-prompt word to read (positions: that word)")
+    col.add_argument("--site", default="resid_post")
+    col.add_argument("--positions", default="last", choices=["last", "mean", "all"])
+    col.add_argument("--out", required=True, help="the store's directory")
+    col.add_argument("--shard-size", type=int, default=256, help="prompts per shard")
+    col.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    col.add_argument("--batch-size", type=int, default=32)
+    col.add_argument("--max-shards", type=int, help="write at most this many shards per rank")
+    col.add_argument("--device", help="default: cuda:LOCAL_RANK when a GPU exists, else cpu")
+    col.add_argument("--quiet", action="store_true", help="no progress bar")
+    col.set_defaults(func=_cmd_collect)
     lens = sub.add_parser(
         "train-lens",
         help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "

@@ -18,6 +18,7 @@ features before any product and returns tensors on the inputs' device in their d
 ``kl_divergence``, ``js_divergence``  between next-token distributions, from logits
 ``spectrum_distance``  norm of the difference of singular-value spectra
 ``pairwise``           layer-by-layer / model-by-model matrices of any of the above
+``StreamingLinearCKA`` exact linear CKA accumulated over row batches (a store on disk)
 ``ecco_cka/cca/svcca/pwcca``  reproduce ecco.analysis exactly (its conventions)
 =====================  ==============================================================
 """
@@ -42,12 +43,14 @@ from mi_cluster.similarity.ecco import ecco_cca, ecco_cka, ecco_pwcca, ecco_svcc
 from mi_cluster.similarity.inputs import SimilarityInputError
 from mi_cluster.similarity.matrices import METRICS, SimilarityMatrix, pairwise
 from mi_cluster.similarity.rsa import MantelResult, compare_rdms, mantel_test, rdm, rsa
+from mi_cluster.similarity.streaming import StreamingLinearCKA, store_linear_cka
 
 __all__ = [
     "CCAResult",
     "METRICS",
     "MantelResult",
     "MinibatchCKA",
+    "StreamingLinearCKA",
     "SimilarityInputError",
     "SimilarityMatrix",
     "cca",
@@ -69,6 +72,7 @@ __all__ = [
     "rbf_gram",
     "rdm",
     "rsa",
+    "store_linear_cka",
     "spectrum_distance",
     "svcca",
     "token_cosine",

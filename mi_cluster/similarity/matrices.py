@@ -274,7 +274,8 @@ def pairwise(
 
     Args:
         xs: ``Float[Tensor, "layer n d"]`` or a list of ``(n, d_l)`` tensors (rows are the
-            same samples in every layer).
+            same samples in every layer), or an :class:`~mi_cluster.store.ActivationStore`
+            (``linear_cka`` only, streamed in bounded memory, exact).
         ys: a second stack over the same samples (another model); widths may differ.
         metric: one of ``METRICS``. ``threshold`` sets the RBF bandwidth; ``variance`` /
             ``dims`` the SVCCA reduction; ``ridge`` the CCA/PWCCA regularisation;
@@ -286,6 +287,15 @@ def pairwise(
     """
     if metric not in METRICS:
         raise SimilarityInputError(f"unknown metric {metric!r}; use one of {METRICS}")
+    if hasattr(xs, "batches"):  # an on-disk ActivationStore: stream over its rows
+        if metric != "linear_cka" or ys is not None:
+            raise SimilarityInputError(
+                "a store streams linear_cka within itself; for other metrics or two stores "
+                "load it with store.to_activations() (when it fits)"
+            )
+        from mi_cluster.similarity.streaming import store_linear_cka
+
+        return SimilarityMatrix(store_linear_cka(xs), metric, True)
     lx = _layers(xs, "xs")
     ly = None if ys is None else _layers(ys, "ys")
     if ly is not None:

@@ -1,0 +1,476 @@
+"""Activations on disk: a directory of safetensors shards with an index, written shard by
+shard, resumable after a crash, checked by checksums, read lazily.
+
+A store holds one site at every layer for a prompt set, reduced to positions, as
+:func:`~mi_cluster.activations.collect` does in memory. Its directory holds:
+
+- ``spec.json``: what the store is for (model and weights hash, site, positions, prompt-set
+  hash, prompts per shard, storage dtype), written first; a later run that asks for
+  anything else is refused, naming the difference, instead of appending to it;
+- ``shard-00000.safetensors`` ...: shard ``k`` holds prompts ``[k * shard_size, (k + 1) *
+  shard_size)``: the activations ``[layer, row, ...]`` in the storage dtype, each row's
+  prompt index, and in its header the rows' positions and tokens;
+- ``shard-00000.json`` ...: written after its shard, with the shard's SHA-256, size, row
+  count and the storage dtype's rounding error. A shard counts as done only when its
+  sidecar exists and matches it; so a run that dies at any point is resumed by redoing
+  exactly the shards without a valid sidecar (no row lost, none written twice);
+- ``index.json``: written once every shard is done: the spec, layer labels and hook
+  names, every shard's rows and checksum, and the total rounding error.
+
+Every file is written atomically (:mod:`mi_cluster.atomic`). Under ``torch.distributed``
+(``torchrun``, ``srun``) each rank takes the shards ``k`` with ``k % world_size == rank``,
+writes them, and rank 0 writes the index after a barrier; see :func:`collect_to_store`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mi_cluster.activations import Activations, Positions, as_positions, collect
+from mi_cluster.atomic import atomic_path, atomic_write_text
+from mi_cluster.models import model_info
+from mi_cluster.provenance import prompt_set_hash, weights_hash
+
+__all__ = [
+    "ActivationStore",
+    "StoreError",
+    "StoreSpec",
+    "collect_to_store",
+    "distributed_rank",
+]
+
+FORMAT = "mi_cluster.store/1"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as asked: a mismatch, a missing or corrupted shard."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a store holds; a run must match it to add shards.
+
+    Fields:
+        model_name, weights_sha256: the model and the hash of its weights.
+        site: the site (``"resid_post"``, ...); positions: the position rule, described.
+        prompts_sha256, n_prompts: the prompt set's hash and size.
+        shard_size: prompts per shard.
+        dtype: the storage dtype (``"float32"``, ``"float16"``, ``"bfloat16"``).
+    """
+
+    model_name: str
+    weights_sha256: str
+    site: str
+    positions: str
+    prompts_sha256: str
+    n_prompts: int
+    shard_size: int
+    dtype: str
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_prompts / self.shard_size)
+
+    def prompt_range(self, shard: int) -> range:
+        return range(shard * self.shard_size, min(self.n_prompts, (shard + 1) * self.shard_size))
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: from ``torch.distributed`` when it is
+    initialised, else ``(0, 1)``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _check_spec(directory: Path, spec: StoreSpec) -> None:
+    """Write ``spec.json`` if absent; else refuse a spec that differs, naming the fields."""
+    path = directory / "spec.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps({"format": FORMAT, **asdict(spec)}, indent=1) + "\n")
+        return
+    have = json.loads(path.read_text())
+    diff = [
+        f"{k}: the store has {have.get(k)!r}, this run {v!r}"
+        for k, v in asdict(spec).items()
+        if have.get(k) != v
+    ]
+    if diff:
+        raise StoreError(
+            f"{directory} holds another collection, so it cannot be appended to ("
+            + "; ".join(diff)
+            + "): use a new directory"
+        )
+
+
+def _done(directory: Path, k: int) -> dict | None:
+    """Shard ``k``'s sidecar if the shard is complete and matches it (size and SHA-256)."""
+    side, shard = directory / f"shard-{k:05d}.json", directory / _shard_name(k)
+    if not (side.exists() and shard.exists()):
+        return None
+    meta = json.loads(side.read_text())
+    if shard.stat().st_size != meta["bytes"] or _sha256(shard) != meta["sha256"]:
+        return None
+    return meta
+
+
+def _write_shard(
+    directory: Path, k: int, acts: Activations, offset: int, dtype: torch.dtype, rank: int
+) -> dict:
+    """Shard ``k`` (prompts from ``offset``) and then its sidecar, each atomically."""
+    from safetensors.torch import save_file
+
+    x = acts.tensor
+    stored = x.to(dtype).contiguous()
+    err = (stored.double() - x.double()).abs()
+    scale = x.double().norm()
+    # one metadata key: safetensors orders several at random, and the same shard must
+    # give the same bytes (and checksum) whichever process wrote it
+    meta = {
+        "mi_cluster": json.dumps(
+            {
+                "positions": acts.positions,
+                "tokens": acts.tokens,
+                "layer_labels": acts.layer_labels,
+                "hook_names": acts.hook_names,
+            },
+            ensure_ascii=False,
+        )
+    }
+    tensors = {
+        "activations": stored,
+        "prompt_index": torch.tensor(acts.prompt_index, dtype=torch.int64) + offset,
+    }
+    target = directory / _shard_name(k)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    side = {
+        "shard": k,
+        "file": target.name,
+        "prompts": [offset, offset + len(acts.prompts)],
+        "rows": int(x.shape[1]),
+        "bytes": target.stat().st_size,
+        "sha256": _sha256(target),
+        "rank": rank,
+        "cast_max_abs_error": float(err.max()) if err.numel() else 0.0,
+        "cast_squared_error": float(err.pow(2).sum()),
+        "squared_norm": float(scale**2),
+    }
+    atomic_write_text(directory / f"shard-{k:05d}.json", json.dumps(side, indent=1) + "\n")
+    return side
+
+
+def _write_index(directory: Path, spec: StoreSpec) -> None:
+    """The index, from every shard's sidecar (all must be done)."""
+    shards = []
+    for k in range(spec.n_shards):
+        meta = _done(directory, k)
+        if meta is None:
+            raise StoreError(f"shard {_shard_name(k)} in {directory} is missing or corrupted")
+        shards.append(meta)
+    from safetensors import safe_open
+
+    with safe_open(str(directory / _shard_name(0)), framework="pt") as f:
+        layers = json.loads(f.metadata()["mi_cluster"])
+    index = {
+        "format": FORMAT,
+        **asdict(spec),
+        "layer_labels": layers["layer_labels"],
+        "hook_names": layers["hook_names"],
+        "n_rows": sum(s["rows"] for s in shards),
+        "cast_max_abs_error": max(s["cast_max_abs_error"] for s in shards),
+        "cast_relative_error": _relative(shards),
+        "shards": shards,
+    }
+    atomic_write_text(directory / "index.json", json.dumps(index, indent=1) + "\n")
+
+
+def _relative(shards: Sequence[dict]) -> float:
+    """||stored - collected|| / ||collected|| over the whole store (Frobenius)."""
+    norm = sum(s["squared_norm"] for s in shards)
+    return math.sqrt(sum(s["cast_squared_error"] for s in shards) / norm) if norm else 0.0
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    """What one run of :func:`collect_to_store` did on this rank.
+
+    Fields:
+        path: the store's directory.
+        rank, world_size: this process and how many took part.
+        written: shards this rank wrote; skipped: its shards already done (a resume).
+        complete: whether the index is written (every shard done).
+    """
+
+    path: Path
+    rank: int
+    world_size: int
+    written: tuple[int, ...]
+    skipped: tuple[int, ...]
+    complete: bool
+
+
+def collect_to_store(
+    model: Any,
+    prompts: Sequence[str],
+    out: str | os.PathLike,
+    site: str = "resid_post",
+    positions: Positions | str = "last",
+    *,
+    shard_size: int = 256,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    max_shards: int | None = None,
+    progress: bool = True,
+) -> StoreRun:
+    """Collect ``site`` for ``prompts`` into a store at ``out``, shard by shard.
+
+    Single process by default. Under ``torch.distributed`` (initialised by the caller, e.g.
+    the ``mi-cluster collect`` command under ``torchrun``) each rank writes the shards
+    ``k`` with ``k % world_size == rank`` and rank 0 writes the index after a barrier.
+    Shards already done are skipped, so calling it again after a crash completes only the
+    missing ones; a store made for another model, site, position rule, prompt set, shard
+    size or dtype is refused.
+
+    Args:
+        model, prompts, site, positions, batch_size: as for
+            :func:`~mi_cluster.activations.collect`.
+        out: the store's directory (created if needed).
+        shard_size: prompts per shard.
+        dtype: storage dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"``; the rounding
+            error it costs is measured per shard and kept in the index.
+        max_shards: write at most this many shards in this run (a time budget, e.g. a
+            job's wall-clock limit); the store completes on a later run.
+        progress: a progress bar over this rank's shards.
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise StoreError("prompts must be a non-empty list of strings")
+    if shard_size < 1:
+        raise StoreError(f"shard_size must be positive, got {shard_size}")
+    if dtype not in STORAGE_DTYPES:
+        raise StoreError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    directory = Path(out)
+    rank, world = distributed_rank()
+    spec = StoreSpec(
+        model_name=model_info(model).name,
+        weights_sha256=weights_hash(model),
+        site=site,
+        positions=_describe(positions),
+        prompts_sha256=prompt_set_hash(prompts),
+        n_prompts=len(prompts),
+        shard_size=shard_size,
+        dtype=dtype,
+    )
+    if rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        _check_spec(directory, spec)
+    _barrier()
+    if rank != 0:
+        _check_spec(directory, spec)
+    mine = [k for k in range(spec.n_shards) if k % world == rank]
+    written, skipped = [], []
+    bar = tqdm(mine, desc=f"rank {rank} shards", unit="shard", disable=not progress)
+    for k in bar:
+        if _done(directory, k) is not None:
+            skipped.append(k)
+            continue
+        if max_shards is not None and len(written) >= max_shards:
+            break
+        span = spec.prompt_range(k)
+        acts = collect(
+            model,
+            [prompts[i] for i in span],
+            site,
+            _positions_slice(positions, span),
+            batch_size=batch_size,
+            progress=False,
+        )
+        _write_shard(directory, k, acts, span.start, STORAGE_DTYPES[dtype], rank)
+        written.append(k)
+    _barrier()
+    complete = all(_done(directory, k) is not None for k in range(spec.n_shards))
+    if rank == 0 and complete:
+        _write_index(directory, spec)
+    _barrier()
+    return StoreRun(directory, rank, world, tuple(written), tuple(skipped), complete)
+
+
+def _describe(positions: Positions | str) -> str:
+    """The position rule in words; per-prompt words are named by their hash, so a store
+    of other words is told apart."""
+    spec = as_positions(positions)
+    text = spec.describe()
+    if spec.kind == "word" and not isinstance(spec.words, str):
+        text += f" sha256 {prompt_set_hash(spec.words)}"
+    return text
+
+
+def _positions_slice(positions: Positions | str, span: range) -> Positions | str:
+    """The position rule for the prompts of one shard (per-prompt words are sliced)."""
+    spec = as_positions(positions)
+    if spec.kind == "word" and not isinstance(spec.words, str):
+        return dataclasses.replace(spec, words=tuple(spec.words[i] for i in span))
+    return spec
+
+
+class ActivationStore:
+    """A complete store, read lazily (each shard memory-mapped when read).
+
+    Attributes:
+        path: the directory; spec: its :class:`StoreSpec`.
+        layer_labels, hook_names: per layer.
+        n_rows: rows in all; shards: each shard's sidecar, in order.
+        cast_max_abs_error, cast_relative_error: what the storage dtype cost, the largest
+            absolute error and ``||stored - collected|| / ||collected||`` over the store (0
+            for float32).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        index_path = self.path / "index.json"
+        if not index_path.exists():
+            raise StoreError(
+                f"{self.path} has no index.json: the collection is incomplete (run it again "
+                "to complete the missing shards) or this is not a store"
+            )
+        index = json.loads(index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise StoreError(f"{index_path} is not a {FORMAT} index")
+        fields = StoreSpec.__dataclass_fields__
+        self.spec = StoreSpec(**{k: index[k] for k in fields})
+        self.layer_labels = tuple(index["layer_labels"])
+        self.hook_names = tuple(index["hook_names"])
+        self.n_rows = int(index["n_rows"])
+        self.shards = tuple(index["shards"])
+        self.cast_max_abs_error = float(index["cast_max_abs_error"])
+        self.cast_relative_error = float(index["cast_relative_error"])
+
+    def verify(self) -> None:
+        """Check every shard's size and SHA-256 against the index; a shard that fails is
+        named in the error."""
+        for meta in self.shards:
+            shard = self.path / meta["file"]
+            if not shard.exists():
+                raise StoreError(f"shard {shard} is missing")
+            size = shard.stat().st_size
+            if size != meta["bytes"]:
+                raise StoreError(
+                    f"shard {shard} is truncated or extended: {size} bytes, the index "
+                    f"says {meta['bytes']}"
+                )
+            if _sha256(shard) != meta["sha256"]:
+                raise StoreError(f"shard {shard} is corrupted: its SHA-256 does not match")
+
+    def _open(self, meta: dict):
+        from safetensors import safe_open
+
+        shard = self.path / meta["file"]
+        if not shard.exists():
+            raise StoreError(f"shard {shard} is missing")
+        try:
+            return safe_open(str(shard), framework="pt")
+        except Exception as err:  # a damaged header
+            raise StoreError(f"shard {shard} cannot be read ({err}); run verify()") from None
+
+    def batches(
+        self,
+        rows: int = 4096,
+        layers: Sequence[int] | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Iterator[Float[Tensor, "layer row ..."]]:
+        """The store's rows in order, ``rows`` at a time (the last batch may be smaller),
+        at ``layers`` (default all), as ``dtype`` (default the storage dtype) on
+        ``device``. Only one shard is mapped and one batch held at a time."""
+        chosen = list(range(len(self.layer_labels))) if layers is None else list(layers)
+        if rows < 1:
+            raise StoreError(f"rows must be positive, got {rows}")
+        bad = [i for i in chosen if not 0 <= i < len(self.layer_labels)]
+        if bad:
+            raise StoreError(f"layers {bad} do not exist: the store has {len(self.layer_labels)}")
+        pending: list[Tensor] = []
+        held = 0
+        for meta in self.shards:
+            with self._open(meta) as f:
+                sl = f.get_slice("activations")
+                for layer_block in _row_blocks(meta["rows"], rows):
+                    part = torch.stack([sl[i, layer_block] for i in chosen])
+                    pending.append(part)
+                    held += part.shape[1]
+                    while held >= rows:
+                        batch = torch.cat(pending, dim=1)
+                        yield batch[:, :rows].to(device=device, dtype=dtype or batch.dtype)
+                        rest = batch[:, rows:]
+                        pending, held = ([rest] if rest.shape[1] else []), rest.shape[1]
+        if held:
+            batch = torch.cat(pending, dim=1)
+            yield batch.to(device=device, dtype=dtype or batch.dtype)
+
+    def to_activations(
+        self, prompts: Sequence[str] | None = None, dtype: torch.dtype | None = None
+    ) -> Activations:
+        """The whole store in memory as :class:`~mi_cluster.activations.Activations`
+        (when it fits), with every row's prompt index, positions and tokens. The store
+        keeps only the prompt set's hash: pass ``prompts`` (checked against it) to have
+        them in the result, else they are empty strings."""
+        if prompts is not None and prompt_set_hash(prompts) != self.spec.prompts_sha256:
+            raise StoreError("these prompts are not the ones the store was collected from")
+        tensors, index, positions, tokens = [], [], [], []
+        for meta in self.shards:
+            with self._open(meta) as f:
+                tensors.append(f.get_tensor("activations"))
+                index += f.get_tensor("prompt_index").tolist()
+                rows = json.loads(f.metadata()["mi_cluster"])
+            positions += [tuple(p) for p in rows["positions"]]
+            tokens += [tuple(t) for t in rows["tokens"]]
+        x = torch.cat(tensors, dim=1)
+        return Activations(
+            site=self.spec.site,
+            tensor=x if dtype is None else x.to(dtype),
+            layer_labels=self.layer_labels,
+            hook_names=self.hook_names,
+            prompts=tuple(prompts) if prompts is not None else ("",) * self.spec.n_prompts,
+            prompt_index=tuple(index),
+            positions=tuple(positions),
+            tokens=tuple(tokens),
+            position_spec=self.spec.positions,
+            model_name=self.spec.model_name,
+        )
+
+
+def _row_blocks(n: int, rows: int) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))

@@ -1,0 +1,228 @@
+"""The on-disk activation store: equal to in-memory collection (to float rounding: its
+shards batch prompts differently); two gloo ranks under
+torchrun write the same bytes as one process; a run killed mid-way (SIGKILL) and resumed
+gives the same store as an uninterrupted run; a flipped byte or a truncated shard is
+caught and named; a store made for other inputs refuses to be appended to; streaming CKA
+over a store equals in-memory CKA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_cluster.activations import Positions, collect
+from mi_cluster.cli import read_prompts
+from mi_cluster.similarity import pairwise
+from mi_cluster.store import ActivationStore, StoreError, collect_to_store
+from mi_cluster.toy.data import eval_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return eval_examples("held_out_pairs", n=40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def prompts(examples):
+    return [e.text for e in examples]
+
+
+@pytest.fixture()
+def prompts_file(tmp_path, examples):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": e.text, "io": e.io}) + "\n" for e in examples))
+    return path
+
+
+def _shas(path: Path) -> list[str]:
+    return [s["sha256"] for s in ActivationStore(path).shards]
+
+
+def _cli(*args: str, torchrun: int = 0) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"]
+    head = (
+        launcher + ["-m", "mi_cluster.cli"]
+        if torchrun
+        else [sys.executable, "-m", "mi_cluster.cli"]
+    )
+    return head + ["collect", "--model", "toy-ioi", "--quiet", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_store_equals_in_memory_collection(toy, prompts, tmp_path):
+    words = [p.split()[1] for p in prompts]  # the first name of each prompt
+    for positions in ("last", "all", Positions.word(words)):
+        out = tmp_path / str(positions)[:8]
+        run = collect_to_store(toy, prompts, out, "resid_post", positions, shard_size=7,
+                               progress=False)  # fmt: skip
+        assert run.complete and run.written == tuple(range(6)) and not run.skipped
+        store = ActivationStore(out)
+        store.verify()
+        ref = collect(toy, prompts, "resid_post", positions, progress=False)
+        got = store.to_activations(prompts)
+        # shards batch 7 prompts, collect 32: other padding, so float rounding may differ
+        torch.testing.assert_close(got.tensor, ref.tensor, atol=2e-6, rtol=1e-6)
+        assert got.prompt_index == ref.prompt_index and got.tokens == ref.tokens
+        assert got.positions == ref.positions and got.layer_labels == ref.layer_labels
+        batches = list(store.batches(rows=9, layers=[0, 3]))
+        assert [b.shape[1] for b in batches[:-1]] == [9] * (len(batches) - 1)
+        assert torch.equal(torch.cat(batches, 1), got.tensor[[0, 3]])
+    with pytest.raises(StoreError, match="not the ones"):
+        store.to_activations(prompts[::-1])
+
+
+def test_two_gloo_ranks_write_the_same_store_as_one_process(prompts_file, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cli("--prompts", str(prompts_file), "--out", str(one), "--shard-size", "6"),
+                   check=True, env=_env(), capture_output=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _cli("--prompts", str(prompts_file), "--out", str(two), "--shard-size", "6", torchrun=2),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 1/2: wrote 3 shards" in done.stderr and "complete, 40 rows" in done.stdout
+    assert _shas(one) == _shas(two)  # byte for byte
+    assert [s["rank"] for s in ActivationStore(two).shards] == [0, 1, 0, 1, 0, 1, 0]
+
+
+def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, rank: int | None = None) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        for side in path.glob(pattern):
+            if rank is None or json.loads(side.read_text()).get("rank") == rank:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before it could be killed: {proc.returncode}")
+        time.sleep(0.01)
+    raise AssertionError("no shard appeared")
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_a_killed_run_resumes_to_the_same_store(tmp_path, examples, ranks):
+    """SIGKILL (a whole single process, or the torchrun job once rank 1 has written its
+    first shard), then the same command again: only the missing shards are written and
+    the store equals an uninterrupted run's, byte for byte."""
+    many = tmp_path / "many.jsonl"
+    texts = [e.text for e in eval_examples("held_out_pairs", n=400, seed=2)]
+    many.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    out = tmp_path / "killed"
+    args = ("--prompts", str(many), "--out", str(out), "--shard-size", "4")
+    proc = subprocess.Popen(
+        _cli(*args, torchrun=ranks), env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(out, "shard-*.json", proc, rank=1 if ranks else None)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "index.json").exists()
+    before = {p.name for p in out.glob("shard-*.json")}
+    assert 0 < len(before) < 100
+    done = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    skipped = int(done.stderr.split("shards, ")[1].split(" already")[0])
+    assert skipped >= len(before) - 1  # a shard whose sidecar was cut off is redone
+    ref = tmp_path / "ref"
+    subprocess.run(_cli("--prompts", str(many), "--out", str(ref), "--shard-size", "4"),
+                   env=_env(), check=True, capture_output=True, timeout=600)  # fmt: skip
+    assert _shas(out) == _shas(ref)
+    assert ActivationStore(out).n_rows == 400
+
+
+def test_partial_runs_torn_writes_and_corruption(toy, prompts, tmp_path):
+    out = tmp_path / "s"
+    first = collect_to_store(toy, prompts, out, shard_size=6, max_shards=2, progress=False)
+    assert first.written == (0, 1) and not first.complete and not (out / "index.json").exists()
+    with pytest.raises(StoreError, match="incomplete"):
+        ActivationStore(out)
+    (out / "shard-00002.safetensors").write_bytes(b"torn")  # died before its sidecar
+    (out / ".shard-00003.safetensors.x.safetensors").write_bytes(b"tmp")  # a stray temp file
+    second = collect_to_store(toy, prompts, out, shard_size=6, progress=False)
+    assert second.skipped == (0, 1) and second.written == (2, 3, 4, 5, 6) and second.complete
+    ref = tmp_path / "ref"
+    collect_to_store(toy, prompts, ref, shard_size=6, progress=False)
+    assert _shas(out) == _shas(ref)
+    store = ActivationStore(out)
+    shard = out / store.shards[3]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0x01  # one bit of one activation
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="shard-00003.safetensors is corrupted"):
+        store.verify()
+    shard.write_bytes(bytes(data[:-40]))
+    with pytest.raises(StoreError, match="shard-00003.safetensors is truncated"):
+        store.verify()
+    third = collect_to_store(toy, prompts, out, shard_size=6, progress=False)
+    assert third.written == (3,)  # the damaged shard is collected again
+    ActivationStore(out).verify()
+
+
+def test_a_store_for_other_inputs_refuses_to_be_appended_to(toy, tiny, prompts, tmp_path):
+    out = tmp_path / "s"
+    collect_to_store(toy, prompts, out, shard_size=10, max_shards=1, progress=False)
+    cases = [
+        ((toy, prompts[:-1]), {}, "prompts_sha256"),
+        ((toy, prompts), {"site": "resid_mid"}, "site"),
+        ((toy, prompts), {"positions": "mean"}, "positions"),
+        ((toy, prompts), {"dtype": "float16"}, "dtype"),
+        ((toy, prompts), {"shard_size": 5}, "shard_size"),
+        ((tiny, prompts), {}, "weights_sha256"),
+    ]
+    for (model, ps), kw, field in cases:
+        with pytest.raises(StoreError, match=f"cannot be appended to.*{field}"):
+            collect_to_store(model, ps, out, **{"shard_size": 10, **kw}, progress=False)
+    with pytest.raises(StoreError, match="dtype must be one of"):
+        collect_to_store(toy, prompts, tmp_path / "x", dtype="int8", progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage_reports_its_error(toy, prompts, tmp_path, dtype):
+    out = tmp_path / dtype
+    collect_to_store(toy, prompts, out, shard_size=16, dtype=dtype, progress=False)
+    store = ActivationStore(out)
+    ref = collect(toy, prompts, "resid_post", "last", progress=False).tensor
+    got = store.to_activations().tensor
+    assert got.dtype == getattr(torch, dtype)
+    err = (got.double() - ref.double()).abs()
+    assert store.cast_max_abs_error == pytest.approx(float(err.max()), rel=1e-9)
+    rel = float(err.pow(2).sum().sqrt() / ref.double().norm())
+    assert store.cast_relative_error == pytest.approx(rel, rel=1e-6)
+    assert store.cast_relative_error < (1e-3 if dtype == "float16" else 1e-2)
+
+
+def test_streaming_cka_over_a_store_equals_in_memory_cka(toy, prompts, tmp_path):
+    out = tmp_path / "s"
+    collect_to_store(toy, prompts * 3, out, "resid_post", "all", shard_size=11, progress=False)
+    store = ActivationStore(out)
+    x = store.to_activations().tensor.double()
+    want = pairwise(x, metric="linear_cka").values
+    got = pairwise(store, metric="linear_cka")
+    assert got.symmetric and torch.allclose(got.values, want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="streams linear_cka"):
+        pairwise(store, metric="rbf_cka")
+
+
+def test_prompt_files_are_read_strictly(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text('"a b"\n\n{"prompt": "c d", "w": "d"}\n')
+    assert read_prompts(good) == (["a b", "c d"], None)
+    with pytest.raises(ValueError, match="line 1: expected an object with 'prompt' and 'w'"):
+        read_prompts(good, word_field="w")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{"prompt": \n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 2: not JSON"):
+        read_prompts(bad)
