@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import Activations, Positions, as_positions, collect
 from mi_cluster.atomic import atomic_path, atomic_write_text
+from mi_cluster.distributed import barrier, distributed_rank, my_share
 from mi_cluster.models import model_info
 from mi_cluster.provenance import prompt_set_hash, weights_hash
 
@@ -49,7 +50,6 @@ __all__ = [
     "StoreError",
     "StoreSpec",
     "collect_to_store",
-    "distributed_rank",
 ]
 
 FORMAT = "mi_cluster.store/1"
@@ -99,21 +99,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def distributed_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: from ``torch.distributed`` when it is
-    initialised, else ``(0, 1)``."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _check_spec(directory: Path, spec: StoreSpec) -> None:
@@ -297,10 +282,10 @@ def collect_to_store(
     if rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
         _check_spec(directory, spec)
-    _barrier()
+    barrier()
     if rank != 0:
         _check_spec(directory, spec)
-    mine = [k for k in range(spec.n_shards) if k % world == rank]
+    mine = my_share(range(spec.n_shards))
     written, skipped = [], []
     bar = tqdm(mine, desc=f"rank {rank} shards", unit="shard", disable=not progress)
     for k in bar:
@@ -320,11 +305,11 @@ def collect_to_store(
         )
         _write_shard(directory, k, acts, span.start, STORAGE_DTYPES[dtype], rank)
         written.append(k)
-    _barrier()
+    barrier()
     complete = all(_done(directory, k) is not None for k in range(spec.n_shards))
     if rank == 0 and complete:
         _write_index(directory, spec)
-    _barrier()
+    barrier()
     return StoreRun(directory, rank, world, tuple(written), tuple(skipped), complete)
 
 

@@ -17,6 +17,9 @@ On post-LayerNorm models (BERT, MiniLM) TransformerLens's bridge hooks ``attn_ou
 the attention sub-block's LayerNorm, so there it is the residual stream between attention
 and MLP, not what attention adds; a head's own contribution is its ``z`` (``head_out``).
 
+Under ``torch.distributed`` (a script launched by ``torchrun``) every rank runs its share
+of the passes and every rank returns the whole result, equal to one process's.
+
 Denoising patches the clean run's activations into the corrupted run; noising, the
 corrupted run's into the clean run. Results equal ``transformer_lens.patching``'s
 ``get_act_patch_*`` functions (tested to 1e-5).
@@ -34,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
+from mi_cluster.distributed import my_share, sum_across_ranks
 from mi_cluster.patching.inputs import PromptPair, prepare_pair, resolve_positions
 from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, _n_positions, validate
 from mi_cluster.patching.runner import LayerRunner, PatchingError, plan_passes, rows_per_pass
@@ -258,11 +262,11 @@ def activation_patching(
 
     sizes = {"head": model.cfg.n_heads, "pos": pair.n_pos}
     shape = [len(layers)] + [sizes[a] for a in kind.axes]
-    values = torch.empty((*shape, pair.batch), dtype=clean_value.dtype, device=clean_value.device)
+    values = torch.zeros((*shape, pair.batch), dtype=clean_value.dtype, device=clean_value.device)
     per_layer = int(torch.tensor(shape[1:]).prod())
     flat_values = values.view(len(layers) * per_layer, pair.batch)
     layer_numbers = torch.tensor(layers)
-    passes = plan_passes(len(layers) * per_layer, max(1, rows // pair.batch))
+    passes = my_share(plan_passes(len(layers) * per_layer, max(1, rows // pair.batch)))
     for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
         flat = torch.arange(first, stop)  # sites, numbered layer by layer
         layer_index = (flat // per_layer).repeat_interleave(pair.batch)
@@ -288,6 +292,7 @@ def activation_patching(
             runs, base, metric, prompt, row_start, patches, positions, clean_logits
         )
         flat_values[flat] = out.view(len(flat), pair.batch)
+    sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
     return PatchResult(
         values=values,
         site=site,

@@ -13,7 +13,8 @@ The effect of sender heads on receivers through the direct path only. With a bas
 
 With ``direction="noise"`` (the paper's default) the base is the clean run and the source
 the corrupted one. Senders are batched: one forward pass patches a whole layer's heads
-(times every prompt), starting at that layer.
+(times every prompt), starting at that layer. Under ``torch.distributed`` the passes are
+split across ranks, and every rank returns the whole result.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
+from mi_cluster.distributed import my_share, sum_across_ranks
 from mi_cluster.patching.activation import (
     PatchResult,
     _layer_of,
@@ -122,14 +124,14 @@ def path_patching(
         final_scale = scale.gather(1, positions.to(scale.device)[..., None])
     source_z = [runs.cache(name, source) for name in z_names]
 
-    values = torch.empty(
+    values = torch.zeros(
         (n_layers, n_heads, pair.batch), dtype=clean_value.dtype, device=clean_value.device
     )
     k = _n_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
     flat_values = values.view(n_layers * n_heads, pair.batch)
     for first, stop in tqdm(
-        plan_passes(n_layers * n_heads, max(1, rows // pair.batch)),
+        my_share(plan_passes(n_layers * n_heads, max(1, rows // pair.batch))),
         desc="path patching",
         unit="pass",
         disable=not progress,
@@ -160,6 +162,7 @@ def path_patching(
                 runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
             )
         flat_values[senders] = out.view(len(senders), pair.batch)
+    sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
     return PatchResult(
         values=values,
         site="path to "
