@@ -350,6 +350,10 @@ class _Reducer:
         )
 
     def __call__(self, act: Tensor) -> Tensor:
+        if act.device != self.index.device:  # a model split across devices (device_map)
+            self.batch_of_row, self.index, self.weight = (
+                t.to(act.device) for t in (self.batch_of_row, self.index, self.weight)
+            )
         picked = act[self.batch_of_row[:, None], self.index]  # [rows, k, ...]
         if self.single:
             return picked[:, 0]

@@ -438,16 +438,21 @@ def _unavailable(name: str, why: str) -> ModelUnavailableError:
 def load_directory(
     path: str | os.PathLike,
     info: ModelInfo,
-    device: torch.device,
+    device: torch.device | None,
     dtype: torch.dtype,
     compatibility_mode: bool = True,
+    **placement: Any,
 ) -> Any:
-    """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge."""
-    bridge = _bridge_class().boot_transformers(str(path), device=device, dtype=dtype)
+    """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge;
+    ``placement``: ``device_map``, ``n_devices``, ``max_memory`` for the bridge (then
+    ``device`` is None)."""
+    bridge = _bridge_class().boot_transformers(str(path), device=device, dtype=dtype, **placement)
     return prepare_bridge(bridge, info, compatibility_mode)
 
 
-def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
+def _load_pretrained(
+    source: str, device: torch.device | None, dtype: torch.dtype, compat: bool, **placement: Any
+) -> Any:
     local = Path(source).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -455,7 +460,8 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, comp
                 f"{local} is a directory but has no config.json: expected a "
                 "save_pretrained directory holding the model and its tokenizer"
             )
-        return load_directory(local, ModelInfo(local.name, str(local)), device, dtype, compat)
+        info = ModelInfo(local.name, str(local))
+        return load_directory(local, info, device, dtype, compat, **placement)
     if _hub_offline():
         if _cached_snapshot(source) is None:
             raise _unavailable(source, "HF_HUB_OFFLINE is set and it is not in the local cache")
@@ -463,9 +469,10 @@ def _load_pretrained(source: str, device: torch.device, dtype: torch.dtype, comp
         snapshot = _cached_snapshot(source)
         if snapshot is None:
             raise _unavailable(source, "the hub cannot be reached and it is not cached")
-        return load_directory(snapshot, ModelInfo(source, str(snapshot)), device, dtype, compat)
+        info = ModelInfo(source, str(snapshot))
+        return load_directory(snapshot, info, device, dtype, compat, **placement)
     try:
-        bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype)
+        bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype, **placement)
     except OSError as exc:
         raise _unavailable(source, str(exc).splitlines()[0]) from exc
     return prepare_bridge(bridge, ModelInfo(name=source, source="hub"), compat)
@@ -477,6 +484,9 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = True,
+    device_map: str | dict | None = None,
+    n_devices: int | None = None,
+    max_memory: dict | None = None,
 ) -> Any:
     """Load a model as a TransformerLens bridge, ready for ``run_with_cache``.
 
@@ -493,11 +503,30 @@ def load_model(
         device: defaults to CUDA when available, else CPU.
         dtype: parameter dtype.
         compatibility_mode: HookedTransformer-equivalent processing and hook names.
+        device_map, n_devices, max_memory: split a hub or directory model across devices
+            (Hugging Face Accelerate's ``device_map``, e.g. ``"auto"``; or ``n_devices``
+            GPUs), passed to the bridge; instead of ``device``. Not for the shipped models.
 
     Offline, a hub name that is not cached fails within about two seconds with a
     :class:`ModelUnavailableError` that says how to point at a local directory.
     """
-    dev = _default_device(device)
+    placement = {
+        k: v
+        for k, v in (
+            ("device_map", device_map),
+            ("n_devices", n_devices),
+            ("max_memory", max_memory),
+        )
+        if v is not None
+    }
+    if placement and device is not None:
+        raise ValueError("give either device or device_map / n_devices, not both")
+    dev = None if placement else _default_device(device)
+    if placement and (isinstance(source, TinyConfig) or os.fspath(source) in registered_models()):
+        raise ValueError(
+            "device_map / n_devices / max_memory split hub or directory models across devices; "
+            f"{source!r} is a small shipped model: give device= instead"
+        )
     if isinstance(source, TinyConfig):
         return _load_tiny(source, dev, dtype, compatibility_mode)
     if not isinstance(source, (str, os.PathLike)):
@@ -508,4 +537,4 @@ def load_model(
         return named[key].load(dev, dtype, compatibility_mode)
     if key in _DISCOVERY:
         raise ModelUnavailableError(f"model {key!r} failed to register: {_DISCOVERY[key]}")
-    return _load_pretrained(key, dev, dtype, compatibility_mode)
+    return _load_pretrained(key, dev, dtype, compatibility_mode, **placement)

@@ -124,3 +124,26 @@ def test_named_models_come_from_a_registry_packages_add_to():
         register_model("test-only-model", lambda *a: None, "another")
     with pytest.raises(ModelUnavailableError, match="'test-only-model'"):
         load_model("no-such-model-anywhere")  # the error lists the named models
+
+
+def test_device_map_passes_through_to_the_bridge():
+    """A hub or directory model can be placed by a device map (Accelerate's); one CPU map
+    gives the same logits as device="cpu" and collects the same activations. (A real split
+    across GPUs needs a machine with several: see the README.)"""
+    import torch
+
+    from mi_cluster.activations import collect
+    from mi_cluster.toy import TOY_IOI_DIR
+
+    plain = load_model(str(TOY_IOI_DIR), device="cpu")
+    mapped = load_model(str(TOY_IOI_DIR), device_map={"": "cpu"})
+    prompts = ["When Mary and John went to the store , John gave a ring to", "Mary had fun ."]
+    tokens = plain.to_tokens(prompts[0])
+    assert torch.equal(plain(tokens), mapped(tokens)) and mapped.cfg.n_devices == 1
+    a = collect(plain, prompts, "resid_post", "all", progress=False)
+    b = collect(mapped, prompts, "resid_post", "all", progress=False)
+    assert torch.equal(a.tensor, b.tensor)
+    with pytest.raises(ValueError, match="small shipped model"):
+        load_model("toy-ioi", device_map="auto")
+    with pytest.raises(ValueError, match="not both"):
+        load_model(str(TOY_IOI_DIR), device="cpu", n_devices=2)
