@@ -275,7 +275,7 @@ def save_gpt2_shaped(directory: str | os.PathLike, size: str = "small", seed: in
     cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        GPT2LMHeadModel(cfg).eval().save_pretrained(str(directory))
+        save_hf_model(GPT2LMHeadModel(cfg).eval(), directory)
     return directory
 
 
@@ -306,6 +306,18 @@ class TinyConfig:
             raise ValueError("vocab_size must be at least 257 (256 bytes + <|endoftext|>)")
 
 
+def save_hf_model(model: Any, directory: str | os.PathLike) -> None:
+    """``model.save_pretrained(directory)`` (config and safetensors weights) on every
+    process: under ``torch.distributed`` Hugging Face writes only on rank 0, while the
+    models built at load time (tiny, compiled) are built by each rank in its own folder."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(str(directory / "config.json"))
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
 def save_tiny_pretrained(cfg: TinyConfig, directory: str | os.PathLike) -> Path:
     """Write a tiny random GPT-2 (model and tokenizer) as a ``save_pretrained`` directory."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -326,7 +338,7 @@ def save_tiny_pretrained(cfg: TinyConfig, directory: str | os.PathLike) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         hf = GPT2LMHeadModel(hf_cfg).eval()
-    hf.save_pretrained(str(directory))
+    save_hf_model(hf, directory)
     return directory
 
 

@@ -20,7 +20,7 @@ import torch
 
 from mi_cluster.activations import Positions, collect
 from mi_cluster.cli import read_prompts
-from mi_cluster.similarity import pairwise
+from mi_cluster.similarity import pairwise, store_linear_cka
 from mi_cluster.store import ActivationStore, StoreError, collect_to_store
 from mi_cluster.toy.data import eval_examples
 
@@ -214,6 +214,10 @@ def test_streaming_cka_over_a_store_equals_in_memory_cka(toy, prompts, tmp_path)
     assert got.symmetric and torch.allclose(got.values, want, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="streams linear_cka"):
         pairwise(store, metric="rbf_cka")
+    # accumulators of two layers' features at most: blocks of layers, a pass per pair
+    width = x.shape[-1]
+    blocked = store_linear_cka(store, rows=50, max_memory=8 * (2 * width) ** 2)
+    assert torch.allclose(blocked, want, atol=1e-6, rtol=0)
 
 
 def test_prompt_files_are_read_strictly(tmp_path):

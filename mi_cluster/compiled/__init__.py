@@ -50,7 +50,7 @@ def save_compiled_ioi(directory: str | Path) -> Path:
     directory."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mi_cluster.models import build_word_tokenizer
+    from mi_cluster.models import build_word_tokenizer, save_hf_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def save_compiled_ioi(directory: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("attn.bias") and "masked_bias" not in k for k in missing):
         raise RuntimeError(f"compiled weights do not fit GPT-2: {missing=} {unexpected=}")
-    model.eval().save_pretrained(str(directory))
+    save_hf_model(model.eval(), directory)
     return directory
 
 

@@ -12,7 +12,8 @@ in-memory :func:`~mi_cluster.similarity.cka.linear_cka` of all rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,12 +68,44 @@ class StreamingLinearCKA:
 
 
 def store_linear_cka(
-    store: Any, rows: int = 4096, layers: Iterable[int] | None = None
+    store: Any,
+    rows: int = 4096,
+    layers: Sequence[int] | None = None,
+    max_memory: int = 2 * 1024**3,
 ) -> Float[Tensor, "layer layer"]:
     """Linear CKA between every pair of layers of an :class:`~mi_cluster.store.
-    ActivationStore`, streamed over it ``rows`` at a time (equal to the in-memory
-    ``pairwise(..., "linear_cka")`` of the same rows)."""
+    ActivationStore` (or of ``layers``), streamed over it ``rows`` at a time; equal to
+    the in-memory ``pairwise(..., "linear_cka")`` of the same rows.
+
+    Memory is bounded by ``max_memory`` bytes of accumulators, not by the rows: when all
+    layers' cross-products do not fit (``(layers x width)^2`` float64 numbers), the layers
+    are taken in blocks and the store is read once per pair of blocks (e.g. 33 layers of
+    width 4096 in 2 GiB: blocks of 2 layers, 153 passes)."""
+    chosen = list(range(len(store.layer_labels))) if layers is None else list(layers)
+    width = _width(store, chosen[0])
+    per_block = max(1, int(math.sqrt(max_memory / 8) // (2 * width)))
+    if per_block >= len(chosen):
+        return _one_pass(store, chosen, rows)
+    blocks = [chosen[i : i + per_block] for i in range(0, len(chosen), per_block)]
+    out = torch.empty(len(chosen), len(chosen), dtype=torch.float64)
+    where = {layer: k for k, layer in enumerate(chosen)}
+    for a, block_a in enumerate(blocks):
+        for block_b in blocks[a:]:
+            both = list(dict.fromkeys(block_a + block_b))
+            part = _one_pass(store, both, rows)
+            index = torch.tensor([where[layer] for layer in both])
+            out[index[:, None], index[None, :]] = part
+    return out
+
+
+def _one_pass(store: Any, layers: list[int], rows: int) -> Tensor:
     acc = StreamingLinearCKA()
-    for batch in store.batches(rows=rows, layers=None if layers is None else list(layers)):
+    for batch in store.batches(rows=rows, layers=layers):
         acc.update(batch)
     return acc.compute()
+
+
+def _width(store: Any, layer: int) -> int:
+    for batch in store.batches(rows=1, layers=[layer]):
+        return int(batch[0, 0].numel())
+    raise SimilarityInputError("the store has no rows")
