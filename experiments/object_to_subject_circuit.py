@@ -199,11 +199,18 @@ def run(
         },
     }
     shift = record["role_shift"]["shift"]
-    carriers = [r["component"] for r in record["role_shift"]["components"]["head_out"]["reliable"]]
+    heads = record["role_shift"]["components"]["head_out"]
+    across = [r["component"] for r in heads["reliable"] if r["fraction"] > 0]
+    within = [
+        f"{r['component']} {100 * r['fraction']:.0f}%"
+        for r in heads["reliable_within_these_families"]
+        if r["fraction"] > 0
+    ][:3]
     record["headline"] = (
-        f"{attribution.model_name}: object subjecthood shift {shift['estimate']:+.3f} "
-        f"(p = {shift['p']:.3g}) at {attribution.layer_label}; heads carrying a reliable "
-        f"share: {', '.join(carriers) if carriers else 'none'}."
+        f"{attribution.model_name}: object subjecthood shift {shift['estimate']:+.3f} at "
+        f"{attribution.layer_label} (words x families CI {shift['ci95_words_x_families'][0]:+.3f}"
+        f" to {shift['ci95_words_x_families'][1]:+.3f}); heads carrying it across families: "
+        f"{', '.join(across) or 'none'}; within these families: {', '.join(within) or 'none'}."
     )
     fam = design.families[0].name
     figures = {"heads": role_shift_heads(attribution)}

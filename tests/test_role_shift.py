@@ -324,7 +324,9 @@ def test_object_to_subject_experiment_runs_offline(tmp_path, capsys):
     assert set(record["role_shift"]["components"]) == {"head_out", "head_out_by_pos", "resid_pre"}
     assert record["paired"]["lens"] == "logit" and len(record["paired"]["js"]["mean"]) == 4
     assert record["head_write"]["head"].startswith("L")
-    assert record["provenance"]["seed"] == 0 and record["headline"].startswith("toy-ioi:")
+    assert record["provenance"]["seed"] == 0 and record["headline"].startswith(
+        "toy-ioi: object subjecthood shift"
+    )
     for kind in ("heads", "positions", "forest", "paired", "paired_positions", "head_write"):
         assert (tmp_path / f"object_to_subject_circuit_toy-ioi_{kind}.html").exists()
     assert "== toy-ioi ==" in capsys.readouterr().out

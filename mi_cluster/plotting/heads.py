@@ -21,11 +21,13 @@ def head_maps(
     titles: Sequence[str],
     title: str = "",
     columns: int = 3,
+    shared_scale: str | None = None,
 ) -> go.Figure:
     """One layer x head heatmap per quantity (attention, direct logit attribution, copy
     score, ...), each on its own diverging scale centred at zero, cells labelled with their
     value (quantities in different units do not share a colour scale); NaN cells (e.g.
-    heads that cannot send to a receiver) are left blank."""
+    heads that cannot send to a receiver) are left blank. ``shared_scale``: the unit's name
+    when every map is in the same unit: then they share one scale, with a colour bar."""
     if not values or len(values) != len(titles):
         raise ValueError(f"{len(values)} maps and {len(titles)} titles: give one title a map")
     shape = tuple(values[0].shape)
@@ -38,21 +40,21 @@ def head_maps(
         rows=rows, cols=columns, subplot_titles=list(titles), horizontal_spacing=0.06,
         vertical_spacing=0.16,
     )  # fmt: skip
-    for k, v in enumerate(values):
-        z = v.detach().double().cpu()
-        bound = float(z.nan_to_num(0.0).abs().max()) or 1.0
+    maps = [v.detach().double().cpu() for v in values]
+    shared = max(float(z.nan_to_num(0.0).abs().max()) for z in maps) or 1.0
+    for k, z in enumerate(maps):
+        bound = shared if shared_scale else float(z.nan_to_num(0.0).abs().max()) or 1.0
+        scale = {"coloraxis": "coloraxis"} if shared_scale else {
+            "colorscale": "RdBu", "zmid": 0, "zmin": -bound, "zmax": bound, "showscale": False,
+        }  # fmt: skip
         fig.add_trace(
             go.Heatmap(
                 z=z.tolist(),
                 x=[f"H{h}" for h in range(n_heads)],
                 y=[f"L{a}" for a in range(n_layers)],
-                colorscale="RdBu",
-                zmid=0,
-                zmin=-bound,
-                zmax=bound,
-                showscale=False,
+                **scale,
                 text=[["" if x != x else f"{x:.2f}" for x in row] for row in z.tolist()],
-                texttemplate="%{text}" if n_heads * n_layers <= 64 else None,
+                texttemplate="%{text}" if n_heads <= 12 and n_layers <= 12 else None,
                 textfont={"size": 10},
                 hovertemplate="%{y}%{x}: %{z:.3f}<extra></extra>",
             ),
@@ -61,7 +63,14 @@ def head_maps(
         )
         fig.update_yaxes(autorange="reversed", row=k // columns + 1, col=k % columns + 1)
     fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"})
-    width = columns * max(260, 30 * n_heads) + 120
+    if shared_scale:
+        fig.update_layout(
+            coloraxis={
+                "colorscale": "RdBu", "cmid": 0, "cmin": -shared, "cmax": shared,
+                "colorbar": {"title": shared_scale},
+            }
+        )  # fmt: skip
+    width = columns * max(260, 30 * n_heads) + 120 + (100 if shared_scale else 0)
     return apply_paper_style(fig, width=width, height=rows * max(240, 34 * n_layers + 120) + 80)
 
 

@@ -37,7 +37,8 @@ def _subtitle(a: RoleShiftAttribution) -> str:
 def role_shift_heads(a: RoleShiftAttribution) -> go.Figure:
     """Layer x head maps of the fraction of the shift each head carries (its output at
     every position patched from the subject into the object form), then for each path
-    receiver the fraction its upstream senders carry through it (blank: no path)."""
+    receiver the fraction its upstream senders carry through it (blank: no path); one
+    colour scale for all."""
     heads = a.components.get("head_out")
     if heads is None:
         raise ValueError("the attribution has no head_out site to draw")
@@ -47,8 +48,9 @@ def role_shift_heads(a: RoleShiftAttribution) -> go.Figure:
         full[: share.fraction.shape[0]] = share.fraction
         maps.append(full)
         titles.append(f"path: sender -> {receiver} (q, k, v)")
-    fig = head_maps(maps, titles, title=_subtitle(a), columns=min(3, len(maps)))
-    return fig
+    return head_maps(
+        maps, titles, title=_subtitle(a), columns=min(3, len(maps)), shared_scale="fraction"
+    )
 
 
 def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
