@@ -37,6 +37,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -118,6 +118,16 @@ def _rows(a: RoleShiftAttribution, share: ComponentShare, kind: str) -> list[dic
     ]  # fmt: skip
 
 
+def _bars(rows: list[dict], low: str, high: str, color: str, thickness: int, width: int):
+    """Asymmetric error bars from each row's estimate to its ``low`` and ``high``."""
+    return {
+        "type": "data", "symmetric": False, "thickness": thickness, "width": width,
+        "color": color,
+        "array": [r[high] - r["f"] for r in rows],
+        "arrayminus": [r["f"] - r[low] for r in rows],
+    }  # fmt: skip
+
+
 def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
     """The ``top`` components by |fraction| over every site kind and path, each with its
     words-only 95% interval (thick: these families) and its words x families interval
@@ -140,12 +150,7 @@ def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[r["f"] for r in sub],
-                error_x={
-                    "type": "data", "symmetric": False, "thickness": 1, "width": 0,
-                    "color": color,
-                    "array": [r["high"] - r["f"] for r in sub],
-                    "arrayminus": [r["f"] - r["low"] for r in sub],
-                },
+                error_x=_bars(sub, "low", "high", color, thickness=1, width=0),
                 marker={"size": 1, "color": color},
                 showlegend=False,
                 hoverinfo="skip",
@@ -156,12 +161,7 @@ def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[r["f"] for r in sub],
-                error_x={
-                    "type": "data", "symmetric": False, "thickness": 3, "width": 5,
-                    "color": color,
-                    "array": [r["whigh"] - r["f"] for r in sub],
-                    "arrayminus": [r["f"] - r["wlow"] for r in sub],
-                },
+                error_x=_bars(sub, "wlow", "whigh", color, thickness=3, width=5),
                 marker={
                     "size": 10, "symbol": symbol, "color": color,
                     "line": {"color": color, "width": 1.5},
