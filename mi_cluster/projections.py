@@ -83,9 +83,30 @@ def _check(x: Tensor) -> Tensor:
 
 def _finish(centred: Tensor, comps: Tensor, mean: Tensor, basis: str, labels) -> LayerProjection:
     coords = centred @ comps.transpose(1, 2)
-    total = centred.pow(2).sum((1, 2)).clamp_min(torch.finfo(centred.dtype).tiny)
-    ratio = coords.pow(2).sum(1) / total[:, None]
+    return _projection(coords, comps, centred.pow(2).sum((1, 2)), mean, basis, labels)
+
+
+def _projection(
+    coords: Tensor, comps: Tensor, total: Tensor, mean: Tensor, basis: str, labels
+) -> LayerProjection:
+    """The result, with each component's share of the layer's total variance ``total``."""
+    ratio = coords.pow(2).sum(1) / total.clamp_min(torch.finfo(total.dtype).tiny)[:, None]
     return LayerProjection(coords, comps, ratio, mean, basis, tuple(labels))
+
+
+def _align(coords: Tensor, comps: Tensor) -> None:
+    """Rotate each layer's components (and coordinates), in place, onto the previous
+    layer's: ``R = argmin ||C_l R - C_{l-1}||`` over orthogonal ``R``, ``U V^T`` from
+    ``svd(C_l^T C_{l-1})``."""
+    for layer in range(1, coords.shape[0]):
+        u, _, vt = torch.linalg.svd(coords[layer].T @ coords[layer - 1])
+        rot = u @ vt
+        coords[layer] = coords[layer] @ rot
+        comps[layer] = rot.T @ comps[layer]
+
+
+ALIGNED = "per-layer PCA, Procrustes-aligned to the previous layer"
+STACKED = "all layers stacked (each centred, scaled to unit RMS)"
 
 
 def _fixed_signs(comps: Tensor) -> Tensor:
@@ -103,12 +124,17 @@ def pca_by_layer(
     computed by SVD in the input's dtype and device.
 
     Args:
-        x: ``[layer, prompt, d_model]``.
+        x: ``[layer, prompt, d_model]``, or an :class:`~mi_cluster.store.ActivationStore`:
+            streamed in two passes (each layer's covariance, then the coordinates), in
+            float64, holding ``layer x d_model^2`` numbers and the coordinates, never the
+            rows; the same projection as in memory.
         n_components: components kept (at most ``min(prompt, d_model)``).
         basis: ``"per_layer"``, ``"shared"`` or ``"aligned"``.
         fit_layer: for ``"shared"``, the layer (index) to fit the basis on; ``None`` fits
             on all layers stacked, each centred and scaled to unit RMS norm.
     """
+    if hasattr(x, "batches"):  # an on-disk ActivationStore
+        return _store_pca(x, n_components, basis, fit_layer)
     x = _check(x)
     n_layers, n, d = x.shape
     if not 1 <= n_components <= min(n, d):
@@ -122,7 +148,7 @@ def pca_by_layer(
         if fit_layer is None:
             rms = centred.pow(2).sum(-1).mean(-1).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
             fit_on = (centred / rms[:, None, None]).reshape(n_layers * n, d)
-            where = "all layers stacked (each centred, scaled to unit RMS)"
+            where = STACKED
         else:
             if not -n_layers <= fit_layer < n_layers:
                 raise ValueError(f"fit_layer={fit_layer} is out of range for {n_layers} layers")
@@ -137,16 +163,52 @@ def pca_by_layer(
     if basis == "per_layer":
         return _finish(centred, comps, mean, "PCA fitted per layer", labels)
     coords = centred @ comps.transpose(1, 2)
-    for layer in range(1, n_layers):
-        # R = argmin ||C_l R - C_{l-1}|| over orthogonal R: U V^T from svd(C_l^T C_{l-1}).
-        u, _, vt = torch.linalg.svd(coords[layer].T @ coords[layer - 1])
-        rot = u @ vt
-        coords[layer] = coords[layer] @ rot
-        comps[layer] = rot.T @ comps[layer]
-    basis_name = "per-layer PCA, Procrustes-aligned to the previous layer"
+    _align(coords, comps)
     return _finish(
-        centred, comps, mean, basis_name, [f"aligned PC{i + 1}" for i in range(n_components)]
+        centred, comps, mean, ALIGNED, [f"aligned PC{i + 1}" for i in range(n_components)]
     )
+
+
+def _store_pca(store: Any, k: int, basis: str, fit_layer: int | None) -> LayerProjection:
+    """:func:`pca_by_layer` of a store: covariances in one pass, coordinates in another."""
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; use one of {BASES}")
+    n, sums, cross = 0, None, None
+    for batch in store.batches():
+        x = batch.double()  # [layer, rows, d]
+        if sums is None:
+            sums, cross = x.sum(1), x.transpose(1, 2) @ x
+        else:
+            sums += x.sum(1)
+            cross += x.transpose(1, 2) @ x
+        n += x.shape[1]
+    n_layers, d = sums.shape
+    if not 1 <= k <= min(n, d):
+        raise ValueError(f"n_components={k} must be between 1 and min(n, d)={min(n, d)}")
+    mean = sums / n
+    cov = cross - n * mean[:, :, None] * mean[:, None, :]  # centred X^T X per layer
+    total = cov.diagonal(dim1=1, dim2=2).sum(-1)
+    labels = [f"PC{i + 1}" for i in range(k)]
+    if basis == "shared":
+        if fit_layer is None:
+            fit, where = (cov / (total / n)[:, None, None]).sum(0), STACKED
+        else:
+            if not -n_layers <= fit_layer < n_layers:
+                raise ValueError(f"fit_layer={fit_layer} is out of range for {n_layers} layers")
+            fit, where = cov[fit_layer], f"layer {fit_layer % n_layers}"
+        top = torch.linalg.eigh(fit).eigenvectors.flip(-1)[:, :k].T  # descending
+        comps = _fixed_signs(top).expand(n_layers, -1, -1).clone()
+        name = f"shared PCA basis fitted on {where}"
+    else:
+        comps = _fixed_signs(torch.linalg.eigh(cov).eigenvectors.flip(-1)[..., :k].transpose(1, 2))
+        name = "PCA fitted per layer"
+    coords = torch.cat(
+        [(b.double() - mean[:, None]) @ comps.transpose(1, 2) for b in store.batches()], dim=1
+    )
+    if basis == "aligned":
+        _align(coords, comps)
+        name, labels = ALIGNED, [f"aligned PC{i + 1}" for i in range(k)]
+    return _projection(coords, comps, total, mean, name, labels)
 
 
 def project_on_directions(

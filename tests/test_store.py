@@ -230,3 +230,21 @@ def test_prompt_files_are_read_strictly(tmp_path):
     bad.write_text('"ok"\n{"prompt": \n')
     with pytest.raises(ValueError, match="bad.jsonl, line 2: not JSON"):
         read_prompts(bad)
+
+
+@pytest.mark.parametrize("basis", ["per_layer", "aligned", "shared"])
+def test_streaming_pca_over_a_store_equals_in_memory_pca(toy, prompts, tmp_path, basis):
+    from mi_cluster.projections import pca_by_layer
+
+    out = tmp_path / "s"
+    collect_to_store(toy, prompts, out, "resid_post", "all", shard_size=9, progress=False)
+    store = ActivationStore(out)
+    x = store.to_activations().tensor.double()
+    for fit_layer in (None, 2) if basis == "shared" else (None,):
+        want = pca_by_layer(x, 3, basis, fit_layer)
+        got = pca_by_layer(store, 3, basis, fit_layer)
+        assert got.basis == want.basis and got.component_labels == want.component_labels
+        for field in ("coords", "components", "explained_variance_ratio", "mean"):
+            torch.testing.assert_close(
+                getattr(got, field), getattr(want, field), atol=1e-6, rtol=1e-6
+            )
