@@ -12,12 +12,13 @@ code path for it):
   (``lengths="pad"``);
 - the metric is the read word's subjecthood at the read layer, on the axis cross-fitted
   without the word (the axis of the word's fold);
-- each component (a head's output, an MLP's output; over all positions, or one position
-  relative to the read word) is patched from the subject form into the object form, and
-  its effect per pair is ``patched - object form``; the fraction of the shift it carries
-  is ``sum(effect) / sum(shift)`` over words and families, with a crossed (words x
-  families) bootstrap interval and a sign-flip test over words, Holm-corrected over the
-  components of a kind;
+- each component (a head's output, an MLP's output, over all positions or at one
+  position relative to the read word; the whole residual stream at one position) is
+  patched from the subject form into the object form, and its effect per pair is
+  ``patched - object form``; the fraction of the shift it carries is ``sum(effect) /
+  sum(shift)`` over words and families, with a crossed (words x families) bootstrap
+  interval, a words-only interval (these families held fixed) and a sign-flip test over
+  words, Holm-corrected over the components of a kind;
 - attribution patching of the same metric, with its correlation to exact patching;
 - path patching from every upstream head to the heads that carry the most (through their
   queries, keys and values together): which heads write the shift that a carrier reads.
