@@ -248,3 +248,15 @@ def test_streaming_pca_over_a_store_equals_in_memory_pca(toy, prompts, tmp_path,
             torch.testing.assert_close(
                 getattr(got, field), getattr(want, field), atol=1e-6, rtol=1e-6
             )
+
+
+def test_collect_command_reads_a_word_per_prompt(prompts_file, examples, tmp_path, toy):
+    out = tmp_path / "words"
+    args = ("--prompts", str(prompts_file), "--word-field", "io", "--out", str(out))
+    done = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = ActivationStore(out).to_activations()
+    assert [t[0].strip() for t in got.tokens] == [e.io for e in examples]  # the IO name
+    ref = collect(toy, [e.text for e in examples], "resid_post",
+                  Positions.word([e.io for e in examples]), progress=False)  # fmt: skip
+    torch.testing.assert_close(got.tensor, ref.tensor, atol=2e-6, rtol=1e-6)
