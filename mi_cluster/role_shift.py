@@ -438,7 +438,6 @@ def attribute_role_shift(
     if attribution:
         att = attribution_patching(model, pairs.subject, pairs.object, metric, sites, lengths="pad")
     components: dict[str, ComponentShare] = {}
-    shift = None
     for site in sites:
         res = activation_patching(
             model, pairs.subject, pairs.object, metric, site, layers=layers, **kw

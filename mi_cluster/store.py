@@ -93,6 +93,10 @@ def _shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
 
 
+def _sidecar_name(k: int) -> str:
+    return f"shard-{k:05d}.json"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,7 +128,7 @@ def _check_spec(directory: Path, spec: StoreSpec) -> None:
 def _done(directory: Path, k: int, checksum: bool = True) -> dict | None:
     """Shard ``k``'s sidecar if the shard is complete and matches it: its size, and with
     ``checksum`` its SHA-256 (which reads the whole shard)."""
-    side, shard = directory / f"shard-{k:05d}.json", directory / _shard_name(k)
+    side, shard = directory / _sidecar_name(k), directory / _shard_name(k)
     if not (side.exists() and shard.exists()):
         return None
     meta = json.loads(side.read_text())
@@ -177,7 +181,7 @@ def _write_shard(
         "cast_squared_error": float(err.pow(2).sum()),
         "squared_norm": float(scale**2),
     }
-    atomic_write_text(directory / f"shard-{k:05d}.json", json.dumps(side, indent=1) + "\n")
+    atomic_write_text(directory / _sidecar_name(k), json.dumps(side, indent=1) + "\n")
     return side
 
 
@@ -416,8 +420,8 @@ class ActivationStore:
         for meta in self.shards:
             with self._open(meta) as f:
                 sl = f.get_slice("activations")
-                for layer_block in _row_blocks(meta["rows"], rows):
-                    part = torch.stack([sl[i, layer_block] for i in chosen])
+                for block in _row_blocks(meta["rows"], rows):
+                    part = torch.stack([sl[i, block] for i in chosen])
                     pending.append(part)
                     held += part.shape[1]
                     while held >= rows:
