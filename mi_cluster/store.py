@@ -388,6 +388,23 @@ class ActivationStore:
             if _sha256(shard) != meta["sha256"]:
                 raise StoreError(f"shard {shard} is corrupted: its SHA-256 does not match")
 
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one stored row at one layer (``(d_model,)`` for the residual)."""
+        if not self.shards:
+            raise StoreError(f"{self.path} holds no rows")
+        with self._open(self.shards[0]) as f:
+            return tuple(f.get_slice("activations").get_shape()[2:])
+
+    def prompt_index(self) -> Tensor:
+        """The prompt of every row, in store order (``Int[Tensor, "row"]``), read without
+        the activations: per-prompt labels become per-row labels as ``labels[index]``."""
+        parts = []
+        for meta in self.shards:
+            with self._open(meta) as f:
+                parts.append(f.get_tensor("prompt_index"))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
     def _open(self, meta: dict):
         from safetensors import safe_open
 

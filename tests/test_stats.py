@@ -13,7 +13,7 @@ from statsmodels.stats.multitest import multipletests
 import mi_cluster.stats as S
 from mi_cluster.stats.probe import ridge_alpha
 from mi_cluster.stats.resampling import stratified_bootstrap_counts
-from mi_cluster.stats.separation import _prepare, _weighted
+from mi_cluster.stats.separation import _reduce, _weighted
 
 
 def _data(layers=3, n=24, d=7, shift=0.8, seed=0, dtype=torch.float64):
@@ -54,12 +54,12 @@ def test_weighted_statistics_equal_the_duplicated_dataset():
         ("silhouette", silhouette_score),
         ("variance_ratio", calinski_harabasz_score),
     ):
-        got = _weighted(_prepare(x, stat), w, lab[None], stat)[:, 0]
+        got = _weighted(_reduce(x, torch.arange(20), 20, stat), w, lab[None])[:, 0]
         want = [ref(x[layer, idx].numpy(), lab[idx].numpy()) for layer in range(3)]
         np.testing.assert_allclose(
             got.numpy(), want, rtol=1e-7
         )  # sklearn: sqrt(rounding) between duplicates
-    got = _weighted(_prepare(x, "centroid"), w, lab[None], "centroid")[:, 0]
+    got = _weighted(_reduce(x, torch.arange(20), 20, "centroid"), w, lab[None])[:, 0]
     torch.testing.assert_close(got, S.centroid_separation(x[:, idx], lab[idx]))
 
 

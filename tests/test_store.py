@@ -260,3 +260,83 @@ def test_collect_command_reads_a_word_per_prompt(prompts_file, examples, tmp_pat
     ref = collect(toy, [e.text for e in examples], "resid_post",
                   Positions.word([e.io for e in examples]), progress=False)  # fmt: skip
     torch.testing.assert_close(got.tensor, ref.tensor, atol=2e-6, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def word_store(toy, examples, tmp_path_factory):
+    """Every token of 40 prompts (3 templates' worth of rows per prompt), in shards of 7
+    prompts; units = prompts, grouped by their IO name's first letter."""
+    out = tmp_path_factory.mktemp("stats") / "s"
+    collect_to_store(toy, [e.text for e in examples], out, "resid_post", "all",
+                     shard_size=7, progress=False)  # fmt: skip
+    store = ActivationStore(out)
+    index = store.prompt_index()
+    per_prompt = torch.tensor([e.io[0] < "J" for e in examples])
+    return store, store.to_activations().tensor.double(), per_prompt[index], index
+
+
+@pytest.mark.parametrize("statistic", ["centroid", "variance_ratio", "silhouette"])
+def test_separation_tests_stream_from_a_store_and_equal_in_memory(word_store, statistic):
+    from mi_cluster.stats import separation_test
+
+    store, x, labels, units = word_store
+    assert 8 <= int(labels.sum()) <= x.shape[1] - 8
+    kw = dict(n_permutations=300, n_bootstrap=200, seed=3)
+    want = separation_test(x, labels, statistic, units, **kw)
+    # silhouette: blocks of about 128 rows; centroid: unit sums of a few layers per pass
+    small = 2**22 if statistic == "silhouette" else 40 * x.shape[2] * 8 * 3
+    for got in (
+        separation_test(store, labels, statistic, units, **kw),
+        separation_test(store, labels, statistic, units, **kw, max_memory=small),
+    ):
+        assert got.value.dtype == torch.float64 and got.exact == want.exact
+        for field in ("value", "p_value", "null_median", "null_high", "p_holm"):
+            torch.testing.assert_close(getattr(got, field), getattr(want, field))
+        for field in ("low", "high", "bca_low", "bca_high"):
+            torch.testing.assert_close(getattr(got.interval, field), getattr(want.interval, field))
+
+
+def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
+    from sklearn.metrics import calinski_harabasz_score, silhouette_score
+
+    import mi_cluster.stats as S
+
+    store, x, labels, units = word_store
+    for fn, ref in (
+        (S.silhouette, silhouette_score),
+        (S.variance_ratio, calinski_harabasz_score),
+        (S.centroid_separation, None),
+    ):
+        got = fn(store, labels)
+        torch.testing.assert_close(got, fn(x, labels))
+        if ref is not None:  # and against scikit-learn at two layers (its distances go
+            for layer in (0, x.shape[0] - 1):  # through a Gram: sqrt(rounding) apart)
+                want = ref(x[layer].numpy(), labels.numpy())
+                assert got[layer].item() == pytest.approx(want, rel=1e-7)
+    axis, want = S.fit_subjecthood_axis(store, labels), S.fit_subjecthood_axis(x, labels)
+    torch.testing.assert_close(axis.direction, want.direction)
+    torch.testing.assert_close(axis.offset, want.offset)
+    assert (axis.n_names, axis.n_objects) == (want.n_names, want.n_objects)
+    fit_rows = torch.arange(x.shape[1]) % 3 != 0  # an axis fitted on two rows in three
+    got = S.cross_fitted_subjecthood(store, labels, units, fit_rows, n_folds=4, seed=2)
+    want = S.cross_fitted_subjecthood(x, labels, units, fit_rows, n_folds=4, seed=2)
+    assert torch.equal(got.folds, want.folds) and len(got.axes) == 4
+    torch.testing.assert_close(got.scores, want.scores)
+    for a, b in zip(got.axes, want.axes, strict=True):
+        torch.testing.assert_close(a.direction, b.direction)
+
+
+def test_store_statistics_refuse_what_they_cannot_stream(word_store):
+    import mi_cluster.stats as S
+
+    store, x, labels, units = word_store
+    with pytest.raises(ValueError, match="does not stream from a store"):
+        S.separation_test(store, labels, "probe", units)
+    with pytest.raises(ValueError, match="method='centroid'"):
+        S.fit_subjecthood_axis(store, labels, method="probe")
+    with pytest.raises(ValueError, match=f"labels has 5 entries for {x.shape[1]} rows"):
+        S.centroid_separation(store, labels[:5])
+    with pytest.raises(ValueError, match="unit sums of one layer take .* more than max_memory"):
+        S.separation_test(store, labels, "centroid", units, max_memory=10_000)
+    with pytest.raises(ValueError, match="distance sums .* more than half of max_memory"):
+        S.separation_test(store, labels, "silhouette", max_memory=10_000)

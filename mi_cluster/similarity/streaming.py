@@ -82,7 +82,7 @@ def store_linear_cka(
     are taken in blocks and the store is read once per pair of blocks (e.g. 33 layers of
     width 4096 in 2 GiB: blocks of 2 layers, 153 passes)."""
     chosen = list(range(len(store.layer_labels))) if layers is None else list(layers)
-    width = _width(store, chosen[0])
+    width = math.prod(store.row_shape)
     per_block = max(1, int(math.sqrt(max_memory / 8) // (2 * width)))
     if per_block >= len(chosen):
         return _one_pass(store, chosen, rows)
@@ -103,9 +103,3 @@ def _one_pass(store: Any, layers: list[int], rows: int) -> Tensor:
     for batch in store.batches(rows=rows, layers=layers):
         acc.update(batch)
     return acc.compute()
-
-
-def _width(store: Any, layer: int) -> int:
-    for batch in store.batches(rows=1, layers=[layer]):
-        return int(batch[0, 0].numel())
-    raise SimilarityInputError("the store has no rows")

@@ -10,15 +10,18 @@ Statistics (all scale-free, so layers with larger residual norms are comparable)
 - ``"silhouette"``: the mean silhouette width on Euclidean distances;
 - ``"probe"``: held-out accuracy of a ridge probe with whole units held out.
 
-Each is computed from row weights and group labels (a row drawn twice in a bootstrap
-resample weighs 2, exactly as if it were duplicated), so one formula serves the data, every
-permutation of the labels and every bootstrap resample, batched over layers and resamples.
+Each is computed from unit weights and unit labels (a unit drawn twice in a bootstrap
+resample weighs 2, exactly as if its rows were duplicated), so one formula serves the data,
+every permutation of the labels and every bootstrap resample, batched over layers and
+resamples. Since all rows of a unit weigh alike, the rows enter only reduced to units
+(:mod:`mi_cluster.stats.sufficient`), which is also what lets the distance statistics
+stream from an on-disk store.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -36,6 +39,13 @@ from mi_cluster.stats.resampling import (
     label_permutations,
     make_generator,
     permutation_p_value,
+)
+from mi_cluster.stats.sufficient import (
+    UnitGram,
+    distance_sums,
+    is_store,
+    source_shape,
+    unit_gram,
 )
 
 __all__ = [
@@ -56,15 +66,37 @@ def _quad(g: Tensor, v: Tensor) -> Tensor:
     return (torch.matmul(v, g) * v).sum(-1)
 
 
+@dataclass(frozen=True)
+class _Reduced:
+    """The rows as a statistic needs them (:mod:`mi_cluster.stats.sufficient`)."""
+
+    statistic: str
+    row_unit: Tensor  # [row]
+    counts: Tensor  # [unit], rows per unit
+    gram: UnitGram | None = None  # centroid, variance_ratio
+    dist: Tensor | None = None  # silhouette: [layer, row, unit] distance sums
+
+
+def _reduce(
+    x: Any, row_unit: Tensor, n_units: int, statistic: str, max_memory: int = DEFAULT_MAX_MEMORY
+) -> _Reduced:
+    if statistic == "silhouette":
+        dist = distance_sums(x, row_unit, n_units, max_memory)
+        ru = row_unit.to(dist.device)
+        counts = torch.bincount(ru, minlength=n_units).to(dist.dtype)
+        return _Reduced(statistic, ru, counts, dist=dist)
+    gram = unit_gram(x, row_unit, n_units, max_memory)
+    return _Reduced(statistic, row_unit.to(gram.gram.device), gram.counts, gram=gram)
+
+
 def _centroid_family(
-    gram: Float[Tensor, "layer n n"], w: Float[Tensor, "R n"], a: Bool[Tensor, "R n"], kind: str
+    ug: UnitGram, w: Float[Tensor, "R unit"], a: Bool[Tensor, "R unit"], kind: str
 ) -> Float[Tensor, "layer R"]:
     wa, wb = w * a, w * ~a
-    na, nb = wa.sum(-1), wb.sum(-1)
-    dist2 = _quad(gram, wa / na[:, None] - wb / nb[:, None]).clamp_min(0)
-    diag = gram.diagonal(dim1=1, dim2=2)  # [layer, n]
-    wss = (diag @ w.T) - _quad(gram, wa) / na - _quad(gram, wb) / nb
-    wss = wss.clamp_min(torch.finfo(gram.dtype).tiny)
+    na, nb = wa @ ug.counts, wb @ ug.counts  # [R], rows in each group
+    dist2 = _quad(ug.gram, wa / na[:, None] - wb / nb[:, None]).clamp_min(0)
+    wss = (ug.sq_norms @ w.T) - _quad(ug.gram, wa) / na - _quad(ug.gram, wb) / nb
+    wss = wss.clamp_min(torch.finfo(ug.gram.dtype).tiny)
     total = na + nb
     if kind == "centroid":
         return dist2.sqrt() / (wss / total).sqrt()
@@ -72,12 +104,13 @@ def _centroid_family(
 
 
 def _silhouette_family(
-    dist: Float[Tensor, "layer n n"], w: Float[Tensor, "R n"], a: Bool[Tensor, "R n"]
+    red: _Reduced, w: Float[Tensor, "R unit"], a: Bool[Tensor, "R unit"]
 ) -> Float[Tensor, "layer R"]:
+    dist = red.dist  # [layer, row, unit]
     wa, wb = w * a, w * ~a
-    na, nb = wa.sum(-1), wb.sum(-1)  # [R]
-    to_a, to_b = dist @ wa.T, dist @ wb.T  # [layer, n, R]: weighted distance sums
-    at = a.T  # [n, R]
+    na, nb = wa @ red.counts, wb @ red.counts  # [R]
+    to_a, to_b = dist @ wa.T, dist @ wb.T  # [layer, row, R]: weighted distance sums
+    at = a[:, red.row_unit].T  # [row, R]
     own = torch.where(at, to_a, to_b)
     other = torch.where(at, to_b, to_a)
     n_own = torch.where(at, na, nb)
@@ -87,42 +120,45 @@ def _silhouette_family(
     denom = torch.maximum(mean_own, mean_other)
     s = (mean_other - mean_own) / denom.clamp_min(torch.finfo(dist.dtype).tiny)
     s = torch.where((n_own > 1) & (denom > 0), s, torch.zeros_like(s))
-    return (s * w.T).sum(1) / (na + nb)
+    return (s * w[:, red.row_unit].T).sum(1) / (na + nb)
 
 
-def _prepare(x: Tensor, statistic: str) -> Tensor:
-    centred = x - x.mean(1, keepdim=True)
-    if statistic == "silhouette":
-        return torch.cdist(centred, centred, compute_mode="donot_use_mm_for_euclid_dist")
-    return centred @ centred.transpose(1, 2)
+def _weighted(
+    red: _Reduced, w: Float[Tensor, "R unit"], a: Bool[Tensor, "R unit"]
+) -> Float[Tensor, "layer R"]:
+    """The statistic under unit weights ``w`` (1 = the data, counts = a bootstrap draw)
+    and unit labels ``a`` (the data's, or a shuffle)."""
+    if red.statistic == "silhouette":
+        return _silhouette_family(red, w, a)
+    return _centroid_family(red.gram, w, a, red.statistic)
 
 
-def _weighted(pre: Tensor, w: Tensor, a: Tensor, statistic: str) -> Tensor:
-    if statistic == "silhouette":
-        return _silhouette_family(pre, w, a)
-    return _centroid_family(pre, w, a, statistic)
+def _plain(x: Any, labels: Tensor, statistic: str) -> Tensor:
+    _, n, _ = source_shape(x)
+    lab = check_labels(labels, n)
+    red = _reduce(x, (~lab).long(), 2, statistic)  # unit 0: the first group, 1: the second
+    w = torch.ones((1, 2), dtype=red.counts.dtype, device=red.counts.device)
+    a = torch.tensor([[True, False]], device=red.counts.device)
+    return _weighted(red, w, a)[:, 0]
 
 
-def _plain(x: Tensor, labels: Tensor, statistic: str) -> Tensor:
-    x = check_layered(x, "x", 3)
-    lab = check_labels(labels, x.shape[1]).to(x.device)
-    w = torch.ones((1, x.shape[1]), dtype=x.dtype, device=x.device)
-    return _weighted(_prepare(x, statistic), w, lab[None], statistic)[:, 0]
-
-
-def centroid_separation(x: Float[Tensor, "layer row d"], labels: Tensor) -> Float[Tensor, " layer"]:
+def centroid_separation(
+    x: Float[Tensor, "layer row d"] | Any, labels: Tensor
+) -> Float[Tensor, " layer"]:
     """Distance between the two group centroids divided by the RMS distance of rows to
     their own centroid, per layer: about 0 when the groups overlap, large when apart."""
     return _plain(x, labels, "centroid")
 
 
-def variance_ratio(x: Float[Tensor, "layer row d"], labels: Tensor) -> Float[Tensor, " layer"]:
+def variance_ratio(
+    x: Float[Tensor, "layer row d"] | Any, labels: Tensor
+) -> Float[Tensor, " layer"]:
     """Between- over within-group variance per layer (``sklearn.metrics.calinski_harabasz_score``
     for two groups)."""
     return _plain(x, labels, "variance_ratio")
 
 
-def silhouette(x: Float[Tensor, "layer row d"], labels: Tensor) -> Float[Tensor, " layer"]:
+def silhouette(x: Float[Tensor, "layer row d"] | Any, labels: Tensor) -> Float[Tensor, " layer"]:
     """Mean silhouette width per layer on Euclidean distances
     (``sklearn.metrics.silhouette_score``): 1 = tight separate groups, 0 = overlap."""
     return _plain(x, labels, "silhouette")
@@ -160,7 +196,7 @@ class SeparationTest:
 
 
 def separation_test(
-    x: Float[Tensor, "layer row d"],
+    x: Float[Tensor, "layer row d"] | Any,
     labels: Tensor,
     statistic: Statistic = "silhouette",
     units: Tensor | None = None,
@@ -178,27 +214,43 @@ def separation_test(
     layer).
 
     Args:
-        x: representations, ``[layer, row, d_model]``.
-        labels: one boolean per row (True = first group).
+        x: representations, ``[layer, row, d_model]``, or an on-disk
+            :class:`~mi_cluster.store.ActivationStore`, streamed in bounded memory
+            (centroid, variance ratio, silhouette; float64 on the CPU; the same numbers as
+            in memory). Memory then grows with units, not rows: ``layer x unit x d_model``
+            unit sums (centroid, variance ratio) or ``layer x row x unit`` distance sums
+            (silhouette, which still computes every pairwise distance).
+        labels: one boolean per row (True = first group); for a store, in its row order
+            (``labels_per_prompt[store.prompt_index()]``).
         statistic: see the module docstring.
         units: unit id per row (rows of one word share it); default: each row its own.
         n_permutations, n_bootstrap: resamples; the permutation test is exact when the
             distinct relabellings number at most ``n_permutations``.
         n_folds, ridge: the probe's cross-validation and relative penalty.
         seed: an int or a CPU ``torch.Generator``; the same seed gives the same result.
-        max_memory: bytes of intermediates per chunk of resamples.
+        max_memory: bytes of intermediates per chunk of resamples, and of what a store
+            is reduced to (too little is refused, naming the sizes).
     """
     if statistic not in STATISTICS:
         raise StatsInputError(f"unknown statistic {statistic!r}; use one of {STATISTICS}")
-    x = check_layered(x, "x", 3)
-    lab = check_labels(labels, x.shape[1])
+    store = is_store(x)
+    if store and statistic == "probe":
+        raise StatsInputError(
+            "the probe statistic refits a ridge probe on the rows of every fold and does "
+            "not stream from a store; load it with store.to_activations() if it fits, or "
+            "use 'centroid', 'variance_ratio' or 'silhouette'"
+        )
+    n_layers, n, _ = source_shape(x)
+    if not store:
+        x = check_layered(x, "x", 3)
+    lab = check_labels(labels, n)
     row_unit, unit_label = check_units(units, lab)
     for group in (True, False):
         if int((unit_label == group).sum()) < 2:
             raise StatsInputError("each group needs at least 2 units (words)")
     gen = make_generator(seed)
-    dev, dt = x.device, x.dtype
-    n_layers, n = x.shape[:2]
+    dev, dt = (torch.device("cpu"), torch.float64) if store else (x.device, x.dtype)
+    n_units = unit_label.shape[0]
     row_unit_d = row_unit.to(dev)
     item = torch.finfo(dt).bits // 8
     perms, exact = label_permutations(unit_label, n_permutations, gen)
@@ -217,8 +269,8 @@ def separation_test(
                 out[:, :, test] = (dec > 0).transpose(1, 2) == row_labels[:, test]
             return out
 
-        def perm_stat(row_labels: Tensor) -> Tensor:
-            return correct_rows(row_labels).to(dt).mean(-1)
+        def perm_stat(unit_labels: Tensor) -> Tensor:
+            return correct_rows(unit_labels[:, row_unit_d]).to(dt).mean(-1)
 
         observed_correct = correct_rows(lab.to(dev)[None])[:, 0].to(dt)  # [layer, n]
 
@@ -228,24 +280,25 @@ def separation_test(
 
         bytes_per = n_layers * n * item * 4
     else:
-        pre = _prepare(x, statistic)
+        red = _reduce(x, row_unit, n_units, statistic, max_memory)
+        unit_label_d = unit_label.to(dev)
 
-        def perm_stat(row_labels: Tensor) -> Tensor:
-            w = torch.ones(row_labels.shape, dtype=dt, device=dev)
-            return _weighted(pre, w, row_labels, statistic)
+        def perm_stat(unit_labels: Tensor) -> Tensor:
+            w = torch.ones(unit_labels.shape, dtype=dt, device=dev)
+            return _weighted(red, w, unit_labels)
 
         def boot_stat(unit_w: Tensor) -> Tensor:
-            w = unit_w[:, row_unit_d]
-            return _weighted(pre, w, lab.to(dev).expand_as(w), statistic)
+            return _weighted(red, unit_w, unit_label_d.expand(unit_w.shape))
 
-        bytes_per = n_layers * n * item * 8
+        per_row = n if statistic == "silhouette" else n_units
+        bytes_per = n_layers * per_row * item * 8
 
     # The observed labels go first through the same computation as the permutations, so
     # the observed statistic ties exactly with the identity permutation.
     labellings = torch.cat([unit_label[None], perms])
     stats = torch.cat(
         [
-            perm_stat(labellings[sl].to(dev)[:, row_unit_d]).T
+            perm_stat(labellings[sl].to(dev)).T
             for sl in chunked(labellings.shape[0], bytes_per, max_memory)
         ]
     )  # [1 + P, layer]

@@ -17,7 +17,7 @@ unit (word), so a word's own vectors never define the axis it is scored on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,13 @@ from torch import Tensor
 from mi_cluster.stats.inputs import StatsInputError, check_labels, check_layered, check_units
 from mi_cluster.stats.probe import ridge_fit, unit_folds
 from mi_cluster.stats.resampling import Seed
+from mi_cluster.stats.sufficient import (
+    batch_rows,
+    group_sums,
+    is_store,
+    source_shape,
+    stream_rows,
+)
 
 __all__ = [
     "AXIS_METHODS",
@@ -69,39 +76,73 @@ class SubjecthoodAxis:
         return (x * self.direction.reshape(shape).to(x)).sum(-1) + off.to(x)
 
 
-def _fit(x: Tensor, is_name: Tensor, method: str, ridge: float) -> SubjecthoodAxis:
-    n_names, n_objects = int(is_name.sum()), int((~is_name).sum())
+def _check_counts(n_names: int, n_objects: int) -> None:
     if n_names < 1 or n_objects < 1:
         raise StatsInputError(
             f"a subjecthood axis needs names and objects to fit on; got {n_names} name and "
             f"{n_objects} object rows"
         )
+
+
+def _fit(x: Tensor, is_name: Tensor, method: str, ridge: float) -> SubjecthoodAxis:
+    n_names, n_objects = int(is_name.sum()), int((~is_name).sum())
+    _check_counts(n_names, n_objects)
     if method == "centroid":
         dev_mask = is_name.to(x.device)
         c_name, c_obj = x[:, dev_mask].mean(1), x[:, ~dev_mask].mean(1)
-        gap = c_name - c_obj
-        norm2 = gap.pow(2).sum(-1)
-        if bool((norm2 == 0).any()):
-            layer = int((norm2 == 0).nonzero()[0])
-            raise StatsInputError(
-                f"the name and object centroids coincide at layer {layer}: no axis to fit"
-            )
-        direction = gap / norm2[:, None]
-        offset = -(c_obj * direction).sum(-1)
-    elif method == "probe":
+        return _centroid_axis(c_name, c_obj, n_names, n_objects)
+    if method == "probe":
         direction, offset = ridge_fit(x, is_name.to(x.dtype) * 2 - 1, ridge)
     else:
         raise StatsInputError(f"unknown subjecthood method {method!r}; use one of {AXIS_METHODS}")
     return SubjecthoodAxis(direction, offset, method, n_names, n_objects)
 
 
+def _centroid_axis(c_name: Tensor, c_obj: Tensor, n_names: int, n_objects: int) -> SubjecthoodAxis:
+    _check_counts(n_names, n_objects)
+    gap = c_name - c_obj
+    norm2 = gap.pow(2).sum(-1)
+    if bool((norm2 == 0).any()):
+        layer = int((norm2 == 0).nonzero()[0])
+        raise StatsInputError(
+            f"the name and object centroids coincide at layer {layer}: no axis to fit"
+        )
+    direction = gap / norm2[:, None]
+    offset = -(c_obj * direction).sum(-1)
+    return SubjecthoodAxis(direction, offset, "centroid", n_names, n_objects)
+
+
+def _store_axis(sums: Tensor, counts: Tensor) -> SubjecthoodAxis:
+    """The centroid axis from row sums ``[layer, 2, d]`` and counts ``[2]`` (names,
+    objects)."""
+    n_names, n_objects = int(counts[0]), int(counts[1])
+    c = sums / counts.clamp_min(1)[:, None]
+    return _centroid_axis(c[:, 0], c[:, 1], n_names, n_objects)
+
+
+def _check_store_method(method: str) -> None:
+    if method not in AXIS_METHODS:
+        raise StatsInputError(f"unknown subjecthood method {method!r}; use one of {AXIS_METHODS}")
+    if method != "centroid":
+        raise StatsInputError(
+            "a probe axis is fitted on the rows in memory; from a store use "
+            "method='centroid' (which streams), or load it with store.to_activations()"
+        )
+
+
 def fit_subjecthood_axis(
-    x: Float[Tensor, "layer row d_model"],
+    x: Float[Tensor, "layer row d_model"] | Any,
     is_name: Tensor,
     method: AxisMethod = "centroid",
     ridge: float = 1.0,
 ) -> SubjecthoodAxis:
-    """Fit the name-vs-object axis of every layer on all rows of ``x``."""
+    """Fit the name-vs-object axis of every layer on all rows of ``x`` (a tensor, or for
+    ``"centroid"`` an on-disk store, streamed once: float64 on the CPU)."""
+    if is_store(x):
+        _check_store_method(method)
+        lab = check_labels(is_name, source_shape(x)[1], "is_name", min_per_group=1)
+        gs = group_sums(x, (~lab).long(), 2)
+        return _store_axis(gs.sums, gs.counts)
     x = check_layered(x, "x", 3)
     lab = check_labels(is_name, x.shape[1], "is_name", min_per_group=1)
     return _fit(x, lab, method, ridge)
@@ -128,7 +169,7 @@ class CrossFittedScores:
 
 
 def cross_fitted_subjecthood(
-    x: Float[Tensor, "layer row d_model"],
+    x: Float[Tensor, "layer row d_model"] | Any,
     is_name: Tensor,
     units: Tensor,
     fit_rows: Tensor | None = None,
@@ -144,15 +185,24 @@ def cross_fitted_subjecthood(
     fold ``f`` are scored by the axis fitted on the ``fit_rows`` (default: all rows) of the
     other folds. With ``fit_rows`` one may, e.g., fit on in-context rows of both roles and
     still score the words alone.
+
+    ``x`` may be an on-disk store for ``"centroid"``: two passes (the fold x role sums,
+    then the scores), float64 on the CPU, equal to the scores in memory.
     """
-    x = check_layered(x, "x", 3)
-    lab = check_labels(is_name, x.shape[1], "is_name")
+    store = is_store(x)
+    if store:
+        _check_store_method(method)
+    else:
+        x = check_layered(x, "x", 3)
+    lab = check_labels(is_name, source_shape(x)[1], "is_name")
     row_unit, unit_label = check_units(units, lab)
     fit = torch.ones_like(lab) if fit_rows is None else torch.as_tensor(fit_rows, dtype=torch.bool)
     if fit.shape != lab.shape:
         raise StatsInputError(f"fit_rows has {fit.shape[0]} entries for {lab.shape[0]} rows")
     folds = unit_folds(unit_label, n_folds, seed)
     row_fold = folds[row_unit]
+    if store:
+        return _store_cross_fitted(x, lab, fit, row_fold, folds, n_folds)
     scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
     axes = []
     for f in range(n_folds):
@@ -161,3 +211,25 @@ def cross_fitted_subjecthood(
         axes.append(_fit(x[:, train.to(x.device)], lab[train], method, ridge))
         scores[:, held.to(x.device)] = axes[-1].score(x[:, held.to(x.device)])
     return CrossFittedScores(scores, folds, method, n_folds, tuple(axes))
+
+
+def _store_cross_fitted(
+    store: Any, lab: Tensor, fit: Tensor, row_fold: Tensor, folds: Tensor, n_folds: int
+) -> CrossFittedScores:
+    cell = torch.where(fit, row_fold * 2 + (~lab).long(), -1)  # fold x (name, object)
+    gs = group_sums(store, cell, 2 * n_folds)
+    n_layers, _, d = gs.sums.shape
+    sums, counts = gs.sums.view(n_layers, n_folds, 2, d), gs.counts.view(n_folds, 2)
+    axes = tuple(
+        _store_axis(sums.sum(1) - sums[:, f], counts.sum(0) - counts[f]) for f in range(n_folds)
+    )
+    direction = torch.stack([a.direction for a in axes])  # [fold, layer, d]
+    offset = torch.stack([a.offset for a in axes])  # [fold, layer]
+    scores = torch.empty((n_layers, lab.shape[0]), dtype=torch.float64)
+    layers = list(range(n_layers))
+    for start, batch in stream_rows(store, layers, batch_rows(n_layers, d, 2**28)):
+        f = row_fold[start : start + batch.shape[1]]
+        scores[:, start : start + batch.shape[1]] = (
+            torch.einsum("lrd,rld->lr", batch, direction[f]) + offset[f].T
+        )
+    return CrossFittedScores(scores, folds, "centroid", n_folds, axes)
