@@ -139,7 +139,7 @@ def head_direct_logit_attribution(
 
     def store(layer: int, z: Tensor) -> None:  # [batch, pos, head, d_head]
         z_end = z[rows, pos.end.to(z.device)]
-        results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer])
+        results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer].to(z_end))
 
     def grab_scale(s: Tensor, hook: Any) -> None:
         scale["end"] = s[rows, pos.end.to(s.device)]
@@ -151,8 +151,10 @@ def head_direct_logit_attribution(
     direction = (
         w_u[:, pos.io_id.to(w_u.device)] - w_u[:, pos.s_id.to(w_u.device)]
     ).T  # [prompt, d]
-    out = torch.stack([results[layer] for layer in range(n_layers)])  # [layer, head, prompt, d]
-    return ((out / scale["end"][None, None]) * direction[None, None]).sum(-1).float().cpu()
+    # [layer, head, prompt, d], gathered where the unembedding is (under a device map)
+    out = torch.stack([results[layer].to(w_u.device) for layer in range(n_layers)])
+    end_scale = scale["end"].to(w_u.device)
+    return ((out / end_scale[None, None]) * direction[None, None]).sum(-1).float().cpu()
 
 
 def copy_scores(

@@ -29,7 +29,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_cluster.activations import Positions, collect
-from mi_cluster.models import model_device, model_info, require_meaningful_logits
+from mi_cluster.models import (
+    model_device,
+    model_info,
+    module_device,
+    require_meaningful_logits,
+)
 from mi_cluster.prompts import get_tokenizer
 from mi_cluster.similarity.distances import kl_from_log_probs
 
@@ -48,16 +53,29 @@ def residual_logits(
     and unembedding; for BERT masked-LM models dense -> activation -> LayerNorm -> decoder.
 
     With ``scale``, the final norm divides by it instead of each residual's own scale (used
-    by path patching to freeze the norm at another run's value)."""
+    by path patching to freeze the norm at another run's value).
+
+    Each step runs where its weights are (the last GPUs of a model split by a device
+    map; a no-op on one device), and the logits stay where the unembedding is."""
     if scale is not None:
-        return model.unembed(_normalise_with(model, resid, scale))
+        return _on_call(model.unembed, _normalise_with(model, _on(model.ln_final, resid), scale))
     if hasattr(model, "mlm_head"):
         from transformers.activations import ACT2FN
 
-        return model.unembed(model.ln_final(ACT2FN[model.cfg.act_fn](model.mlm_head(resid))))
-    return (
-        model.unembed(model.ln_final(resid)) if hasattr(model, "ln_final") else model.unembed(resid)
-    )
+        hidden = ACT2FN[model.cfg.act_fn](model.mlm_head(_on(model.mlm_head, resid)))
+        return _on_call(model.unembed, _on_call(model.ln_final, hidden))
+    if hasattr(model, "ln_final"):
+        resid = _on_call(model.ln_final, resid)
+    return _on_call(model.unembed, resid)
+
+
+def _on(module: Any, x: Tensor) -> Tensor:
+    """``x`` on the device of ``module``'s weights (where it is, for a weightless one)."""
+    return x.to(module_device(module, x.device))
+
+
+def _on_call(module: Any, x: Tensor) -> Tensor:
+    return module(_on(module, x))
 
 
 def layer_logits(
@@ -77,13 +95,13 @@ def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
         raise ValueError("a frozen final LayerNorm needs a model whose logits follow ln_final")
     norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
     x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
-    x = x / scale.to(x.dtype)
+    x = x / scale.to(x)
     params = dict(model.ln_final.named_parameters())
     weight = next((v for k, v in params.items() if k.endswith("weight")), None)
     bias = next((v for k, v in params.items() if k.endswith("bias")), None)
     if weight is not None:
-        x = x * weight.to(x.dtype)
-    return x + bias.to(x.dtype) if bias is not None else x
+        x = x * weight.to(x)
+    return x + bias.to(x) if bias is not None else x
 
 
 def token_id(model_or_tokenizer: Any, token: int | str) -> int:
@@ -280,13 +298,14 @@ def logit_lens(
                 lp = final if last else torch.log_softmax(logits, -1)
                 values, ids = lp.topk(k, dim=-1)
                 top_ids[layer, rows], top_lp[layer, rows] = ids.cpu(), values.to(resid.dtype).cpu()
-                if watch_ids:
+                if watch_ids:  # (the logits are where the head is: a device map's last)
+                    watch_t = watch_t.to(logits.device)
                     w_lp[layer, rows] = lp[:, watch_t].to(resid.dtype).cpu()
                     watched = logits[:, watch_t]
                     w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
                 kl[layer, rows] = kl_from_log_probs(final, lp).to(resid.dtype).cpu()
                 if diff is not None:
-                    answer = logits.gather(1, answer_ids[rows].to(dev))  # [row, 2]
+                    answer = logits.gather(1, answer_ids[rows].to(logits.device))  # [row, 2]
                     diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(resid.dtype).cpu()
                     a_ranks[layer, rows] = (logits[:, None, :] > answer[:, :, None]).sum(-1).cpu()
                 if full is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "load_directory",
     "load_model",
     "model_device",
+    "module_device",
     "model_info",
     "prepare_bridge",
     "register_model",
@@ -111,11 +112,19 @@ def has_mlps(model: Any) -> bool:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of a model's parameters (CPU for a model without parameters)."""
+    """The device of a model's (first) parameters: for a model split across devices by a
+    device map, where its embedding lives (CPU for a model without parameters)."""
+    default = torch.device(str(getattr(getattr(model, "cfg", None), "device", "cpu") or "cpu"))
+    return module_device(model, default)
+
+
+def module_device(module: Any, default: torch.device) -> torch.device:
+    """Where a module's parameters live, e.g. one block of a model split across GPUs;
+    ``default`` for a module without parameters (a folded LayerNorm)."""
     try:
-        return next(model.parameters()).device
+        return next(module.parameters()).device
     except (StopIteration, AttributeError):
-        return torch.device(str(getattr(getattr(model, "cfg", None), "device", "cpu") or "cpu"))
+        return default
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mi_cluster.activations import hook_name
 from mi_cluster.lens import residual_logits
+from mi_cluster.models import module_device
 
 __all__ = ["Hook", "LayerRunner", "PatchingError", "plan_passes", "rows_per_pass"]
 
@@ -134,7 +135,9 @@ class LayerRunner:
         with torch.no_grad():
             got = self.run(torch.arange(self.batch), last, positions=every)
         scale = self.logits.abs().max().clamp_min(1.0)
-        if got is None or not torch.allclose(got, self.logits, atol=1e-4 * float(scale), rtol=1e-4):
+        if got is None or not torch.allclose(
+            got.to(self.logits.device), self.logits, atol=1e-4 * float(scale), rtol=1e-4
+        ):
             raise PatchingError(
                 f"mi_cluster cannot run {type(self.model).__name__} "
                 f"({getattr(self.model.cfg, 'architecture', '?')}) layer by layer: its blocks "
@@ -184,28 +187,40 @@ class LayerRunner:
         row_start = torch.full((rows,), start) if isinstance(start, int) else start.cpu()
         if bool((row_start[1:] < row_start[:-1]).any()):
             raise PatchingError("rows must be ordered by start layer")
-        device = self.tokens.device
-        prompt_d = prompt.to(device)
         args = tuple(self._expand(a, prompt) for a in self._args)
         kwargs = {k: self._expand(v, prompt) for k, v in self._kwargs.items()}
         first, end = int(row_start[0]), self.n_layers if stop_layer is None else stop_layer
-        resid = self.cache[hook_name("resid_pre", first)][prompt_d].clone()
+        resid = self._cached_rows(first, prompt).clone()
         # No gradients: exact patching needs none, and with autograd on, the bridge's BERT
         # blocks keep each run's graph alive (MiniLM grew ~2.6 MB per patched row and run).
         with torch.no_grad(), self.model.hooks(fwd_hooks=list(hooks)):
             for layer in range(first, end):
                 n = int(torch.searchsorted(row_start, layer, right=True))
                 joined = int(torch.searchsorted(row_start, layer, right=False))
+                # a model split across devices: the residual and the block's arguments go
+                # to where this block's weights are (a no-op on one device)
+                dev = module_device(self.model.blocks[layer], resid.device)
+                resid = resid.to(dev)
                 if layer > first and n > joined:  # rows starting here enter from the cache
-                    resid[joined:n] = self.cache[hook_name("resid_pre", layer)][prompt_d[joined:n]]
-                a = tuple(_rows(x, n, rows) for x in args)
-                kw = {k: _rows(v, n, rows) for k, v in kwargs.items()}
+                    resid[joined:n] = self._cached_rows(layer, prompt[joined:n]).to(dev)
+                a = tuple(_to(_rows(x, n, rows), dev) for x in args)
+                kw = {k: _to(_rows(v, n, rows), dev) for k, v in kwargs.items()}
                 out = self.model.blocks[layer](resid[:n], *a, **kw)
                 resid[:n] = out[0] if isinstance(out, tuple) else out
         if positions is None or stop_layer is not None:
             return None
-        picked = resid.gather(1, positions.to(device)[..., None].expand(-1, -1, resid.shape[-1]))
-        return self.head(picked, final_scale)
+        index = positions.to(resid.device)[..., None].expand(-1, -1, resid.shape[-1])
+        return self.head(resid.gather(1, index), final_scale)
+
+    def _cached_rows(self, layer: int, prompt: Tensor) -> Tensor:
+        """The base run's residual entering block ``layer``, for the rows' prompts (on the
+        device the cache keeps it, that block's under a device map)."""
+        cached = self.cache[hook_name("resid_pre", layer)]
+        return cached[prompt.to(cached.device)]
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, Tensor) else value
 
 
 def _rows(value: Any, n: int, rows: int) -> Any:
