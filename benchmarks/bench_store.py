@@ -1,7 +1,8 @@
 """The on-disk store: collection throughput with 1 process vs 2 (torchrun, gloo), bytes per
-row (float32 and float16), and peak memory of streaming CKA over the store vs loading it
-and computing CKA in memory. Every measurement runs in its own process; times are the
-whole process (start, model build, collection, writes), the same for both.
+row (float32 and float16), and peak memory of streaming CKA and a streaming separation
+test over the store vs loading it and computing them in memory. Every measurement runs in
+its own process; times are the whole process (start, model build, collection, writes), the
+same for both.
 
     python benchmarks/bench_store.py [--prompts 2048] [--layers 6] [--d-model 512]
 """
@@ -55,16 +56,23 @@ def child(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
         print(json.dumps({"collect_s": seconds}))
         return
+    from mi_cluster.stats import separation_test
+
     store = ActivationStore(args.out)
     peak = PeakRSS()
     peak.start()
     start = time.perf_counter()
-    if args.child == "cka_stream":
-        values = pairwise(store, metric="linear_cka").values
-    else:  # load the whole store, then CKA in memory
-        values = pairwise(store.to_activations().tensor.double(), metric="linear_cka").values
+    task, how = args.child.split("_")
+    source = store if how == "stream" else store.to_activations().tensor.double()
+    if task == "cka":
+        values = pairwise(source, metric="linear_cka").values
+    else:  # units = prompts, labelled by their index's parity (a null contrast)
+        units = store.prompt_index()
+        res = separation_test(source, units % 2 == 0, "centroid", units, n_permutations=1000,
+                              n_bootstrap=500)  # fmt: skip
+        values = torch.stack([res.value, res.p_value, res.interval.low, res.interval.high])
     seconds = time.perf_counter() - start
-    print(json.dumps({"s": seconds, "peak_mib": peak.stop(), "cka": values.tolist()}))
+    print(json.dumps({"s": seconds, "peak_mib": peak.stop(), "values": values.tolist()}))
 
 
 def _run(cmd: list[str], env: dict) -> tuple[float, dict]:
@@ -132,18 +140,20 @@ def main() -> None:
         f"(relative error {runs['1 process, float16 storage'][2].cast_relative_error:.1e})"
     )
     path = next(iter(runs.values()))[2].path
-    cka = {}
-    for method in ("cka_stream", "cka_memory"):
-        _, cka[method] = _run(me + common + [f"--child={method}", f"--out={path}"], env)
     import torch
 
-    diff = torch.tensor(cka["cka_stream"]["cka"]) - torch.tensor(cka["cka_memory"]["cka"])
-    print(f"\n{'linear CKA, all layer pairs':<42}{'time s':>11}{'peak MiB':>11}")
-    for method, label in (("cka_memory", "load the store, then in memory"),
-                          ("cka_stream", "streamed over the store")):  # fmt: skip
-        print(f"{label:<42}{cka[method]['s']:>11.2f}{cka[method]['peak_mib']:>11.0f}")
-    print(f"peak memory ratio {cka['cka_memory']['peak_mib'] / cka['cka_stream']['peak_mib']:.1f}x"
-          f"; max |difference| {float(diff.abs().max()):.1e}")  # fmt: skip
+    for task, title in (("cka", "linear CKA, all layer pairs"),
+                        ("sep", "centroid separation test (units: prompts)")):  # fmt: skip
+        res = {}
+        for how in ("memory", "stream"):
+            _, res[how] = _run(me + common + [f"--child={task}_{how}", f"--out={path}"], env)
+        diff = torch.tensor(res["stream"]["values"]) - torch.tensor(res["memory"]["values"])
+        print(f"\n{title:<42}{'time s':>11}{'peak MiB':>11}")
+        for how, label in (("memory", "load the store, then in memory"),
+                           ("stream", "streamed over the store")):  # fmt: skip
+            print(f"{label:<42}{res[how]['s']:>11.2f}{res[how]['peak_mib']:>11.0f}")
+        print(f"peak memory ratio {res['memory']['peak_mib'] / res['stream']['peak_mib']:.1f}x"
+              f"; max |difference| {float(diff.abs().max()):.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -98,6 +98,45 @@ def test_two_gloo_ranks_write_the_same_store_as_one_process(prompts_file, tmp_pa
     assert [s["rank"] for s in ActivationStore(two).shards] == [0, 1, 0, 1, 0, 1, 0]
 
 
+def test_srun_variables_launch_the_same_ranks(prompts_file, tmp_path):
+    """srun starts every task itself and sets only SLURM_PROCID, SLURM_NTASKS and
+    SLURM_LOCALID (plus the exported MASTER_ADDR/PORT): two plain processes launched that
+    way, no torchrun, must write the same store as one process."""
+    import socket
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("--prompts", str(prompts_file), "--shard-size", "6")
+    subprocess.run(_cli(*args, "--out", str(one)), check=True, env=_env(),
+                   capture_output=True, timeout=300)  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    tasks = [
+        subprocess.Popen(
+            _cli(*args, "--out", str(two)),
+            env={
+                **base,
+                "SLURM_PROCID": str(i),
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": str(i),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [t.communicate(timeout=300) for t in tasks]
+    for t, (_, err) in zip(tasks, outs, strict=True):
+        assert t.returncode == 0, err[-2000:]
+    assert "rank 1/2: wrote 3 shards" in outs[1][1]
+    assert _shas(one) == _shas(two)
+    assert [s["rank"] for s in ActivationStore(two).shards] == [0, 1, 0, 1, 0, 1, 0]
+
+
 def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, rank: int | None = None) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:
