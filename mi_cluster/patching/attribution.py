@@ -132,7 +132,8 @@ def attribution_patching(
     out = {}
     for s in sites:
         per_layer = [_reduce((source_cache[n] - kept[n].detach()) * grad[n], s) for n in names[s]]
-        effect = torch.stack(per_layer)  # [layer, prompt, ...]
+        # [layer, prompt, ...], gathered where the metric is (layers may sit on several GPUs)
+        effect = torch.stack([e.to(base_value.device) for e in per_layer])
         values = base_value + effect.movedim(1, -1)  # [layer, ..., prompt]
         kind = SITE_KINDS[s]
         out[s] = PatchResult(
