@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,13 +99,20 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from mi_cluster.store import ActivationStore
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     me = [sys.executable, __file__]
     common = [f"--prompts={args.prompts}", f"--layers={args.layers}", f"--d-model={args.d_model}",
               f"--shard-size={args.shard_size}"]  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="bench_store_"))
+    try:
+        _measure(args, me, common, env, tmp)
+    finally:  # the stores take gigabytes
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, me: list, common: list, env: dict, tmp: Path) -> None:
+    from mi_cluster.store import ActivationStore
+
     runs = {}
     for name, launcher, threads, dtype in (
         ("1 process x 2 threads", me, 2, "float32"),
@@ -147,7 +155,10 @@ def main() -> None:
         res = {}
         for how in ("memory", "stream"):
             _, res[how] = _run(me + common + [f"--child={task}_{how}", f"--out={path}"], env)
-        diff = torch.tensor(res["stream"]["values"]) - torch.tensor(res["memory"]["values"])
+        stream, memory = (
+            torch.tensor(res[h]["values"], dtype=torch.float64) for h in ("stream", "memory")
+        )
+        diff = stream - memory
         print(f"\n{title:<42}{'time s':>11}{'peak MiB':>11}")
         for how, label in (("memory", "load the store, then in memory"),
                            ("stream", "streamed over the store")):  # fmt: skip
