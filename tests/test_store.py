@@ -21,6 +21,7 @@ import torch
 from mi_cluster.activations import Positions, collect
 from mi_cluster.cli import read_prompts
 from mi_cluster.similarity import pairwise, store_linear_cka
+from mi_cluster.stats.probe import fold_fits
 from mi_cluster.store import ActivationStore, StoreError, collect_to_store
 from mi_cluster.toy.data import eval_examples
 
@@ -314,7 +315,7 @@ def word_store(toy, examples, tmp_path_factory):
     return store, store.to_activations().tensor.double(), per_prompt[index], index
 
 
-@pytest.mark.parametrize("statistic", ["centroid", "variance_ratio", "silhouette"])
+@pytest.mark.parametrize("statistic", ["centroid", "variance_ratio", "silhouette", "probe"])
 def test_separation_tests_stream_from_a_store_and_equal_in_memory(word_store, statistic):
     from mi_cluster.stats import separation_test
 
@@ -322,8 +323,9 @@ def test_separation_tests_stream_from_a_store_and_equal_in_memory(word_store, st
     assert 8 <= int(labels.sum()) <= x.shape[1] - 8
     kw = dict(n_permutations=300, n_bootstrap=200, seed=3)
     want = separation_test(x, labels, statistic, units, **kw)
-    # silhouette: blocks of about 128 rows; centroid: unit sums of a few layers per pass
-    small = 2**22 if statistic == "silhouette" else 40 * x.shape[2] * 8 * 3
+    # silhouette: blocks of about 128 rows; centroid: unit sums of a few layers per pass;
+    # probe: batches of about 250 rows (its layer blocks: the next test)
+    small = {"silhouette": 2**22, "probe": 2**21}.get(statistic, 40 * x.shape[2] * 8 * 3)
     for got in (
         separation_test(store, labels, statistic, units, **kw),
         separation_test(store, labels, statistic, units, **kw, max_memory=small),
@@ -352,27 +354,52 @@ def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
             for layer in (0, x.shape[0] - 1):  # through a Gram: sqrt(rounding) apart)
                 want = ref(x[layer].numpy(), labels.numpy())
                 assert got[layer].item() == pytest.approx(want, rel=1e-7)
-    axis, want = S.fit_subjecthood_axis(store, labels), S.fit_subjecthood_axis(x, labels)
-    torch.testing.assert_close(axis.direction, want.direction)
-    torch.testing.assert_close(axis.offset, want.offset)
-    assert (axis.n_names, axis.n_objects) == (want.n_names, want.n_objects)
+    got, want = (S.probe_accuracy(s, labels, units, n_folds=4, ridge=0.5) for s in (store, x))
+    torch.testing.assert_close(got.accuracy, want.accuracy)
+    torch.testing.assert_close(got.decision, want.decision)
+    row_fold = got.folds[units]  # the probe's fold fits, one layer per pass or all at once
+    unit_y = torch.zeros(len(got.folds), dtype=torch.float64).index_put_(
+        (units,), labels.double() * 2 - 1
+    )
+    args = (store, row_fold, units, got.folds, unit_y, [0, 1, None])
+    d = x.shape[2]
+    for a, b in zip(fold_fits(*args), fold_fits(*args, max_memory=8 * d * 6 * d + 2**16),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a.coef, b.coef, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(a.mean, b.mean)
     fit_rows = torch.arange(x.shape[1]) % 3 != 0  # an axis fitted on two rows in three
-    got = S.cross_fitted_subjecthood(store, labels, units, fit_rows, n_folds=4, seed=2)
-    want = S.cross_fitted_subjecthood(x, labels, units, fit_rows, n_folds=4, seed=2)
-    assert torch.equal(got.folds, want.folds) and len(got.axes) == 4
-    torch.testing.assert_close(got.scores, want.scores)
-    for a, b in zip(got.axes, want.axes, strict=True):
-        torch.testing.assert_close(a.direction, b.direction)
+    for method in ("centroid", "probe"):
+        axis, want = (S.fit_subjecthood_axis(s, labels, method, ridge=0.5) for s in (store, x))
+        torch.testing.assert_close(axis.direction, want.direction)
+        torch.testing.assert_close(axis.offset, want.offset)
+        assert (axis.n_names, axis.n_objects, axis.method) == (
+            want.n_names, want.n_objects, method
+        )  # fmt: skip
+        got, want = (
+            S.cross_fitted_subjecthood(s, labels, units, fit_rows, method=method, n_folds=4,
+                                       seed=2)
+            for s in (store, x)
+        )  # fmt: skip
+        assert torch.equal(got.folds, want.folds) and len(got.axes) == 4
+        torch.testing.assert_close(got.scores, want.scores)
+        for a, b in zip(got.axes, want.axes, strict=True):
+            torch.testing.assert_close(a.direction, b.direction)
+            torch.testing.assert_close(a.offset, b.offset)
+            assert (a.n_names, a.n_objects) == (b.n_names, b.n_objects)
 
 
-def test_store_statistics_refuse_what_they_cannot_stream(word_store):
+def test_store_statistics_refuse_what_does_not_fit(word_store):
     import mi_cluster.stats as S
 
     store, x, labels, units = word_store
-    with pytest.raises(ValueError, match="does not stream from a store"):
-        S.separation_test(store, labels, "probe", units)
-    with pytest.raises(ValueError, match="method='centroid'"):
-        S.fit_subjecthood_axis(store, labels, method="probe")
+    with pytest.raises(ValueError, match="unknown subjecthood method 'lda'"):
+        S.fit_subjecthood_axis(store, labels, method="lda")
+    with pytest.raises(ValueError, match="the probe's decision map .* more than half"):
+        S.separation_test(store, labels, "probe", units, max_memory=10_000)
+    one_fold = torch.zeros(x.shape[1], dtype=torch.long)
+    with pytest.raises(ValueError, match="the probe's fold moments of one layer take"):
+        fold_fits(store, one_fold, (~labels).long(), torch.tensor([0, 0]),
+                  torch.tensor([1.0, -1.0]), [None], max_memory=10_000)  # fmt: skip
     with pytest.raises(ValueError, match=f"labels has 5 entries for {x.shape[1]} rows"):
         S.centroid_separation(store, labels[:5])
     with pytest.raises(ValueError, match="unit sums of one layer take .* more than max_memory"):

@@ -8,12 +8,23 @@ regularises every layer alike although residual norms grow with depth.
 
 Held-out predictions are a linear function of the training labels,
 ``decision_test = A @ y_train`` with ``A`` fixed by the inputs alone (the "hat map"), so
-a label-permutation test re-uses ``A`` for every permutation instead of refitting.
+a label-permutation test re-uses ``A`` for every permutation instead of refitting. Since a
+unit's rows share a label, ``A`` summed over each unit's columns (:func:`decision_map`,
+``[layer, row, unit]``) is all a test needs.
+
+From an on-disk :class:`~mi_cluster.store.ActivationStore` the same fits are made in the
+primal, streamed: per fold the rows' cross-products ``sum x x^T`` and per unit the row sums,
+one pass per block of layers; then ``(Cov + alpha I)^-1`` applied to each unit's centred sum
+gives the map, and a second pass its rows. Memory is ``folds x d_model^2`` per layer, not
+``row x row``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -21,10 +32,21 @@ from torch import Tensor
 
 from mi_cluster.stats.inputs import StatsInputError, check_labels, check_layered, check_units
 from mi_cluster.stats.resampling import Seed, make_generator
+from mi_cluster.stats.sufficient import (
+    batch_rows,
+    check_row_unit_map,
+    is_store,
+    layer_blocks,
+    source_shape,
+    stream_rows,
+)
 
 __all__ = [
+    "FoldFit",
     "FoldHat",
     "ProbeResult",
+    "decision_map",
+    "fold_fits",
     "fold_hats",
     "probe_accuracy",
     "ridge_alpha",
@@ -181,25 +203,171 @@ class ProbeResult:
     ridge: float
 
 
+def decision_map(
+    x: Float[Tensor, "layer row d"] | Any,
+    row_unit: Int[Tensor, " row"],
+    fold_of_unit: Int[Tensor, " unit"],
+    unit_y: Float[Tensor, " unit"],
+    ridge: float = 1.0,
+    max_memory: int = 2**30,
+) -> Float[Tensor, "layer row unit"]:
+    """Held-out decisions as a linear map of the units' labels: with labels ``y`` (``±1``
+    per unit, the data's or a shuffle), the decisions are ``D @ y``, each row's from the
+    probe fitted on the other folds. ``unit_y`` (the data's labels) is only checked: each
+    fit needs both groups. A store is streamed in float64 (see the module docstring)."""
+    n_layers, n, _ = source_shape(x)
+    row_unit = torch.as_tensor(row_unit, dtype=torch.int64)
+    n_units = fold_of_unit.shape[0]
+    if is_store(x):
+        check_row_unit_map(n_layers, n, n_units, max_memory, "the probe's decision map")
+        folds = sorted(set(fold_of_unit.tolist()))
+        out = torch.zeros((n_layers, n, n_units), dtype=torch.float64)
+        row_fold = fold_of_unit[row_unit]
+        for layers, fits in _store_fold_fits(
+            x, row_fold, row_unit, fold_of_unit, unit_y, folds, ridge, max_memory
+        ):
+            block = out[layers[0] : layers[-1] + 1]  # a view: the blocks are consecutive
+            _apply_fits(x, layers, row_fold, dict(zip(folds, fits, strict=True)), block)
+        return out
+    y = unit_y.to(x.dtype)[row_unit]
+    out = x.new_zeros((n_layers, n, n_units))
+    for fh in fold_hats(x, fold_of_unit[row_unit], y, ridge):
+        train_units = row_unit[fh.train_rows].to(x.device)
+        part = x.new_zeros((n_layers, len(fh.test_rows), n_units))
+        out[:, fh.test_rows.to(x.device)] = part.index_add_(2, train_units, fh.hat)
+    return out
+
+
+@dataclass(frozen=True)
+class FoldFit:
+    """The primal ridge fit on one training set, for every labelling of its groups.
+
+    Fields:
+        mean: ``Float[Tensor, "layer d"]``, the training rows' mean.
+        coef: ``Float[Tensor, "layer d group"]``, ``(Cov + alpha I)^-1`` applied to each
+            group's centred row sum (0 for groups not trained on): the weights for labels
+            ``y`` are ``coef @ y``.
+        share: ``Float[Tensor, "group"]``, each trained group's share of the training rows:
+            the intercept is ``share @ y - mean . w``.
+    """
+
+    mean: Float[Tensor, "layer d"]
+    coef: Float[Tensor, "layer d group"]
+    share: Float[Tensor, " group"]
+
+    def axis(self, group_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Weights ``[layer, d]`` and intercept ``[layer]`` for labels ``group_y``."""
+        y = group_y.to(self.coef)
+        w = self.coef @ y
+        return w, self.share @ y - (self.mean * w).sum(-1)
+
+
+def fold_fits(
+    store: Any,
+    row_fold: Int[Tensor, " row"],
+    row_group: Int[Tensor, " row"],
+    group_fold: Int[Tensor, " group"],
+    group_y: Tensor,
+    held_out: list[int | None],
+    ridge: float = 1.0,
+    max_memory: int = 2**30,
+) -> list[FoldFit]:
+    """Ridge fits streamed from a store, one per entry of ``held_out``: trained on the
+    rows whose fold (``row_fold``, ``-1`` = never trained on) is not that fold (``None``:
+    every fold). Rows are summed by ``row_group``; each group lies in one fold
+    (``group_fold``) and ``group_y`` (``±1``) are the labels each fit is checked for."""
+    parts = list(
+        _store_fold_fits(
+            store, row_fold, row_group, group_fold, group_y, held_out, ridge, max_memory
+        )
+    )
+    return [
+        FoldFit(
+            torch.cat([p[1][j].mean for p in parts]),
+            torch.cat([p[1][j].coef for p in parts]),
+            parts[0][1][j].share,
+        )
+        for j in range(len(held_out))
+    ]
+
+
+def _store_fold_fits(
+    store: Any,
+    row_fold: Tensor,
+    row_group: Tensor,
+    group_fold: Tensor,
+    group_y: Tensor,
+    held_out: list[int | None],
+    ridge: float,
+    max_memory: int,
+) -> Iterator[tuple[list[int], list[FoldFit]]]:
+    """For each block of layers that fits ``max_memory``: the fits, after one pass."""
+    n_layers, _, d = source_shape(store)
+    folds = sorted(set(group_fold.tolist()))
+    n_groups = group_fold.shape[0]
+    per_layer = 8 * d * (len(folds) * d + (1 + len(held_out)) * n_groups + d)
+    for layers in layer_blocks(n_layers, per_layer, max_memory, "the probe's fold moments"):
+        cross = torch.zeros((len(layers), len(folds), d, d), dtype=torch.float64)
+        sums = torch.zeros((len(layers), n_groups, d), dtype=torch.float64)
+        for start, batch in stream_rows(store, layers, batch_rows(len(layers), d, max_memory)):
+            f = row_fold[start : start + batch.shape[1]]
+            g = row_group[start : start + batch.shape[1]]
+            for k, fold in enumerate(folds):
+                xb = batch[:, f == fold]
+                cross[:, k] += xb.transpose(1, 2) @ xb
+            sums.index_add_(1, g[f >= 0], batch[:, f >= 0])
+        counts = torch.bincount(row_group[row_fold >= 0], minlength=n_groups).double()
+        fits = []
+        for h in held_out:
+            trained = group_fold != h if h is not None else torch.ones(n_groups, dtype=torch.bool)
+            y = torch.as_tensor(group_y, dtype=torch.float64)[trained & (counts > 0)]
+            n_train = counts[trained].sum()
+            mean = sums[:, trained].sum(1) / n_train
+            cov = cross[:, [k for k, fold in enumerate(folds) if fold != h]].sum(1)
+            cov -= n_train * mean[:, :, None] * mean[:, None, :]
+            alpha = ridge * cov.diagonal(dim1=1, dim2=2).sum(-1) / n_train
+            _check_fit(y, alpha, ridge)
+            centred = (sums - counts[:, None] * mean[:, None]) * trained[:, None]
+            cov.diagonal(dim1=1, dim2=2).add_(alpha[:, None])
+            coef = _spd_solve(cov, centred.transpose(1, 2))
+            fits.append(FoldFit(mean, coef, counts * trained / n_train))
+        yield layers, fits
+
+
+def _apply_fits(
+    store: Any, layers: list[int], row_fold: Tensor, fits: dict[int, FoldFit], out: Tensor
+) -> None:
+    """``out[:, i] = (x_i - mean) @ coef + share`` of row ``i``'s fold (a second pass)."""
+    d = math.prod(store.row_shape)
+    for start, batch in stream_rows(store, layers, batch_rows(len(layers), d, 2**28)):
+        f = row_fold[start : start + batch.shape[1]]
+        for fold, fit in fits.items():
+            rows = (f == fold).nonzero().squeeze(1)
+            xc = batch[:, rows] - fit.mean[:, None]
+            out[:, start + rows] = xc @ fit.coef + fit.share
+
+
 def probe_accuracy(
-    x: Float[Tensor, "layer row d"],
+    x: Float[Tensor, "layer row d"] | Any,
     labels: Tensor,
     units: Tensor | None = None,
     *,
     n_folds: int = 5,
     ridge: float = 1.0,
     seed: Seed = 0,
+    max_memory: int = 2**30,
 ) -> ProbeResult:
     """Cross-validated accuracy of a ridge probe separating the two groups, per layer,
     with whole units (words) held out: a word's vectors never train the probe that
-    classifies them."""
-    x = check_layered(x, "x", 3)
-    lab = check_labels(labels, x.shape[1])
+    classifies them. ``x`` may be an on-disk store (streamed; float64 on the CPU)."""
+    _, n, _ = source_shape(x)
+    if not is_store(x):
+        x = check_layered(x, "x", 3)
+    lab = check_labels(labels, n)
     row_unit, unit_label = check_units(units, lab)
     folds = unit_folds(unit_label, n_folds, seed)
-    y = lab.to(x.dtype) * 2 - 1
-    decision = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
-    for fh in fold_hats(x, folds[row_unit], y, ridge):
-        decision[:, fh.test_rows.to(x.device)] = fh.hat @ y[fh.train_rows].to(x.device)
-    correct = (decision > 0) == lab.to(x.device)
-    return ProbeResult(correct.to(x.dtype).mean(-1), decision, folds, ridge)
+    unit_y = unit_label.double() * 2 - 1
+    dmap = decision_map(x, row_unit, folds, unit_y, ridge, max_memory)
+    decision = dmap @ unit_y.to(dmap)
+    correct = (decision > 0) == lab.to(dmap.device)
+    return ProbeResult(correct.to(dmap.dtype).mean(-1), decision, folds, ridge)

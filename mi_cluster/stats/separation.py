@@ -14,8 +14,8 @@ Each is computed from unit weights and unit labels (a unit drawn twice in a boot
 resample weighs 2, exactly as if its rows were duplicated), so one formula serves the data,
 every permutation of the labels and every bootstrap resample, batched over layers and
 resamples. Since all rows of a unit weigh alike, the rows enter only reduced to units
-(:mod:`mi_cluster.stats.sufficient`), which is also what lets the distance statistics
-stream from an on-disk store.
+(:mod:`mi_cluster.stats.sufficient`; the probe's :func:`~mi_cluster.stats.probe.
+decision_map`), which is also what lets every statistic stream from an on-disk store.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from mi_cluster.stats.corrections import benjamini_hochberg, holm
 from mi_cluster.stats.inputs import StatsInputError, check_labels, check_layered, check_units
-from mi_cluster.stats.probe import fold_hats, unit_folds
+from mi_cluster.stats.probe import decision_map, unit_folds
 from mi_cluster.stats.resampling import (
     DEFAULT_MAX_MEMORY,
     BootstrapInterval,
@@ -215,11 +215,12 @@ def separation_test(
 
     Args:
         x: representations, ``[layer, row, d_model]``, or an on-disk
-            :class:`~mi_cluster.store.ActivationStore`, streamed in bounded memory
-            (centroid, variance ratio, silhouette; float64 on the CPU; the same numbers as
-            in memory). Memory then grows with units, not rows: ``layer x unit x d_model``
-            unit sums (centroid, variance ratio) or ``layer x row x unit`` distance sums
-            (silhouette, which still computes every pairwise distance).
+            :class:`~mi_cluster.store.ActivationStore`, streamed in bounded memory for
+            every statistic (float64 on the CPU; the same numbers as in memory). Memory
+            then grows with units, not rows: ``layer x unit x d_model`` unit sums
+            (centroid, variance ratio); ``layer x row x unit`` distance sums (silhouette,
+            which still computes every pairwise distance) or decision maps (probe, plus
+            ``folds x d_model^2`` cross-products per layer).
         labels: one boolean per row (True = first group); for a store, in its row order
             (``labels_per_prompt[store.prompt_index()]``).
         statistic: see the module docstring.
@@ -234,12 +235,6 @@ def separation_test(
     if statistic not in STATISTICS:
         raise StatsInputError(f"unknown statistic {statistic!r}; use one of {STATISTICS}")
     store = is_store(x)
-    if store and statistic == "probe":
-        raise StatsInputError(
-            "the probe statistic refits a ridge probe on the rows of every fold and does "
-            "not stream from a store; load it with store.to_activations() if it fits, or "
-            "use 'centroid', 'variance_ratio' or 'silhouette'"
-        )
     n_layers, n, _ = source_shape(x)
     if not store:
         x = check_layered(x, "x", 3)
@@ -256,23 +251,18 @@ def separation_test(
     perms, exact = label_permutations(unit_label, n_permutations, gen)
 
     if statistic == "probe":
-        folds = unit_folds(unit_label, n_folds, gen)[row_unit]
-        y = lab.to(dt) * 2 - 1
-        hats = fold_hats(x, folds, y, ridge)
+        folds = unit_folds(unit_label, n_folds, gen)
+        unit_y = unit_label.to(dt) * 2 - 1
+        dmap = decision_map(x, row_unit, folds, unit_y, ridge, max_memory)  # [layer, n, unit]
 
-        def correct_rows(row_labels: Tensor) -> Tensor:  # [R, n] bool -> [layer, R, n]
-            yy = row_labels.to(dt) * 2 - 1
-            out = torch.empty((n_layers, yy.shape[0], n), dtype=torch.bool, device=dev)
-            for fh in hats:
-                test, train = fh.test_rows.to(dev), fh.train_rows.to(dev)
-                dec = fh.hat @ yy[:, train].T  # [layer, test, R]
-                out[:, :, test] = (dec > 0).transpose(1, 2) == row_labels[:, test]
-            return out
+        def correct_rows(unit_labels: Tensor) -> Tensor:  # [R, unit] bool -> [layer, R, n]
+            decision = dmap @ (unit_labels.to(dt) * 2 - 1).T  # [layer, n, R]
+            return (decision > 0).transpose(1, 2) == unit_labels[:, row_unit_d]
 
         def perm_stat(unit_labels: Tensor) -> Tensor:
-            return correct_rows(unit_labels[:, row_unit_d]).to(dt).mean(-1)
+            return correct_rows(unit_labels).to(dt).mean(-1)
 
-        observed_correct = correct_rows(lab.to(dev)[None])[:, 0].to(dt)  # [layer, n]
+        observed_correct = correct_rows(unit_label.to(dev)[None])[:, 0].to(dt)  # [layer, n]
 
         def boot_stat(unit_w: Tensor) -> Tensor:
             w = unit_w[:, row_unit_d]  # [R, n]

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_cluster.stats.inputs import StatsInputError, check_labels, check_layered, check_units
-from mi_cluster.stats.probe import ridge_fit, unit_folds
+from mi_cluster.stats.probe import fold_fits, ridge_fit, unit_folds
 from mi_cluster.stats.resampling import Seed
 from mi_cluster.stats.sufficient import (
     batch_rows,
@@ -120,14 +120,35 @@ def _store_axis(sums: Tensor, counts: Tensor) -> SubjecthoodAxis:
     return _centroid_axis(c[:, 0], c[:, 1], n_names, n_objects)
 
 
-def _check_store_method(method: str) -> None:
+def _store_probe_axes(
+    store: Any,
+    row_fold: Tensor,
+    row_cell: Tensor,
+    n_cells: int,
+    held_out: list[int | None],
+    ridge: float,
+) -> list[SubjecthoodAxis]:
+    """Ridge-probe axes streamed from a store (:func:`~mi_cluster.stats.probe.fold_fits`):
+    rows summed in cells ``2 * fold + (0 name, 1 object)``, each fit leaving out a fold."""
+    cell_fold = torch.arange(n_cells) // 2
+    cell_y = 1.0 - 2.0 * (torch.arange(n_cells) % 2)  # +1 names, -1 objects
+    counts = torch.bincount(row_cell[row_fold >= 0], minlength=n_cells)
+    axes = []
+    for h, fit in zip(
+        held_out, fold_fits(store, row_fold, row_cell, cell_fold, cell_y, held_out, ridge),
+        strict=True,
+    ):  # fmt: skip
+        trained = cell_fold != h if h is not None else torch.ones(n_cells, dtype=torch.bool)
+        n_names, n_objects = int(counts[trained][0::2].sum()), int(counts[trained][1::2].sum())
+        _check_counts(n_names, n_objects)
+        w, b = fit.axis(cell_y)
+        axes.append(SubjecthoodAxis(w, b, "probe", n_names, n_objects))
+    return axes
+
+
+def _check_method(method: str) -> None:
     if method not in AXIS_METHODS:
         raise StatsInputError(f"unknown subjecthood method {method!r}; use one of {AXIS_METHODS}")
-    if method != "centroid":
-        raise StatsInputError(
-            "a probe axis is fitted on the rows in memory; from a store use "
-            "method='centroid' (which streams), or load it with store.to_activations()"
-        )
 
 
 def fit_subjecthood_axis(
@@ -136,11 +157,14 @@ def fit_subjecthood_axis(
     method: AxisMethod = "centroid",
     ridge: float = 1.0,
 ) -> SubjecthoodAxis:
-    """Fit the name-vs-object axis of every layer on all rows of ``x`` (a tensor, or for
-    ``"centroid"`` an on-disk store, streamed once: float64 on the CPU)."""
+    """Fit the name-vs-object axis of every layer on all rows of ``x`` (a tensor, or an
+    on-disk store, streamed once: float64 on the CPU)."""
     if is_store(x):
-        _check_store_method(method)
+        _check_method(method)
         lab = check_labels(is_name, source_shape(x)[1], "is_name", min_per_group=1)
+        if method == "probe":
+            zeros = torch.zeros(lab.shape[0], dtype=torch.long)
+            return _store_probe_axes(x, zeros, (~lab).long(), 2, [None], ridge)[0]
         gs = group_sums(x, (~lab).long(), 2)
         return _store_axis(gs.sums, gs.counts)
     x = check_layered(x, "x", 3)
@@ -186,12 +210,13 @@ def cross_fitted_subjecthood(
     other folds. With ``fit_rows`` one may, e.g., fit on in-context rows of both roles and
     still score the words alone.
 
-    ``x`` may be an on-disk store for ``"centroid"``: two passes (the fold x role sums,
-    then the scores), float64 on the CPU, equal to the scores in memory.
+    ``x`` may be an on-disk store: two passes (the fold x role sums, with the folds'
+    cross-products for ``"probe"``; then the scores), float64 on the CPU, equal to the
+    scores in memory.
     """
     store = is_store(x)
     if store:
-        _check_store_method(method)
+        _check_method(method)
     else:
         x = check_layered(x, "x", 3)
     lab = check_labels(is_name, source_shape(x)[1], "is_name")
@@ -202,7 +227,7 @@ def cross_fitted_subjecthood(
     folds = unit_folds(unit_label, n_folds, seed)
     row_fold = folds[row_unit]
     if store:
-        return _store_cross_fitted(x, lab, fit, row_fold, folds, n_folds)
+        return _store_cross_fitted(x, lab, fit, row_fold, folds, n_folds, method, ridge)
     scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
     axes = []
     for f in range(n_folds):
@@ -214,15 +239,29 @@ def cross_fitted_subjecthood(
 
 
 def _store_cross_fitted(
-    store: Any, lab: Tensor, fit: Tensor, row_fold: Tensor, folds: Tensor, n_folds: int
+    store: Any,
+    lab: Tensor,
+    fit: Tensor,
+    row_fold: Tensor,
+    folds: Tensor,
+    n_folds: int,
+    method: str,
+    ridge: float,
 ) -> CrossFittedScores:
     cell = torch.where(fit, row_fold * 2 + (~lab).long(), -1)  # fold x (name, object)
-    gs = group_sums(store, cell, 2 * n_folds)
-    n_layers, _, d = gs.sums.shape
-    sums, counts = gs.sums.view(n_layers, n_folds, 2, d), gs.counts.view(n_folds, 2)
-    axes = tuple(
-        _store_axis(sums.sum(1) - sums[:, f], counts.sum(0) - counts[f]) for f in range(n_folds)
-    )
+    if method == "probe":
+        fitted_fold = torch.where(fit, row_fold, -1)
+        axes = tuple(
+            _store_probe_axes(store, fitted_fold, cell, 2 * n_folds, list(range(n_folds)), ridge)
+        )
+    else:
+        gs = group_sums(store, cell, 2 * n_folds)
+        n_layers, _, d = gs.sums.shape
+        sums, counts = gs.sums.view(n_layers, n_folds, 2, d), gs.counts.view(n_folds, 2)
+        axes = tuple(
+            _store_axis(sums.sum(1) - sums[:, f], counts.sum(0) - counts[f]) for f in range(n_folds)
+        )
+    n_layers, d = axes[0].direction.shape
     direction = torch.stack([a.direction for a in axes])  # [fold, layer, d]
     offset = torch.stack([a.offset for a in axes])  # [fold, layer]
     scores = torch.empty((n_layers, lab.shape[0]), dtype=torch.float64)
@@ -232,4 +271,4 @@ def _store_cross_fitted(
         scores[:, start : start + batch.shape[1]] = (
             torch.einsum("lrd,rld->lr", batch, direction[f]) + offset[f].T
         )
-    return CrossFittedScores(scores, folds, "centroid", n_folds, axes)
+    return CrossFittedScores(scores, folds, method, n_folds, axes)

@@ -37,9 +37,11 @@ __all__ = [
     "GroupSums",
     "UnitGram",
     "batch_rows",
+    "check_row_unit_map",
     "distance_sums",
     "group_sums",
     "is_store",
+    "layer_blocks",
     "source_shape",
     "stream_rows",
     "unit_gram",
@@ -62,7 +64,7 @@ def source_shape(source: Any, name: str = "x") -> tuple[int, int, int]:
     return x.shape[0], x.shape[1], x.shape[2]
 
 
-def _layer_blocks(n_layers: int, bytes_per_layer: int, max_memory: int, what: str) -> list[list]:
+def layer_blocks(n_layers: int, bytes_per_layer: int, max_memory: int, what: str) -> list[list]:
     if bytes_per_layer > max_memory:
         raise StatsInputError(
             f"{what} of one layer take {bytes_per_layer / 2**20:.1f} MiB, more than "
@@ -90,6 +92,21 @@ def stream_rows(store: Any, layers: list[int], rows: int) -> Iterator[tuple[int,
             )
         yield start, batch
         start += batch.shape[1]
+
+
+def check_row_unit_map(
+    n_layers: int, n_rows: int, n_units: int, max_memory: int, what: str
+) -> None:
+    """Refuse a ``[layer, row, unit]`` float64 map (the silhouette's distance sums, the
+    probe's decision map) that would take more than half of ``max_memory``."""
+    held = _F64 * n_layers * n_rows * n_units
+    if held > max_memory // 2:
+        raise StatsInputError(
+            f"{what} ({n_rows} rows x {n_units} units x {n_layers} layers) take "
+            f"{held / 2**20:.1f} MiB, more than half of max_memory "
+            f"({max_memory / 2**20:.1f} MiB); raise max_memory, group rows into fewer "
+            "units, or use the centroid or variance_ratio statistic (unit sums only)"
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,7 @@ def unit_gram(
     n_layers, _, d = source_shape(source)
     per_layer = _F64 * n_units * (2 * d + n_units)
     grams, norms = [], []
-    for block in _layer_blocks(n_layers, per_layer, max_memory, "unit sums"):
+    for block in layer_blocks(n_layers, per_layer, max_memory, "unit sums"):
         gs = group_sums(source, row_unit, n_units, block, max_memory)
         mean = gs.sums.sum(1) / gs.counts.sum()  # [layer, d]
         s = gs.sums - gs.counts[:, None] * mean[:, None, :]
@@ -195,14 +212,7 @@ def distance_sums(
             return dist
         out = dist.new_zeros((n_layers, n, n_units))
         return out.index_add_(2, row_unit.to(x.device), dist)
-    held = _F64 * n_layers * n * n_units
-    if held > max_memory // 2:
-        raise StatsInputError(
-            f"the silhouette's distance sums ({n} rows x {n_units} units x {n_layers} "
-            f"layers) take {held / 2**20:.1f} MiB, more than half of max_memory "
-            f"({max_memory / 2**20:.1f} MiB); raise max_memory, group rows into fewer "
-            "units, or use the centroid or variance_ratio statistic, which stream"
-        )
+    check_row_unit_map(n_layers, n, n_units, max_memory, "the silhouette's distance sums")
     out = torch.zeros((n_layers, n, n_units), dtype=torch.float64)
     layers = list(range(n_layers))
     budget = max_memory // 2  # the other half holds the sums
