@@ -367,6 +367,7 @@ class ActivationStore:
         self.spec = StoreSpec(**{k: index[k] for k in fields})
         self.layer_labels = tuple(index["layer_labels"])
         self.hook_names = tuple(index["hook_names"])
+        self._layers = tuple(range(len(self.layer_labels)))  # stored layer of each layer
         self.n_rows = int(index["n_rows"])
         self.shards = tuple(index["shards"])
         self.cast_max_abs_error = float(index["cast_max_abs_error"])
@@ -387,6 +388,23 @@ class ActivationStore:
                 )
             if _sha256(shard) != meta["sha256"]:
                 raise StoreError(f"shard {shard} is corrupted: its SHA-256 does not match")
+
+    def select_layers(self, layers: Sequence[int]) -> ActivationStore:
+        """The same store seen at ``layers`` only (indices into ``layer_labels``), for any
+        function that reads a store: e.g. a statistic whose per-layer memory allows a few
+        layers of a wide model, not all of them."""
+        bad = [i for i in layers if not 0 <= i < len(self.layer_labels)]
+        if bad or not layers:
+            raise StoreError(
+                f"layers {list(layers)} do not select from the {len(self.layer_labels)} "
+                "layers of this store"
+            )
+        view = object.__new__(ActivationStore)
+        view.__dict__.update(self.__dict__)
+        view.layer_labels = tuple(self.layer_labels[i] for i in layers)
+        view.hook_names = tuple(self.hook_names[i] for i in layers)
+        view._layers = tuple(self._layers[i] for i in layers)
+        return view
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -438,7 +456,7 @@ class ActivationStore:
             with self._open(meta) as f:
                 sl = f.get_slice("activations")
                 for block in _row_blocks(meta["rows"], rows):
-                    part = torch.stack([sl[i, block] for i in chosen])
+                    part = torch.stack([sl[self._layers[i], block] for i in chosen])
                     pending.append(part)
                     held += part.shape[1]
                     while held >= rows:
@@ -462,7 +480,8 @@ class ActivationStore:
         tensors, index, positions, tokens = [], [], [], []
         for meta in self.shards:
             with self._open(meta) as f:
-                tensors.append(f.get_tensor("activations"))
+                sl = f.get_slice("activations")
+                tensors.append(torch.stack([sl[i] for i in self._layers]))
                 index += f.get_tensor("prompt_index").tolist()
                 rows = json.loads(f.metadata()["mi_cluster"])
             positions += [tuple(p) for p in rows["positions"]]

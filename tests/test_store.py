@@ -81,8 +81,15 @@ def test_a_store_equals_in_memory_collection(toy, prompts, tmp_path):
         batches = list(store.batches(rows=9, layers=[0, 3]))
         assert [b.shape[1] for b in batches[:-1]] == [9] * (len(batches) - 1)
         assert torch.equal(torch.cat(batches, 1), got.tensor[[0, 3]])
+        view = store.select_layers([3, 1])  # a view at two layers, in that order
+        assert view.layer_labels == tuple(got.layer_labels[i] for i in (3, 1))
+        assert torch.equal(view.to_activations().tensor, got.tensor[[3, 1]])
+        assert torch.equal(torch.cat(list(view.batches(rows=9, layers=[1])), 1), got.tensor[[1]])
+        assert torch.equal(store.prompt_index(), torch.tensor(got.prompt_index))
     with pytest.raises(StoreError, match="not the ones"):
         store.to_activations(prompts[::-1])
+    with pytest.raises(StoreError, match=r"layers \[9\] do not select from the 4 layers"):
+        store.select_layers([9])
 
 
 def test_two_gloo_ranks_write_the_same_store_as_one_process(prompts_file, tmp_path):
@@ -354,6 +361,8 @@ def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
             for layer in (0, x.shape[0] - 1):  # through a Gram: sqrt(rounding) apart)
                 want = ref(x[layer].numpy(), labels.numpy())
                 assert got[layer].item() == pytest.approx(want, rel=1e-7)
+    some = store.select_layers([2, 0])  # any statistic reads a subset of layers
+    torch.testing.assert_close(S.variance_ratio(some, labels), S.variance_ratio(x[[2, 0]], labels))
     got, want = (S.probe_accuracy(s, labels, units, n_folds=4, ridge=0.5) for s in (store, x))
     torch.testing.assert_close(got.accuracy, want.accuracy)
     torch.testing.assert_close(got.decision, want.decision)
