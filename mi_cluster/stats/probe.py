@@ -306,7 +306,8 @@ def _store_fold_fits(
     folds = sorted(set(group_fold.tolist()))
     n_groups = group_fold.shape[0]
     per_layer = 8 * d * (len(folds) * d + (1 + len(held_out)) * n_groups + d)
-    for layers in layer_blocks(n_layers, per_layer, max_memory, "the probe's fold moments"):
+    advice = "raise max_memory: the probe needs folds x d_model^2 float64 numbers per layer"
+    for layers in layer_blocks(n_layers, per_layer, max_memory, "the probe's fold moments", advice):
         cross = torch.zeros((len(layers), len(folds), d, d), dtype=torch.float64)
         sums = torch.zeros((len(layers), n_groups, d), dtype=torch.float64)
         for start, batch in stream_rows(store, layers, batch_rows(len(layers), d, max_memory)):
@@ -317,14 +318,15 @@ def _store_fold_fits(
                 cross[:, k] += xb.transpose(1, 2) @ xb
             sums.index_add_(1, g[f >= 0], batch[:, f >= 0])
         counts = torch.bincount(row_group[row_fold >= 0], minlength=n_groups).double()
+        total = cross.sum(1)
         fits = []
         for h in held_out:
             trained = group_fold != h if h is not None else torch.ones(n_groups, dtype=torch.bool)
             y = torch.as_tensor(group_y, dtype=torch.float64)[trained & (counts > 0)]
             n_train = counts[trained].sum()
             mean = sums[:, trained].sum(1) / n_train
-            cov = cross[:, [k for k, fold in enumerate(folds) if fold != h]].sum(1)
-            cov -= n_train * mean[:, :, None] * mean[:, None, :]
+            fitted = total - cross[:, folds.index(h)] if h in folds else total.clone()
+            cov = fitted - n_train * mean[:, :, None] * mean[:, None, :]
             alpha = ridge * cov.diagonal(dim1=1, dim2=2).sum(-1) / n_train
             _check_fit(y, alpha, ridge)
             centred = (sums - counts[:, None] * mean[:, None]) * trained[:, None]

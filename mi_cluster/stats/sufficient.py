@@ -64,12 +64,20 @@ def source_shape(source: Any, name: str = "x") -> tuple[int, int, int]:
     return x.shape[0], x.shape[1], x.shape[2]
 
 
-def layer_blocks(n_layers: int, bytes_per_layer: int, max_memory: int, what: str) -> list[list]:
+def layer_blocks(
+    n_layers: int,
+    bytes_per_layer: int,
+    max_memory: int,
+    what: str,
+    advice: str = "raise max_memory, or group rows into fewer units (e.g. units = words)",
+) -> list[list[int]]:
+    """Consecutive blocks of layers whose accumulators (``bytes_per_layer`` each) fit
+    ``max_memory`` together; a store is read once per block. One layer that does not fit
+    is refused, naming ``what`` and the sizes."""
     if bytes_per_layer > max_memory:
         raise StatsInputError(
             f"{what} of one layer take {bytes_per_layer / 2**20:.1f} MiB, more than "
-            f"max_memory ({max_memory / 2**20:.1f} MiB); raise max_memory, or group rows "
-            "into fewer units (e.g. units = words)"
+            f"max_memory ({max_memory / 2**20:.1f} MiB); {advice}"
         )
     per = max(1, min(n_layers, max_memory // bytes_per_layer))
     return [list(range(i, min(n_layers, i + per))) for i in range(0, n_layers, per)]
