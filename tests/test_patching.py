@@ -553,7 +553,7 @@ def test_bad_inputs_fail_before_any_forward_pass(tiny):
     fake = _AttentionOnly(tiny)
     metric, _ = _logit_gap(tiny, "Mary", "John")
     tokens = tiny.to_tokens(GPT_CLEAN)
-    with pytest.raises(PatchingError, match=r"no MLP output .*attention-only"):
+    with pytest.raises(PatchingError, match=r"no MLP output: it is attention-only"):
         activation_patching(fake, tokens, tokens, metric, "mlp_out")
     with pytest.raises(
         PatchingError,
@@ -650,3 +650,13 @@ def test_patching_maps():
                          "denoise", "m", r.clean, r.corrupted)  # fmt: skip
     with pytest.raises(ValueError, match=r"axes \('layer', 'pos', 'head'\)"):
         patching_maps([by_pos])
+
+
+def test_mlp_sites_of_an_attention_only_model_are_refused(toy):
+    """The toy model has MLP hooks (the bridge's GPT-2 blocks), but its card makes it
+    attention-only and they read 0: patching them would report a flat zero effect."""
+    metric = logit_difference(toy, [("Mary", "John"), ("Anna", "Tom")])
+    with pytest.raises(PatchingError, match="no MLP output, all positions: it is attention"):
+        activation_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, "mlp_out_all", progress=False)
+    with pytest.raises(PatchingError, match="no MLP output: it is attention-only"):
+        attribution_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, ("head_out", "mlp_out"))

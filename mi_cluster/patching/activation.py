@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
 from mi_cluster.distributed import my_share, sum_across_ranks
+from mi_cluster.models import has_mlps
 from mi_cluster.patching.inputs import PromptPair, prepare_pair, resolve_positions
 from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, _n_positions, validate
 from mi_cluster.patching.runner import LayerRunner, PatchingError, plan_passes, rows_per_pass
@@ -369,11 +370,15 @@ def _check_site(model: Any, kind: SiteKind, layers: Sequence[int]) -> list[str]:
     if bad:
         raise PatchingError(f"layers {bad} do not exist: the model has {n} layers")
     names = [hook_name(kind.act, layer) for layer in layers]
+    if kind.act == "mlp_out" and not has_mlps(model):
+        raise PatchingError(
+            f"the model has no {kind.description}: it is attention-only (by its config or "
+            "its model card; any MLP hooks it has read 0)"
+        )
     hook_dict = getattr(model, "hook_dict", {})
     missing = [name for name in names if name not in hook_dict]
     if missing:
         raise PatchingError(
-            f"the model has no {kind.description} ({missing[0]} is not one of its hooks"
-            f"{'; it is attention-only' if getattr(model.cfg, 'attn_only', False) else ''})"
+            f"the model has no {kind.description} ({missing[0]} is not one of its hooks)"
         )
     return names
