@@ -58,7 +58,7 @@ def residual_logits(
     Each step runs where its weights are (the last GPUs of a model split by a device
     map; a no-op on one device), and the logits stay where the unembedding is."""
     if scale is not None:
-        return _on_call(model.unembed, _normalise_with(model, _on(model.ln_final, resid), scale))
+        return _on_call(model.unembed, _normalise_with(model, resid, scale))
     if hasattr(model, "mlm_head"):
         from transformers.activations import ACT2FN
 
@@ -93,6 +93,7 @@ def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
     """The final LayerNorm (or RMSNorm) of ``resid`` with a given scale."""
     if hasattr(model, "mlm_head") or not hasattr(model, "ln_final"):
         raise ValueError("a frozen final LayerNorm needs a model whose logits follow ln_final")
+    resid = _on(model.ln_final, resid)
     norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
     x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
     x = x / scale.to(x)

@@ -11,7 +11,9 @@ An axis is fitted per layer on labelled vectors (names = True, objects = False):
 Both are linear: ``score(x) = x . direction + offset``. :func:`fit_subjecthood_axis`
 gives an axis to score any vector with (e.g. a patching metric);
 :func:`cross_fitted_subjecthood` scores every row with an axis fitted without the row's
-unit (word), so a word's own vectors never define the axis it is scored on.
+unit (word), so a word's own vectors never define the axis it is scored on. Both accept
+an on-disk :class:`~mi_cluster.store.ActivationStore` too, streamed (group sums for the
+centroid axis, the folds' cross-products for the probe) to the in-memory numbers.
 """
 
 from __future__ import annotations
