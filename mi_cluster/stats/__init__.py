@@ -16,6 +16,10 @@ on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Gener
 ``correspondence_test``            matched pairs more similar than random pairings?
 ``holm``, ``benjamini_hochberg``   corrections across layers
 =================================  =====================================================
+
+The separation statistics, their tests, the probe and the subjecthood axes also take an
+on-disk :class:`~mi_cluster.store.ActivationStore` in place of ``x``, streamed in bounded
+memory to the same numbers (:mod:`mi_cluster.stats.sufficient`).
 """
 
 from mi_cluster.stats.corrections import benjamini_hochberg, holm
