@@ -32,11 +32,10 @@ figures ``_heads``, ``_positions``, ``_forest``, ``_paired``, ``_paired_position
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import warnings
 from pathlib import Path
+
+from _study import parse_study_args, print_record, record_written, study_design, study_parser
 
 OFFLINE_MODELS = ("toy-ioi", "minilm")
 
@@ -93,7 +92,7 @@ def run(
 ) -> dict:
     """Run the three analyses on one model and write its files; returns the JSON record."""
     from mi_cluster.activations import Positions
-    from mi_cluster.designs import NAMES, OBJECTS, UnknownWordWarning, name_swap_pairs, role_design
+    from mi_cluster.designs import name_swap_pairs
     from mi_cluster.head_write import head_write_view
     from mi_cluster.models import load_model, model_info
     from mi_cluster.paired import compare_prompts
@@ -109,12 +108,7 @@ def run(
     from mi_cluster.role_shift import DEFAULT_SITES, attribute_role_shift
 
     model = load_model(model_name)
-    names, objects = (NAMES, OBJECTS) if words is None else (NAMES[:words], OBJECTS[:words])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnknownWordWarning)
-        design = role_design(model, names, objects)
-    for w in caught:
-        print(f"[{model_name}] {w.message}", file=sys.stderr)
+    design = study_design(model, model_name, words)
 
     attribution = attribute_role_shift(
         model,
@@ -231,42 +225,22 @@ def run(
     stem = f"object_to_subject_circuit_{attribution.model_name.replace('/', '_')}"
     prov = provenance([model], design.texts, seed=0)
     written, failed = write_experiment(out, stem, record, figures, png=png, provenance=prov)
-    for message in failed:
-        print(message, file=sys.stderr)
-    record["files"] = [str(p) for p in written]
-    return record
+    return record_written(record, written, failed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models",
-        "--model",
-        nargs="+",
-        default=list(OFFLINE_MODELS),
-        help="models (default: toy-ioi minilm, offline; e.g. gpt2 with network)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--n-permutations", type=int, default=10_000)
-    parser.add_argument("--n-bootstrap", type=int, default=10_000)
+    parser = study_parser(__doc__.splitlines()[0], OFFLINE_MODELS)
     parser.add_argument(
         "--layer",
         default="last",
         help="read layer: a block index, 'last' (default) or 'peak' (largest object shift)",
     )
-    parser.add_argument(
-        "--words", type=int, default=None, help="use only the first N names and objects"
-    )
-    parser.add_argument("--no-png", action="store_true", help="skip static PNG/SVG export")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = parse_study_args(parser, argv, OFFLINE_MODELS)
     layer = {"peak": "peak", "last": None}.get(args.layer)
     if layer is None and args.layer != "last":
         if not args.layer.isdigit():
             parser.error(f"--layer must be a block index, 'last' or 'peak', got {args.layer!r}")
         layer = int(args.layer)
-    if all(m in OFFLINE_MODELS for m in args.models):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for name in args.models:
         record = run(
             name,
@@ -278,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             layer=layer,
             progress=not args.quiet,
         )
-        print(f"\n== {name} ==\n{record['answer']}\n")
-        for path in record["files"]:
-            print(f"wrote {path}")
+        print_record(name, record)
     return 0
 
 

@@ -19,11 +19,10 @@ Offline it runs on MiniLM (real BERT weights) and the shipped toy IOI model; wit
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import warnings
 from pathlib import Path
+
+from _study import parse_study_args, print_record, record_written, study_design, study_parser
 
 OFFLINE_MODELS = ("minilm", "toy-ioi")  # the study's offline defaults
 
@@ -38,7 +37,6 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Run the study on one model and write its files; returns the JSON record."""
-    from mi_cluster.designs import NAMES, OBJECTS, UnknownWordWarning, role_design
     from mi_cluster.models import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
@@ -46,12 +44,7 @@ def run(
     from mi_cluster.subject_object import run_subject_object_study
 
     model = load_model(model_name)
-    names, objects = (NAMES, OBJECTS) if words is None else (NAMES[:words], OBJECTS[:words])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnknownWordWarning)
-        design = role_design(model, names, objects)
-    for w in caught:
-        print(f"[{model_name}] {w.message}", file=sys.stderr)
+    design = study_design(model, model_name, words)
     settings = {"n_permutations": n_permutations, "n_bootstrap": n_bootstrap, "progress": progress}
     study = run_subject_object_study(model, design, method="centroid", **settings)
     robust = run_subject_object_study(
@@ -85,32 +78,12 @@ def run(
         html_only={"scatter"},  # the animation
         provenance=prov,
     )
-    for message in failed:
-        print(message, file=sys.stderr)
-    record["files"] = [str(p) for p in written]
-    return record
+    return record_written(record, written, failed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models",
-        "--model",
-        nargs="+",
-        default=list(OFFLINE_MODELS),
-        help="models to study (default: minilm toy-ioi, offline; e.g. gpt2 with network)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--n-permutations", type=int, default=10_000)
-    parser.add_argument("--n-bootstrap", type=int, default=10_000)
-    parser.add_argument(
-        "--words", type=int, default=None, help="use only the first N names and objects"
-    )
-    parser.add_argument("--no-png", action="store_true", help="skip static PNG export")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    if all(m in OFFLINE_MODELS for m in args.models):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = study_parser(__doc__.splitlines()[0], OFFLINE_MODELS)
+    args = parse_study_args(parser, argv, OFFLINE_MODELS)
     for name in args.models:
         record = run(
             name,
@@ -121,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             words=args.words,
             progress=not args.quiet,
         )
-        print(f"\n== {name} ==\n{record['answer']}\n")
-        print(f"robustness (probe axis): {record['robustness_probe_axis']['answer']}\n")
-        for path in record["files"]:
-            print(f"wrote {path}")
+        probe = record["robustness_probe_axis"]["answer"]
+        print_record(name, record, f"robustness (probe axis): {probe}")
     return 0
 
 
