@@ -51,8 +51,25 @@ def models():
     return one, split
 
 
+ANSWERS = [("Mary", "John"), ("Anna", "Tom")]
+
+
 def _close(a, b):
     torch.testing.assert_close(a.cpu(), b.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def _patched_alike(models, patch, *args, pick=None, **kwargs):
+    """``patch`` (a patching sweep) on the split and the one-GPU model, each with its own
+    logit-difference metric: their values must agree (``pick``: the site of a result
+    given per site, as attribution patching's)."""
+    one, split = models
+    got, want = (
+        patch(m, CLEAN, CORRUPT, logit_difference(m, ANSWERS), *args, **kwargs)
+        for m in (split, one)
+    )
+    if pick is not None:
+        got, want = got[pick], want[pick]
+    _close(got.values, want.values)
 
 
 def test_collection_and_the_lens_equal_one_gpu(models):
@@ -62,7 +79,7 @@ def test_collection_and_the_lens_equal_one_gpu(models):
             collect(split, CLEAN, site, "all", progress=False).tensor,
             collect(one, CLEAN, site, "all", progress=False).tensor,
         )
-    kw = dict(watch=["Mary", "Anna"], answers=[("Mary", "John"), ("Anna", "Tom")])
+    kw = dict(watch=["Mary", "Anna"], answers=ANSWERS)
     a = logit_lens(split, CLEAN, progress=False, **kw)
     b = logit_lens(one, CLEAN, progress=False, **kw)
     assert torch.equal(a.watch_ranks, b.watch_ranks) and torch.equal(a.top_ids, b.top_ids)
@@ -72,42 +89,11 @@ def test_collection_and_the_lens_equal_one_gpu(models):
 
 @pytest.mark.parametrize("site", ["head_out", "resid_pre"])
 def test_activation_and_attribution_patching_equal_one_gpu(models, site):
-    one, split = models
-    got, want = (
-        activation_patching(
-            m, CLEAN, CORRUPT, logit_difference(m, [("Mary", "John"), ("Anna", "Tom")]),
-            site, progress=False,
-        )
-        for m in (split, one)
-    )  # fmt: skip
-    _close(got.values, want.values)
-    got, want = (
-        attribution_patching(
-            m, CLEAN, CORRUPT, logit_difference(m, [("Mary", "John"), ("Anna", "Tom")]),
-            (site,),
-        )[site]
-        for m in (split, one)
-    )  # fmt: skip
-    _close(got.values, want.values)
+    _patched_alike(models, activation_patching, site, progress=False)
+    _patched_alike(models, attribution_patching, (site,), pick=site)
 
 
 @pytest.mark.parametrize("final_ln", ["recompute", "frozen"])
 def test_path_patching_equals_one_gpu(models, final_ln):
-    one, split = models
-    got, want = (
-        path_patching(
-            m, CLEAN, CORRUPT, logit_difference(m, [("Mary", "John"), ("Anna", "Tom")]),
-            final_ln=final_ln, progress=False,
-        )
-        for m in (split, one)
-    )  # fmt: skip
-    _close(got.values, want.values)
-    receivers = [(2, 0, "q"), (2, 1, "v")]
-    got, want = (
-        path_patching(
-            m, CLEAN, CORRUPT, logit_difference(m, [("Mary", "John"), ("Anna", "Tom")]),
-            receivers, progress=False,
-        )
-        for m in (split, one)
-    )  # fmt: skip
-    _close(got.values, want.values)
+    _patched_alike(models, path_patching, final_ln=final_ln, progress=False)
+    _patched_alike(models, path_patching, [(2, 0, "q"), (2, 1, "v")], progress=False)
