@@ -125,18 +125,29 @@ def _check_spec(directory: Path, spec: StoreSpec) -> None:
         )
 
 
+def _shard_problem(shard: Path, meta: dict, checksum: bool = True) -> str | None:
+    """What is wrong with a shard against its sidecar or index entry (None: nothing):
+    missing, another size, and with ``checksum`` another SHA-256 (which reads it all)."""
+    if not shard.exists():
+        return f"shard {shard} is missing"
+    size = shard.stat().st_size
+    if size != meta["bytes"]:
+        return (
+            f"shard {shard} is truncated or extended: {size} bytes, the index says {meta['bytes']}"
+        )
+    if checksum and _sha256(shard) != meta["sha256"]:
+        return f"shard {shard} is corrupted: its SHA-256 does not match"
+    return None
+
+
 def _done(directory: Path, k: int, checksum: bool = True) -> dict | None:
-    """Shard ``k``'s sidecar if the shard is complete and matches it: its size, and with
-    ``checksum`` its SHA-256 (which reads the whole shard)."""
-    side, shard = directory / _sidecar_name(k), directory / _shard_name(k)
-    if not (side.exists() and shard.exists()):
+    """Shard ``k``'s sidecar if the shard is complete and matches it
+    (:func:`_shard_problem`)."""
+    side = directory / _sidecar_name(k)
+    if not side.exists():
         return None
     meta = json.loads(side.read_text())
-    if shard.stat().st_size != meta["bytes"]:
-        return None
-    if checksum and _sha256(shard) != meta["sha256"]:
-        return None
-    return meta
+    return None if _shard_problem(directory / _shard_name(k), meta, checksum) else meta
 
 
 def _write_shard(
@@ -377,17 +388,9 @@ class ActivationStore:
         """Check every shard's size and SHA-256 against the index; a shard that fails is
         named in the error."""
         for meta in self.shards:
-            shard = self.path / meta["file"]
-            if not shard.exists():
-                raise StoreError(f"shard {shard} is missing")
-            size = shard.stat().st_size
-            if size != meta["bytes"]:
-                raise StoreError(
-                    f"shard {shard} is truncated or extended: {size} bytes, the index "
-                    f"says {meta['bytes']}"
-                )
-            if _sha256(shard) != meta["sha256"]:
-                raise StoreError(f"shard {shard} is corrupted: its SHA-256 does not match")
+            problem = _shard_problem(self.path / meta["file"], meta)
+            if problem:
+                raise StoreError(problem)
 
     def select_layers(self, layers: Sequence[int]) -> ActivationStore:
         """The same store seen at ``layers`` only (indices into ``layer_labels``), for any
