@@ -127,8 +127,7 @@ def _measure(args: argparse.Namespace, me: list, common: list, env: dict, tmp: P
                                  f"--dtype={dtype}"], env,
         )  # fmt: skip
         store = ActivationStore(out)
-        size = sum(s["bytes"] for s in store.shards)
-        runs[name] = (wall, res["collect_s"], store, size)
+        runs[name] = (wall, res["collect_s"], store, store.n_bytes)
     base = runs["1 process x 2 threads"]
     print(f"{args.prompts} prompts ({base[2].n_rows} token rows) x {len(base[2].layer_labels)} "
           f"layers x {args.d_model}, resid_post at every token, shards of {args.shard_size} "

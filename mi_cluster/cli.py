@@ -286,11 +286,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if rank == 0:
         if run.complete:
             store = ActivationStore(args.out)
-            size = sum(s["bytes"] for s in store.shards)
             print(
                 f"{args.out}: complete, {store.n_rows} rows x {len(store.layer_labels)} layers "
-                f"in {len(store.shards)} shards, {size / 2**20:.1f} MiB ({store.spec.dtype}; "
-                f"rounding error max {store.cast_max_abs_error:.2g}, relative "
+                f"in {len(store.shards)} shards, {store.n_bytes / 2**20:.1f} MiB "
+                f"({store.spec.dtype}; rounding error max {store.cast_max_abs_error:.2g}, relative "
                 f"{store.cast_relative_error:.2g})"
             )
         else:

@@ -410,6 +410,11 @@ class ActivationStore:
         return view
 
     @property
+    def n_bytes(self) -> int:
+        """The shards' size on disk."""
+        return sum(meta["bytes"] for meta in self.shards)
+
+    @property
     def row_shape(self) -> tuple[int, ...]:
         """The shape of one stored row at one layer (``(d_model,)`` for the residual)."""
         if not self.shards:
