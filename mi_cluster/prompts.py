@@ -108,13 +108,14 @@ def tokenize_prompt(
         # The model's own tokenization is the truth; the tokenizer supplies the offsets.
         kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
         model_ids = [int(i) for i in to_tokens(text, **kwargs)[0].tolist()]
-        extra = len(model_ids) - len(ids)
-        if extra < 0 or model_ids[extra:] != ids or extra > 1:
+        keep, prepended = _align(model_ids, ids, special)
+        if keep is None:
             raise ValueError(
                 f"cannot align the model's tokens for {text!r} with its tokenizer's: "
                 f"{model_ids} vs {ids}"
             )
-        if extra == 1:
+        ids, offsets, special = ids[keep], offsets[keep], special[keep]
+        if prepended:
             ids.insert(0, model_ids[0])
             offsets.insert(0, (0, 0))
             special.insert(0, True)
@@ -131,6 +132,23 @@ def tokenize_prompt(
         offsets=tuple(offsets),  # type: ignore[arg-type]
         special=tuple(special),
     )
+
+
+def _align(model_ids: list[int], ids: list[int], special: list[bool]) -> tuple[slice | None, bool]:
+    """How the tokenizer's ids become the model's: which of them to keep (a special token
+    the tokenizer adds at either end may be one the model drops: a BOS its adapter does
+    not prepend, an EOS it strips) and whether the model prepends one token (its BOS).
+    ``(None, False)`` when they cannot be aligned."""
+    n = len(ids)
+    for lead in (0, 1):
+        for trail in (0, 1):
+            if (lead and not (n and special[0])) or (trail and not (n > lead and special[-1])):
+                continue
+            keep = slice(lead, n - trail)
+            for prepended in (False, True):
+                if model_ids[int(prepended) :] == ids[keep] and len(model_ids) > prepended:
+                    return keep, prepended
+    return None, False
 
 
 def _word_spans(text: str, word: str, case_sensitive: bool) -> list[tuple[int, int]]:
