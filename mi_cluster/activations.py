@@ -20,11 +20,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.utilities import get_act_name
 
 from mi_cluster.atomic import atomic_path
-from mi_cluster.models import model_device, model_info
+from mi_cluster.hooks import SITES, hook_name
+from mi_cluster.models import architecture_name, model_device, model_info
 from mi_cluster.prompts import TokenizedPrompt, get_tokenizer, tokenize_prompt, word_positions
+from mi_cluster.writes import RESID_MID_REFUSAL, HeadWriter, NotAdditiveError, is_additive
 
 __all__ = [
     "Activations",
@@ -41,24 +42,6 @@ __all__ = [
 Site = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "result", "z"
 ]
-SITES: tuple[str, ...] = (
-    "resid_pre",
-    "resid_mid",
-    "resid_post",
-    "attn_out",
-    "mlp_out",
-    "mlp_post",  # MLP neurons after the non-linearity, [.., d_mlp]
-    "result",
-    "z",
-)
-_HEAD_SITES = ("result", "z")
-
-
-def hook_name(site: str, layer: int) -> str:
-    """The TransformerLens hook name of ``site`` at ``layer`` (the one place names are built)."""
-    if site not in SITES and site not in ("pattern", "attn_scores", "q", "k", "v", "scale"):
-        raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
-    return get_act_name("post" if site == "mlp_post" else site, layer)
 
 
 def site_hooks(site: str, n_layers: int) -> list[tuple[str, str]]:
@@ -342,49 +325,116 @@ class _Reducer:
     a plain gather for single-position rows (an exact copy), a weighted sum for means."""
 
     def __init__(self, batch_of_row: Tensor, index: Tensor, weight: Tensor, single: bool):
-        self.batch_of_row, self.index, self.weight, self.single = (
-            batch_of_row,
-            index,
-            weight,
-            single,
-        )
+        self.batch_of_row, self.index, self.weight = batch_of_row, index, weight
+        self.single = single
 
-    def __call__(self, act: Tensor) -> Tensor:
+    def pick(self, act: Tensor) -> Tensor:
+        """The kept positions of every row, ``[rows, k, ...]``."""
         if act.device != self.index.device:  # a model split across devices (device_map)
             self.batch_of_row, self.index, self.weight = (
                 t.to(act.device) for t in (self.batch_of_row, self.index, self.weight)
             )
-        picked = act[self.batch_of_row[:, None], self.index]  # [rows, k, ...]
+        return act[self.batch_of_row[:, None], self.index]
+
+    def average(self, picked: Tensor) -> Tensor:
+        """``[rows, k, ...]`` -> ``[rows, ...]``: each row's positions averaged."""
         if self.single:
             return picked[:, 0]
-        w = self.weight.to(act.dtype).reshape(*self.weight.shape, *([1] * (picked.ndim - 2)))
-        return (picked * w).sum(1)
+        w = self.weight.to(picked.device, picked.dtype)
+        return (picked * w.reshape(*w.shape, *([1] * (picked.ndim - 2)))).sum(1)
+
+    def __call__(self, act: Tensor) -> Tensor:
+        return self.average(self.pick(act))
 
 
-def _storing_hook(
-    reducer: _Reducer,
-    buffers: dict[str, Tensor],
-    site: str,
-    layer_idx: int,
-    n_layers: int,
-    n_rows: int,
-    dest: Tensor,
-    store: torch.device,
-    dtype: torch.dtype | None,
-) -> Callable[[Tensor, Any], None]:
-    """A forward hook that reduces its activation and writes it into the site's host buffer
-    (allocated on first use, once the trailing shape is known)."""
+class _Buffers:
+    """Host buffers ``[layer, row, ...]`` per site, allocated on first write (once the
+    trailing shape is known)."""
 
-    def hook(act: Tensor, hook: Any) -> None:
-        reduced = reducer(act.detach())
-        buf = buffers.get(site)
+    def __init__(self, n_layers: dict[str, int], n_rows: int, store: torch.device, dtype):
+        self.n_layers, self.n_rows, self.store, self.dtype = n_layers, n_rows, store, dtype
+        self.data: dict[str, Tensor] = {}
+
+    def write(self, site: str, layer: int, dest: Tensor, values: Tensor) -> None:
+        buf = self.data.get(site)
         if buf is None:
-            shape = (n_layers, n_rows, *reduced.shape[1:])
-            buf = torch.empty(shape, dtype=dtype or reduced.dtype, device=store)
-            buffers[site] = buf
-        buf[layer_idx, dest] = reduced.to(device=store, dtype=buf.dtype)
+            shape = (self.n_layers[site], self.n_rows, *values.shape[1:])
+            buf = torch.empty(shape, dtype=self.dtype or values.dtype, device=self.store)
+            self.data[site] = buf
+        buf[layer, dest] = values.detach().to(device=self.store, dtype=buf.dtype)
 
-    return hook
+
+def _site_reads(site: str, n_layers: int, writer: HeadWriter) -> list[tuple[str, str]]:
+    """``(description of what is read, layer label)`` per layer of a collected site."""
+    if site != "result":
+        return site_hooks(site, n_layers)
+    out = []
+    for name, label in site_hooks("z", n_layers):
+        layer = int(name.split(".")[1])
+        norm = writer.scale_hook(layer)
+        out.append((f"{name} @ W_O" + ("" if norm is None else f" / {norm}"), label))
+    return out
+
+
+def _batch_hooks(
+    plan: dict[str, list[tuple[str, str]]],
+    writer: HeadWriter,
+    reducer: _Reducer,
+    buffers: _Buffers,
+    dest: Tensor,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks for one batch: each reduces its activation to the batch's rows and
+    writes them. A head's ``result`` comes from its ``z`` (and, through a post-attention
+    norm, that norm's scale at the same positions, applied before positions are
+    averaged)."""
+
+    def store(site: str, layer: int, act: Tensor) -> None:
+        buffers.write(site, layer, dest, reducer(act.detach()))
+
+    def result(layer: int):
+        scale_name = writer.scale_hook(layer)
+        if scale_name is None:  # linear in z: average first, then W_O
+            return [(hook_name("z", layer), lambda z, hook: buffers.write(
+                "result", layer, dest, writer.write(layer, reducer(z.detach()))
+            ))]  # fmt: skip
+        stash: dict[str, Tensor] = {}
+
+        def keep_z(z: Tensor, hook: Any) -> None:
+            stash["z"] = reducer.pick(z.detach())
+
+        def finish(scale: Tensor, hook: Any) -> None:
+            heads = writer.write(layer, stash.pop("z"), reducer.pick(scale.detach()))
+            buffers.write("result", layer, dest, reducer.average(heads))
+
+        return [(hook_name("z", layer), keep_z), (scale_name, finish)]
+
+    hooks: list[tuple[str, Callable]] = []
+    for site, entries in plan.items():
+        if site == "result":
+            for layer in range(len(entries)):
+                hooks += result(layer)
+            continue
+        for layer, (name, _) in enumerate(entries):
+            hooks.append((name, lambda act, hook, s=site, i=layer: store(s, i, act)))
+    return hooks
+
+
+def _row_index(
+    rows: list[tuple[int, tuple[int, ...]]], out_rows: list[int], batch: list[int], shift: list[int]
+) -> tuple[list[int], Tensor, Tensor]:
+    """For the output rows of one batch: each row's batch element, its padded positions
+    ``[row, k]`` and its averaging weights (exact copies for single-position rows)."""
+    width = max(len(rows[r][1]) for r in out_rows)
+    index = torch.zeros((len(out_rows), width), dtype=torch.long)
+    weight = torch.zeros((len(out_rows), width))
+    b_of = {i: b for b, i in enumerate(batch)}
+    row_b = []
+    for k, r in enumerate(out_rows):
+        i, pos = rows[r]
+        row_b.append(b_of[i])
+        index[k, : len(pos)] = torch.tensor(pos) + shift[b_of[i]]
+        weight[k, : len(pos)] = 1.0 / len(pos)
+    return row_b, index, weight
 
 
 def collect_many(
@@ -402,6 +452,55 @@ def collect_many(
 ) -> dict[str, Activations]:
     """Run ``prompts`` through ``model`` once and keep several sites, each reduced to
     ``positions``. See :func:`collect`."""
+    spec = _check_collect(model, prompts, sites, positions, batch_size, padding_side)
+    dev = torch.device(device) if device is not None else model_device(model)
+    tokenized = [tokenize_prompt(model, p) for p in prompts]
+    rows = spec.rows(tokenized)
+    rows_of_prompt: list[list[int]] = [[] for _ in tokenized]
+    for r, (i, _) in enumerate(rows):
+        rows_of_prompt[i].append(r)
+    writer = HeadWriter(model)
+    plan = {site: _site_reads(site, model.cfg.n_layers, writer) for site in sites}
+    buffers = _Buffers(
+        {s: len(v) for s, v in plan.items()}, len(rows), torch.device(storage_device), dtype
+    )
+    batches = _batches([len(t) for t in tokenized], batch_size)
+    for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
+        toks, mask, shift = pad_tokens(model, [tokenized[i] for i in batch], padding_side)
+        out_rows = [r for i in batch for r in rows_of_prompt[i]]
+        row_b, index, weight = _row_index(rows, out_rows, batch, shift)
+        single = index.shape[1] == 1
+        reducer = _Reducer(torch.tensor(row_b, device=dev), index.to(dev), weight.to(dev), single)
+        hooks = _batch_hooks(plan, writer, reducer, buffers, torch.tensor(out_rows))
+        with torch.no_grad():
+            model.run_with_hooks(toks.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
+    name = model_info(model).name
+    return {
+        site: Activations(
+            site=site,
+            tensor=buffers.data[site],
+            layer_labels=tuple(label for _, label in plan[site]),
+            hook_names=tuple(h for h, _ in plan[site]),
+            prompts=tuple(prompts),
+            prompt_index=tuple(i for i, _ in rows),
+            positions=tuple(p for _, p in rows),
+            tokens=tuple(tuple(tokenized[i].str_tokens[q] for q in p) for i, p in rows),
+            position_spec=spec.describe(),
+            model_name=name,
+        )
+        for site in sites
+    }
+
+
+def _check_collect(
+    model: Any,
+    prompts: Sequence[str],
+    sites: Sequence[str],
+    positions: Positions | str,
+    batch_size: int,
+    padding_side: str,
+) -> Positions:
+    """Refuse bad collection arguments by name; the positions as a :class:`Positions`."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
     if not prompts:
@@ -413,94 +512,15 @@ def collect_many(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    spec = as_positions(positions)
-    dev = torch.device(device) if device is not None else model_device(model)
-    store = torch.device(storage_device)
-    tokenized = [tokenize_prompt(model, p) for p in prompts]
-    rows = spec.rows(tokenized)
-    rows_of_prompt: list[list[int]] = [[] for _ in tokenized]
-    for r, (i, _) in enumerate(rows):
-        rows_of_prompt[i].append(r)
-
-    n_layers = model.cfg.n_layers
-    needs_result = "result" in sites
-    had_result = bool(getattr(model.cfg, "use_attn_result", False))
-    derive_result = False
-    if needs_result and not had_result:
-        try:
-            model.set_use_attn_result(True)
-        except NotImplementedError:
-            derive_result = True  # read hook_z and multiply by W_O (exact: reduction is linear)
-    run_sites = [s for s in sites if not (derive_result and s == "result")]
-    if derive_result and "z" not in run_sites:
-        run_sites.append("z")
-    plan = {site: site_hooks(site, n_layers) for site in run_sites}
-    buffers: dict[str, Tensor] = {}
-    try:
-        batches = _batches([len(t) for t in tokenized], batch_size)
-        for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
-            toks, mask, shift = pad_tokens(model, [tokenized[i] for i in batch], padding_side)
-            # For every output row of this batch: its batch element, its padded positions
-            # and the averaging weights (exact copies for single-position rows).
-            out_rows = [r for i in batch for r in rows_of_prompt[i]]
-            row_b, width_k = [], max(len(rows[r][1]) for r in out_rows)
-            index = torch.zeros((len(out_rows), width_k), dtype=torch.long)
-            weight = torch.zeros((len(out_rows), width_k))
-            b_of = {i: b for b, i in enumerate(batch)}
-            for k, r in enumerate(out_rows):
-                i, pos = rows[r]
-                b = b_of[i]
-                row_b.append(b)
-                index[k, : len(pos)] = torch.tensor(pos) + shift[b]
-                weight[k, : len(pos)] = 1.0 / len(pos)
-            reducer = _Reducer(
-                torch.tensor(row_b, device=dev), index.to(dev), weight.to(dev), width_k == 1
-            )
-            dest = torch.tensor(out_rows)
-            hooks = [
-                (
-                    name,
-                    _storing_hook(
-                        reducer,
-                        buffers,
-                        site,
-                        layer_idx,
-                        len(plan[site]),
-                        len(rows),
-                        dest,
-                        store,
-                        dtype,
-                    ),
-                )
-                for site, entries in plan.items()
-                for layer_idx, (name, _) in enumerate(entries)
-            ]
-            with torch.no_grad():
-                model.run_with_hooks(toks.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
-    finally:
-        if needs_result and not had_result and not derive_result:
-            model.set_use_attn_result(False)
-    if derive_result:
-        w_o = model.W_O.detach().to(device=store, dtype=buffers["z"].dtype)
-        buffers["result"] = torch.einsum("lrhd,lhdm->lrhm", buffers["z"], w_o)
-        plan["result"] = [(f"{h} @ W_O[{i}]", label) for i, (h, label) in enumerate(plan["z"])]
-
-    name = model_info(model).name
-    out = {}
+    hooks = getattr(model, "hook_dict", None)
     for site in sites:
-        out[site] = Activations(
-            site=site,
-            tensor=buffers[site],
-            layer_labels=tuple(label for _, label in plan[site]),
-            hook_names=tuple(h for h, _ in plan[site]),
-            prompts=tuple(prompts),
-            prompt_index=tuple(i for i, _ in rows),
-            positions=tuple(p for _, p in rows),
-            tokens=tuple(tuple(tokenized[i].str_tokens[q] for q in p) for i, p in rows),
-            position_spec=spec.describe(),
-            model_name=name,
-        )
-    return out
+        name = hook_name("z" if site == "result" else site, 0)
+        if hooks is not None and name not in hooks:
+            why = " (its attention and MLP read one residual)" if site == "resid_mid" else ""
+            raise ValueError(f"{architecture_name(model)} has no {site}{why}: no hook {name}")
+    if "resid_mid" in sites and not is_additive(model):
+        raise NotAdditiveError(RESID_MID_REFUSAL.format(arch=architecture_name(model)))
+    return as_positions(positions)
 
 
 def collect(

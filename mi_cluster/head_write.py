@@ -129,6 +129,7 @@ def head_write_view(
     after = before + write
     ov = head_circuit_directions(model, layer, head, "OV", "output", k=2)
     first = ov.directions[0].to(before)
+    first = first / first.norm()  # unit in the working precision (SVD ran in the model's)
     axis = None
     if is_name is not None:
         name = torch.as_tensor(is_name, dtype=torch.bool)

@@ -16,10 +16,14 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from mi_cluster.activations import hook_name, pad_tokens
+from mi_cluster.activations import pad_tokens
+from mi_cluster.hooks import FINAL_SCALE, hook_name
 from mi_cluster.ioi import IOIPositions, IOIPrompt, ioi_positions, locate, replace_subject
-from mi_cluster.models import has_mlps, model_device, require_meaningful_logits
+from mi_cluster.models import model_device, require_meaningful_logits
+from mi_cluster.norms import frozen_norm
 from mi_cluster.prompts import single_token_id, tokenize_prompt
+from mi_cluster.readout import residual_logits
+from mi_cluster.writes import HeadWriter, mlp_write, require_additive
 
 __all__ = [
     "IOIPositions",
@@ -127,34 +131,49 @@ def attention_between(
 def head_direct_logit_attribution(
     model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
 ) -> Float[Tensor, "layer head prompt"]:
-    """Each head's direct contribution to logit(IO) - logit(S) at END: its output there,
-    divided by the final LayerNorm scale, projected on ``W_U[:, IO] - W_U[:, S]``;
-    optionally under ``hooks`` (e.g. other heads ablated, to find the ones that take over)."""
+    """Each head's direct contribution to logit(IO) - logit(S) at END: its write there
+    (:class:`~mi_cluster.writes.HeadWriter`: ``z_h W_O^h``, through the post-attention norm
+    at the attention output's scale where the block has one), through the final norm
+    frozen at the run's scale, projected on ``W_U[:, IO] - W_U[:, S]``; optionally under
+    ``hooks`` (e.g. other heads ablated, to find the ones that take over).
+
+    The heads' terms are exact shares of the logit difference before any final soft-cap
+    (Gemma 2 caps logits after the unembedding; the cap is not linear, so shares are of the
+    logits it caps). Refused for models whose blocks do not add their outputs to the
+    residual stream (post-LayerNorm BERT)."""
     require_meaningful_logits(model, "direct logit attribution")
+    require_additive(model, "direct logit attribution")
     prep = _prepare(model, prompts)
     pos = prep.pos
     n_layers, rows = model.cfg.n_layers, torch.arange(len(prompts))
-    results: dict[int, Tensor] = {}
-    scale: dict[str, Tensor] = {}
+    writer = HeadWriter(model)
+    read: dict[str, Tensor] = {}
 
-    def store(layer: int, z: Tensor) -> None:  # [batch, pos, head, d_head]
-        z_end = z[rows, pos.end.to(z.device)]
-        results[layer] = torch.einsum("bhd,hdm->hbm", z_end, model.W_O[layer].to(z_end))
+    def at_end(key: str) -> Callable:
+        def hook(act: Tensor, hook: Any) -> None:
+            read[key] = act[rows, pos.end.to(act.device)].detach()
 
-    def grab_scale(s: Tensor, hook: Any) -> None:
-        scale["end"] = s[rows, pos.end.to(s.device)]
+        return hook
 
-    reads = _each_layer("z", range(n_layers), store)
-    reads.append(("ln_final.hook_scale", grab_scale))
+    reads = [(hook_name("z", layer), at_end(f"z{layer}")) for layer in range(n_layers)]
+    reads += [
+        (name, at_end(f"s{layer}"))
+        for layer in range(n_layers)
+        if (name := writer.scale_hook(layer)) is not None
+    ]
+    reads.append((FINAL_SCALE, at_end("final")))
     _run(model, prep.tokens, prep.mask, list(hooks or []) + reads)
     w_u = model.W_U.detach()
-    direction = (
-        w_u[:, pos.io_id.to(w_u.device)] - w_u[:, pos.s_id.to(w_u.device)]
-    ).T  # [prompt, d]
-    # [layer, head, prompt, d], gathered where the unembedding is (under a device map)
-    out = torch.stack([results[layer].to(w_u.device) for layer in range(n_layers)])
-    end_scale = scale["end"].to(w_u.device)
-    return ((out / end_scale[None, None]) * direction[None, None]).sum(-1).float().cpu()
+    writes = torch.stack(
+        [
+            writer.write(layer, read[f"z{layer}"], read.get(f"s{layer}")).to(w_u.device)
+            for layer in range(n_layers)
+        ]
+    ).transpose(1, 2)  # [layer, head, prompt, d_model], where the unembedding is
+    normed = frozen_norm(model.ln_final, writes, read["final"].to(w_u.device), share=True)
+    io, s = pos.io_id.to(w_u.device), pos.s_id.to(w_u.device)
+    direction = (w_u[:, io] - w_u[:, s]).T  # [prompt, d]
+    return (normed.to(direction) * direction).sum(-1).float().cpu()
 
 
 def copy_scores(
@@ -194,9 +213,13 @@ def copy_hits(
       (IO and S1), so layer 0's attention output and the position embedding are included;
       the names are those of the prompts, IO's then S's (``2 * len(prompts)`` of them).
 
-    Assumes LayerNorm folded into the weights (compatibility mode, which
-    :func:`mi_cluster.models.load_model` turns on)."""
+    Each name's vector goes through the block's own pre-attention norm (LayerNorm or
+    RMSNorm, as the model computes it), the head's OV circuit (without biases), the
+    block's post-attention norm where there is one, and the model's output head
+    (:func:`~mi_cluster.readout.residual_logits`). Refused for post-LayerNorm models,
+    whose heads do not write into the residual stream alone."""
     require_meaningful_logits(model, "copy scores")
+    require_additive(model, "a copy score (a head's write read alone)")
     if variant not in ("embedding", "arena", "paper"):
         raise ValueError(f"variant must be 'embedding', 'arena' or 'paper', got {variant!r}")
     with torch.no_grad():
@@ -204,10 +227,9 @@ def copy_hits(
             if not names:
                 raise ValueError("copy_scores needs at least one name")
             ids = torch.tensor([single_token_id(model, n) for n in names])
-            x = model.W_E.detach()[ids.to(model.W_E.device)]  # [name, d_model]
-            mlp = has_mlps(model)
-            if variant == "arena" and mlp:
-                x = x + model.blocks[0].mlp(_layer_norm_pre(x, model.cfg.eps)[None])[0]
+            x = model.embed(ids[None].to(model_device(model)))[0]  # as the model scales it
+            if variant == "arena":
+                x = x + mlp_write(model, 0, x)
         else:
             if not prompts:
                 raise ValueError("the paper's copy score needs IOI prompts (names read in context)")
@@ -221,20 +243,31 @@ def copy_hits(
             _run(model, prep.tokens, prep.mask, [(hook_name("resid_post", 0), keep)])
             x = kept["x"]
             ids = torch.cat([prep.pos.io_id, prep.pos.s_id])
-        x = _layer_norm_pre(x, model.cfg.eps)
-        v = torch.einsum("nm,lhmd->lhnd", x, model.W_V) + model.b_V[:, :, None]
-        out = torch.einsum("lhnd,lhdm->lhnm", v, model.W_O)
-        out = -out if negative else out
-        logits = _layer_norm_pre(out, model.cfg.eps) @ model.W_U + model.b_U
-        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [layer, head, name, k]
-        hit = (top == ids.to(top.device)[None, None, :, None]).any(-1)
-    return hit.cpu()
+        hits = [_copies(model, layer, x, ids, k, negative) for layer in range(model.cfg.n_layers)]
+    return torch.stack(hits).cpu()
 
 
-def _layer_norm_pre(x: Tensor, eps: float) -> Tensor:
-    """LayerNorm without weights (what remains of it once folded): centre, unit RMS."""
-    x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+def _copies(
+    model: Any, layer: int, x: Tensor, ids: Tensor, k: int, negative: bool
+) -> Bool[Tensor, "head name"]:
+    """Whether each head of ``layer`` copies each name: ``x`` (one residual vector per
+    name) through the block's pre-attention norm, the head's OV circuit (grouped key/value
+    heads expanded to the heads that share them; biases left out, as OV circuits are),
+    the block's post-attention norm where it has one, and the model's output head."""
+    block = model.blocks[layer]
+    norm = getattr(block, "ln1", None)  # OLMo 2 has none before attention
+    normed = x if norm is None else norm(x[None])[0]
+    w_v, w_o = model.W_V[layer].detach(), model.W_O[layer].detach()  # [kv, d, dh], [h, dh, d]
+    v = torch.einsum("nm,kmd->knd", normed.to(w_v), w_v)
+    v = v.repeat_interleave(model.cfg.n_heads // v.shape[0], dim=0)  # kv head h // group
+    out = torch.einsum("hnd,hdm->hnm", v, w_o)
+    out = -out if negative else out
+    post = HeadWriter(model).post_norm(layer)
+    if post is not None:
+        out = post(out)  # each head's output normalised alone, as if it were all attention
+    logits = residual_logits(model, out)
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [head, name, k]
+    return (top == ids.to(top.device)[None, :, None]).any(-1)
 
 
 def token_mean(act: Float[Tensor, "batch pos ..."], mask: Tensor) -> Float[Tensor, "..."]:

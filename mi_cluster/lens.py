@@ -29,13 +29,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_cluster.activations import Positions, collect
-from mi_cluster.models import (
-    model_device,
-    model_info,
-    module_device,
-    require_meaningful_logits,
-)
+from mi_cluster.models import model_device, model_info, require_meaningful_logits
 from mi_cluster.prompts import get_tokenizer
+from mi_cluster.readout import check_readout, residual_logits
 from mi_cluster.similarity.distances import kl_from_log_probs
 
 if TYPE_CHECKING:
@@ -44,38 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["LensResult", "layer_logits", "logit_lens", "residual_logits", "token_id"]
 
 _CHUNK_ELEMENTS = 2**23  # vocabulary-sized floats per chunk (32 MiB in float32)
-
-
-def residual_logits(
-    model: Any, resid: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"] | None = None
-) -> Float[Tensor, "... d_vocab"]:
-    """The model's output head applied to residual vectors: final LayerNorm (or RMSNorm)
-    and unembedding; for BERT masked-LM models dense -> activation -> LayerNorm -> decoder.
-
-    With ``scale``, the final norm divides by it instead of each residual's own scale (used
-    by path patching to freeze the norm at another run's value).
-
-    Each step runs where its weights are (the last GPUs of a model split by a device
-    map; a no-op on one device), and the logits stay where the unembedding is."""
-    if scale is not None:
-        return _on_call(model.unembed, _normalise_with(model, resid, scale))
-    if hasattr(model, "mlm_head"):
-        from transformers.activations import ACT2FN
-
-        hidden = ACT2FN[model.cfg.act_fn](model.mlm_head(_on(model.mlm_head, resid)))
-        return _on_call(model.unembed, _on_call(model.ln_final, hidden))
-    if hasattr(model, "ln_final"):
-        resid = _on_call(model.ln_final, resid)
-    return _on_call(model.unembed, resid)
-
-
-def _on(module: Any, x: Tensor) -> Tensor:
-    """``x`` on the device of ``module``'s weights (where it is, for a weightless one)."""
-    return x.to(module_device(module, x.device))
-
-
-def _on_call(module: Any, x: Tensor) -> Tensor:
-    return module(_on(module, x))
 
 
 def layer_logits(
@@ -87,22 +51,6 @@ def layer_logits(
     if lens is not None and layer < lens.n_translators:
         resid = lens.translate(layer, resid)
     return residual_logits(model, resid).float()
-
-
-def _normalise_with(model: Any, resid: Tensor, scale: Tensor) -> Tensor:
-    """The final LayerNorm (or RMSNorm) of ``resid`` with a given scale."""
-    if hasattr(model, "mlm_head") or not hasattr(model, "ln_final"):
-        raise ValueError("a frozen final LayerNorm needs a model whose logits follow ln_final")
-    resid = _on(model.ln_final, resid)
-    norm = getattr(model.cfg, "normalization_type", "LN") or "LN"
-    x = resid - resid.mean(-1, keepdim=True) if norm.startswith("LN") else resid
-    x = x / scale.to(x)
-    params = dict(model.ln_final.named_parameters())
-    weight = next((v for k, v in params.items() if k.endswith("weight")), None)
-    bias = next((v for k, v in params.items() if k.endswith("bias")), None)
-    if weight is not None:
-        x = x * weight.to(x)
-    return x + bias.to(x) if bias is not None else x
 
 
 def token_id(model_or_tokenizer: Any, token: int | str) -> int:
@@ -247,6 +195,7 @@ def logit_lens(
         keep_log_probs: also keep the full ``[layer, row, d_vocab]`` log-probabilities.
     """
     require_meaningful_logits(model, "the logit lens")
+    check_readout(model)
     d_vocab = model.cfg.d_vocab
     if not 1 <= k <= d_vocab:
         raise ValueError(f"k must be between 1 and the vocabulary size {d_vocab}, got {k}")

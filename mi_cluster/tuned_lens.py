@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import Positions, collect
 from mi_cluster.atomic import atomic_path
-from mi_cluster.lens import residual_logits
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
+from mi_cluster.readout import check_readout, residual_logits
 from mi_cluster.similarity.distances import kl_from_log_probs
 
 __all__ = ["TunedLens", "train_tuned_lens"]
@@ -158,6 +158,7 @@ def train_tuned_lens(
         log: called with a progress line every 50 steps (the library never prints).
     """
     require_meaningful_logits(model, "a tuned lens")
+    check_readout(model)
     if steps < 1 or tokens_per_step < 1:
         raise ValueError("steps and tokens_per_step must be positive")
     dev = model_device(model)

@@ -22,8 +22,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_cluster.activations import hook_name
-from mi_cluster.lens import residual_logits
-from mi_cluster.models import module_device
+from mi_cluster.models import architecture_name, module_device
+from mi_cluster.readout import residual_logits
 
 __all__ = ["Hook", "LayerRunner", "PatchingError", "plan_passes", "rows_per_pass"]
 
@@ -96,14 +96,19 @@ class LayerRunner:
         self.tokens = tokens
         self.n_layers = model.cfg.n_layers
         self.batch = tokens.shape[0]
-        recorded: dict[str, Any] = {}
+        recorded: dict[int, tuple[tuple, dict]] = {}
 
-        def record(module: Any, args: tuple, kwargs: dict) -> None:
-            recorded.setdefault("args", args[1:])
-            recorded.setdefault("kwargs", kwargs)
+        def recorder(layer: int):
+            def record(module: Any, args: tuple, kwargs: dict) -> None:
+                recorded.setdefault(layer, (args[1:], kwargs))
+
+            return record
 
         names = {hook_name("resid_pre", layer) for layer in range(self.n_layers)} | set(cache_sites)
-        handle = model.blocks[0].register_forward_pre_hook(record, with_kwargs=True)
+        handles = [
+            block.register_forward_pre_hook(recorder(layer), with_kwargs=True)
+            for layer, block in enumerate(model.blocks)
+        ]
         try:
             with torch.no_grad():
                 kw = {} if attention_mask is None else {"attention_mask": attention_mask}
@@ -111,11 +116,15 @@ class LayerRunner:
                     tokens, names_filter=lambda n: n in names, **kw
                 )
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         self.cache = {n: cache[n] for n in names}
-        self._args = tuple(None if _is_cache(a) else a for a in recorded["args"])
-        self._kwargs = {k: (None if _is_cache(v) else v) for k, v in recorded["kwargs"].items()}
-        self._kwargs.pop("use_cache", None)
+        # Each block's own arguments (Gemma 2/3 give each layer type its own attention mask,
+        # Gemma 3 its own rotary embedding), with Hugging Face's KV caches dropped.
+        self._args = [_without_caches(recorded[layer][0]) for layer in range(self.n_layers)]
+        self._kwargs = [_without_caches(recorded[layer][1]) for layer in range(self.n_layers)]
+        for kwargs in self._kwargs:
+            kwargs.pop("use_cache", None)
         self._check()
 
     # -- the output head ------------------------------------------------------------
@@ -129,33 +138,43 @@ class LayerRunner:
         return residual_logits(self.model, resid, scale)
 
     def _check(self) -> None:
-        """The last block and the head, run by this class, must give the model's logits."""
-        last = self.n_layers - 1
+        """Every block and the head, run by this class from the embedding, must give the
+        model's own residual stream entering each block and its logits."""
         every = torch.arange(self.tokens.shape[1]).expand(self.batch, -1)
+        seen: dict[int, Tensor] = {}
+
+        def keep(layer: int):
+            def hook(act: Tensor, hook: Any) -> None:
+                seen[layer] = act.detach().clone()  # the runner overwrites it in place
+
+            return hook
+
+        reads = [(hook_name("resid_pre", layer), keep(layer)) for layer in range(self.n_layers)]
         with torch.no_grad():
-            got = self.run(torch.arange(self.batch), last, positions=every)
-        scale = self.logits.abs().max().clamp_min(1.0)
-        if got is None or not torch.allclose(
-            got.to(self.logits.device), self.logits, atol=1e-4 * float(scale), rtol=1e-4
-        ):
-            raise PatchingError(
-                f"mi_cluster cannot run {type(self.model).__name__} "
-                f"({getattr(self.model.cfg, 'architecture', '?')}) layer by layer: its blocks "
-                "re-run from the cache do not reproduce the model's logits"
-            )
+            got = self.run(torch.arange(self.batch), 0, reads, positions=every)
+        for layer in range(1, self.n_layers):
+            want = self.cache[hook_name("resid_pre", layer)]
+            if not _close(seen[layer], want):
+                self._refuse(f"block {layer - 1}'s output differs from the model's own")
+        if got is None or not _close(got, self.logits):
+            self._refuse("the output head does not reproduce the model's logits")
+
+    def _refuse(self, why: str) -> None:
+        raise PatchingError(
+            f"mi_cluster cannot run {architecture_name(self.model)} layer by layer: re-run from "
+            f"the cache, {why}"
+        )
 
     # -- running ----------------------------------------------------------------------
-    def _expand(self, value: Any, prompt: Tensor) -> Any:
+    def _expand(self, value: Tensor, prompt: Tensor, done: dict[int, Tensor]) -> Tensor:
         """A recorded block argument for the rows of an expanded batch: tensors with one
-        entry per prompt are indexed by each row's prompt; broadcastable ones are kept."""
-        if (
-            isinstance(value, Tensor)
-            and value.ndim
-            and value.shape[0] == self.batch
-            and self.batch > 1
-        ):
-            return value[prompt.to(value.device)]
-        return value
+        entry per prompt are indexed by each row's prompt (once per tensor, for every
+        block that shares it); broadcastable ones are kept."""
+        if not (value.ndim and value.shape[0] == self.batch and self.batch > 1):
+            return value
+        if id(value) not in done:
+            done[id(value)] = value[prompt.to(value.device)]
+        return done[id(value)]
 
     def run(
         self,
@@ -187,8 +206,7 @@ class LayerRunner:
         row_start = torch.full((rows,), start) if isinstance(start, int) else start.cpu()
         if bool((row_start[1:] < row_start[:-1]).any()):
             raise PatchingError("rows must be ordered by start layer")
-        args = tuple(self._expand(a, prompt) for a in self._args)
-        kwargs = {k: self._expand(v, prompt) for k, v in self._kwargs.items()}
+        expanded: dict[int, Any] = {}  # argument tensors shared by blocks are expanded once
         first, end = int(row_start[0]), self.n_layers if stop_layer is None else stop_layer
         resid = self._cached_rows(first, prompt).clone()
         # No gradients: exact patching needs none, and with autograd on, the bridge's BERT
@@ -203,14 +221,24 @@ class LayerRunner:
                 resid = resid.to(dev)
                 if layer > first and n > joined:  # rows starting here enter from the cache
                     resid[joined:n] = self._cached_rows(layer, prompt[joined:n]).to(dev)
-                a = tuple(_to(_rows(x, n, rows), dev) for x in args)
-                kw = {k: _to(_rows(v, n, rows), dev) for k, v in kwargs.items()}
+                a, kw = self._block_args(layer, prompt, n, dev, expanded)
                 out = self.model.blocks[layer](resid[:n], *a, **kw)
                 resid[:n] = out[0] if isinstance(out, tuple) else out
         if positions is None or stop_layer is not None:
             return None
         index = positions.to(resid.device)[..., None].expand(-1, -1, resid.shape[-1])
         return self.head(resid.gather(1, index), final_scale)
+
+    def _block_args(
+        self, layer: int, prompt: Tensor, n: int, dev: torch.device, done: dict[int, Tensor]
+    ) -> tuple[tuple, dict]:
+        """Block ``layer``'s recorded arguments for the first ``n`` of the rows ``prompt``
+        (the rows that have started), on ``dev``."""
+
+        def fit(x: Tensor) -> Tensor:
+            return _rows(self._expand(x, prompt, done), n, len(prompt)).to(dev)
+
+        return _map(self._args[layer], fit), _map(self._kwargs[layer], fit)
 
     def _cached_rows(self, layer: int, prompt: Tensor) -> Tensor:
         """The base run's residual entering block ``layer``, for the rows' prompts (on the
@@ -219,12 +247,36 @@ class LayerRunner:
         return cached[prompt.to(cached.device)]
 
 
-def _to(value: Any, device: torch.device) -> Any:
-    return value.to(device) if isinstance(value, Tensor) else value
+def _map(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to every tensor in a block argument, through tuples, lists and dicts
+    (rotary embeddings come as a ``(cos, sin)`` tuple)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple | list):
+        return type(value)(_map(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
+    return value
 
 
-def _rows(value: Any, n: int, rows: int) -> Any:
+def _without_caches(value: Any) -> Any:
+    """A recorded argument with Hugging Face's KV caches replaced by None (never reused)."""
+    if _is_cache(value):
+        return None
+    if isinstance(value, tuple | list):
+        return type(value)(_without_caches(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _without_caches(v) for k, v in value.items()}
+    return value
+
+
+def _close(got: Tensor, want: Tensor) -> bool:
+    scale = want.abs().max().clamp_min(1.0)
+    return bool(torch.allclose(got.to(want), want, atol=1e-4 * float(scale), rtol=1e-4))
+
+
+def _rows(value: Tensor, n: int, rows: int) -> Tensor:
     """The first ``n`` rows of an expanded block argument (broadcast ones as they are)."""
-    if isinstance(value, Tensor) and value.ndim and value.shape[0] == rows and n < rows:
+    if value.ndim and value.shape[0] == rows and n < rows:
         return value[:n]
     return value
