@@ -130,8 +130,24 @@ def test_equal_to_transformer_lens_on_minilm(minilm, dtype):
     [SEP] position's logits (random but deterministic in MiniLM)."""
     model = minilm if dtype == torch.float32 else load_model("minilm", device="cpu", dtype=dtype)
     metric, tl_metric = _logit_gap(model, "mat", "rug")
-    sites = ["resid_pre", "attn_out", "mlp_out", "head_out", "pattern", "v"]
+    sites = ["resid_pre", "attn_out", "mlp_out", "head_out", "v"]
     _compare_with_transformer_lens(model, BERT_CLEAN, BERT_CORRUPT, metric, tl_metric, sites, 1e-5)
+
+
+def test_pattern_patching_is_refused_where_the_bridge_ignores_it(minilm):
+    """TransformerLens's bridge reads BERT's attention pattern after the Hugging Face
+    module has used it, so its own pattern sweep changes nothing (every value equals the
+    corrupted run's metric): mi_cluster refuses the site instead of returning that."""
+    metric, tl_metric = _logit_gap(minilm, "mat", "rug")
+    clean, corrupt = minilm.to_tokens(BERT_CLEAN), minilm.to_tokens(BERT_CORRUPT)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, cache = minilm.run_with_cache(clean)
+        theirs = TL_FUNCTIONS["pattern"](minilm, corrupt, cache, tl_metric)
+        corrupted_value = tl_metric(minilm(corrupt))
+    torch.testing.assert_close(theirs, torch.full_like(theirs, float(corrupted_value)))
+    with pytest.raises(PatchingError, match="BertForMaskedLM's attention patterns cannot be"):
+        activation_patching(minilm, clean, corrupt, metric, "pattern", progress=False)
 
 
 def test_resid_post_and_noising_equal_plain_hooks(tiny64):
@@ -577,7 +593,7 @@ def test_bad_inputs_fail_before_any_forward_pass(tiny):
         activation_patching(fake, tokens, tokens, metric, "head_out", layers=[7])
     with pytest.raises(PatchingError, match="2 clean and 1 corrupted"):
         activation_patching(fake, GPT_CLEAN, GPT_CORRUPT[:1], metric)
-    with pytest.raises(PatchingError, match=r"receiver head L5H0 does not exist"):
+    with pytest.raises(PatchingError, match=r"receiver L5H0 'q' does not exist"):
         path_patching(fake, tokens, tokens, metric, [(5, 0, "q")])
     with pytest.raises(PatchingError, match="positions must be"):
         Metric("x", lambda inp: inp.logits[:, 0, 0], "first")

@@ -27,6 +27,7 @@ corrupted run's into the clean run. Results equal ``transformer_lens.patching``'
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,10 +39,11 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
 from mi_cluster.distributed import my_share, sum_across_ranks
-from mi_cluster.models import has_mlps
+from mi_cluster.models import architecture_name, has_mlps, model_device, site_heads
 from mi_cluster.patching.inputs import PromptPair, prepare_pair, resolve_positions
 from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, _n_positions, validate
 from mi_cluster.patching.runner import LayerRunner, PatchingError, plan_passes, rows_per_pass
+from mi_cluster.writes import RESID_MID_REFUSAL, is_additive
 
 __all__ = [
     "SITE_KINDS",
@@ -261,7 +263,7 @@ def activation_patching(
     corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
     base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
 
-    sizes = {"head": model.cfg.n_heads, "pos": pair.n_pos}
+    sizes = {"head": site_heads(model, kind.act), "pos": pair.n_pos}
     shape = [len(layers)] + [sizes[a] for a in kind.axes]
     values = torch.zeros((*shape, pair.batch), dtype=clean_value.dtype, device=clean_value.device)
     per_layer = int(torch.tensor(shape[1:]).prod())
@@ -298,7 +300,7 @@ def activation_patching(
         values=values,
         site=site,
         axes=("layer", *kind.axes),
-        labels=axis_labels(model, pair, layers, kind.axes),
+        labels=axis_labels(model, pair, layers, kind.axes, kind.act),
         direction=direction,
         metric=metric.name,
         clean=clean_value,
@@ -307,13 +309,20 @@ def activation_patching(
 
 
 def axis_labels(
-    model: Any, pair: PromptPair, layers: Sequence[int], axes: tuple[str, ...]
+    model: Any,
+    pair: PromptPair,
+    layers: Sequence[int],
+    axes: tuple[str, ...],
+    act: str = "z",
 ) -> dict[str, list[str]]:
-    """A label per index of ``("layer", *axes)``: ``"L3"``, ``"H7"``, and positions by
-    their (unique) token labels."""
+    """A label per index of ``("layer", *axes)``: ``"L3"``, ``"H7"`` (``"KV1"`` for a
+    key/value head under grouped-query attention), and positions by their (unique) token
+    labels."""
+    n = site_heads(model, act)
+    prefix = "KV" if n != model.cfg.n_heads else "H"
     every = {
         "layer": [f"L{layer}" for layer in layers],
-        "head": [f"H{h}" for h in range(model.cfg.n_heads)],
+        "head": [f"{prefix}{h}" for h in range(n)],
         "pos": pair.position_labels,
     }
     return {a: every[a] for a in ("layer", *axes)}
@@ -379,6 +388,52 @@ def _check_site(model: Any, kind: SiteKind, layers: Sequence[int]) -> list[str]:
     missing = [name for name in names if name not in hook_dict]
     if missing:
         raise PatchingError(
-            f"the model has no {kind.description} ({missing[0]} is not one of its hooks)"
+            f"{architecture_name(model)} has no {kind.description} ({missing[0]} is not one "
+            "of its hooks)"
+        )
+    if kind.act == "resid_mid" and not is_additive(model):
+        raise PatchingError(RESID_MID_REFUSAL.format(arch=architecture_name(model)))
+    if kind.act == "pattern" and not _pattern_edits_take_effect(model):
+        raise PatchingError(
+            f"{architecture_name(model)}'s attention patterns cannot be patched: "
+            "TransformerLens's bridge delegates this attention to the Hugging Face module and "
+            "reads its pattern after the module has used it, so a patched pattern would not "
+            "change the output (patch q, k, v or head_out instead)"
         )
     return names
+
+
+_PATTERN_EDITS = "_mi_cluster_pattern_edits"
+
+
+def _pattern_edits_take_effect(model: Any) -> bool:
+    """Whether a pattern written at ``hook_pattern`` is the one the model uses: checked
+    once per model by making every query of layer 0 attend to the first token, which
+    must make each head's ``z`` equal its value vector there."""
+    verdict = getattr(model, _PATTERN_EDITS, None)
+    if verdict is not None:
+        return verdict
+    seen: dict[str, Tensor] = {}
+
+    def first_token_only(pattern: Tensor, hook: Any) -> Tensor:
+        new = torch.zeros_like(pattern)
+        new[..., 0] = 1.0
+        return new
+
+    def keep(name: str):
+        return lambda act, hook: seen.__setitem__(name, act.detach())
+
+    tokens = torch.arange(min(5, model.cfg.d_vocab))[None].to(model_device(model))
+    hooks = [
+        (hook_name("pattern", 0), first_token_only),
+        (hook_name("v", 0), keep("v")),
+        (hook_name("z", 0), keep("z")),
+    ]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bridge warns that such an edit is discarded
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    z, v = seen["z"], seen["v"]  # [1, pos, head, d], [1, pos, kv_head, d]
+    want = v[:, :1].repeat_interleave(z.shape[2] // v.shape[2], dim=2).expand_as(z)
+    verdict = bool(torch.allclose(z, want, atol=1e-5 * float(want.abs().max().clamp_min(1))))
+    setattr(model, _PATTERN_EDITS, verdict)
+    return verdict

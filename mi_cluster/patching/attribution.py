@@ -80,7 +80,16 @@ def attribution_patching(
         _check_site(model, SITE_KINDS[s], list(layers))
     for name in metric.reads:
         _layer_of(name)
-    wanted = sorted({n for ns in names.values() for n in ns})
+    # The gradient at resid_mid is taken where attention's output is added to form it
+    # (equal in every block that adds it, which patching checks): TransformerLens hooks
+    # resid_mid at the MLP norm's input, which on some architectures (OPT) is a reshaped
+    # copy of the residual, so a gradient there would miss the residual path.
+    grad_at = {
+        n: hook_name("attn_out", _layer_of(n)) if SITE_KINDS[s].act == "resid_mid" else n
+        for s, ns in names.items()
+        for n in ns
+    }
+    wanted = sorted(set(grad_at) | set(grad_at.values()))
     cached = sorted(set(wanted) | set(metric.reads))
     positions = resolve_positions(metric.positions, pair)
     base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
@@ -131,7 +140,9 @@ def attribution_patching(
     )
     out = {}
     for s in sites:
-        per_layer = [_reduce((source_cache[n] - kept[n].detach()) * grad[n], s) for n in names[s]]
+        per_layer = [
+            _reduce((source_cache[n] - kept[n].detach()) * grad[grad_at[n]], s) for n in names[s]
+        ]
         # [layer, prompt, ...], gathered where the metric is (layers may sit on several GPUs)
         effect = torch.stack([e.to(base_value.device) for e in per_layer])
         values = base_value + effect.movedim(1, -1)  # [layer, ..., prompt]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
 from mi_cluster.distributed import my_share, sum_across_ranks
+from mi_cluster.models import site_heads
 from mi_cluster.patching.activation import (
     PatchResult,
     _layer_of,
@@ -55,8 +56,13 @@ def _check_receivers(model: Any, receivers: str | Sequence[Receiver]) -> list[Re
         if len(r) != 3 or r[2] not in ("q", "k", "v"):
             raise PatchingError(f"receiver {r!r} must be (layer, head, 'q' | 'k' | 'v')")
         layer, head, which = int(r[0]), int(r[1]), r[2]
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise PatchingError(f"receiver head L{layer}H{head} does not exist")
+        n = site_heads(model, which)
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < n):
+            kind = "key/value head" if n != model.cfg.n_heads else "head"
+            raise PatchingError(
+                f"receiver L{layer}H{head} {which!r} does not exist: {which} has "
+                f"{model.cfg.n_layers} layers x {n} {kind}s"
+            )
         out.append((layer, head, which))
     return out
 
