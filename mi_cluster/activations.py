@@ -49,7 +49,14 @@ def site_hooks(site: str, n_layers: int) -> list[tuple[str, str]]:
 
     ``resid_post`` starts with the embedding output (``blocks.0.hook_resid_pre``, labelled
     ``"embed"``) followed by each block's output, so it has ``n_layers + 1`` entries and
-    entry ``i`` equals Hugging Face's ``hidden_states[i]``.
+    entry ``i < n_layers`` is Hugging Face's ``hidden_states[i]`` (its last entry is the
+    final norm's output, not the last block's). How exactly depends on the weight
+    processing (:func:`mi_cluster.models.load_model`): with ``processing="hf"`` it is
+    equal; with the default TransformerLens processing, LayerNorm models (GPT-2, GPT-J,
+    OPT, GPT-NeoX, OLMo) write into the residual stream with centred weights, so entry
+    ``i`` equals ``hidden_states[i]`` minus its mean over ``d_model`` (the component every
+    LayerNorm removes); RMSNorm models (Llama, Mistral, Qwen, Gemma, Phi-3, OLMo 2) and
+    BERT are equal in both.
     """
     if site == "resid_post":
         return [(hook_name("resid_pre", 0), "embed")] + [

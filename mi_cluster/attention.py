@@ -21,7 +21,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mi_cluster.activations import hook_name, pad_tokens
-from mi_cluster.models import model_device, model_info
+from mi_cluster.models import architecture_name, model_device, model_info
 from mi_cluster.prompts import get_tokenizer, tokenize_prompt, unique_token_labels
 
 __all__ = [
@@ -376,12 +376,17 @@ class NeuronView:
     Fields:
         layer, head, query: the head and the query's position.
         labels: unique token labels of the input.
-        q: the query vector ``[d_head]``; k: key vectors ``[key, d_head]``.
+        q: the query vector ``[d_head]``; k: key vectors ``[key, d_head]``, as the scores
+            read them: after rotary embeddings and query/key norms where the model has
+            them; under grouped-query attention the keys of the head's key/value head.
         product: their elementwise product ``[key, d_head]`` (its row sums are the scores
             before scaling).
-        scores: ``q . k / scale`` per key, ``-inf`` where the model masks the key.
-        pattern: the attention weights (softmax of the scores), equal to ``hook_pattern``.
-        scale: the divisor of the dot products (``sqrt(d_head)`` for GPT-2 and BERT).
+        scores: ``q . k / scale`` per key (soft-capped where the model caps attention
+            scores, Gemma 2), ``-inf`` where the model masks the key.
+        pattern: the attention weights, ``hook_pattern``; ``softmax(scores)`` equals it
+            (checked: a model whose scores this cannot reproduce is refused).
+        scale: the divisor of the dot products (``sqrt(d_head)`` for GPT-2 and BERT; the
+            model's own where it scales otherwise).
     """
 
     layer: int
@@ -412,17 +417,39 @@ def neuron_view(
         query = labels.index(query)
     if not 0 <= query < len(labels):
         raise ValueError(f"query position {query} is outside the {len(labels)} tokens")
-    names = [hook_name(s, layer) for s in ("q", "k", "pattern")]
+    hooks = getattr(model, "hook_dict", {})
+    rotated = hook_name("rot_q", layer) in hooks
+    sites = ("rot_q", "rot_k") if rotated else ("q", "k")
+    names = [hook_name(s, layer) for s in (*sites, "pattern")]
     kept = _run_reading(model, enc, names)
+    missing = [n for n in names if n not in kept]
+    if missing:
+        raise ValueError(
+            f"the neuron view needs {missing[0]}, which TransformerLens's bridge does not "
+            f"compute for {architecture_name(model)}: its queries and keys as the scores read "
+            "them (after rotary embeddings) are not exposed"
+        )
+    keys = kept[names[1]]  # [key, kv_head, d_head]
     q = kept[names[0]][query, head].float()
-    k = kept[names[1]][:, head].float()
+    k = keys[:, head // (cfg.n_heads // keys.shape[1])].float()
     pattern = kept[names[2]][head, query].float()
-    attn_scale = getattr(cfg, "attn_scale", None)
-    scale = float(attn_scale) if attn_scale and attn_scale > 0 else math.sqrt(cfg.d_head)
+    scaling = getattr(getattr(model.blocks[layer].attn, "original_component", None), "scaling", 0)
+    scale = 1.0 / float(scaling) if scaling else math.sqrt(cfg.d_head)
     product = q[None] * k
     scores = product.sum(-1) / scale
+    cap = float(getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0)
+    if cap > 0:
+        scores = cap * torch.tanh(scores / cap)
     if getattr(cfg, "attention_dir", "causal") == "causal":
         scores[query + 1 :] = float("-inf")
+    scores[pattern == 0] = float("-inf")  # masked keys (sliding windows): weight exactly 0
+    window = scores.softmax(-1)
+    if not torch.allclose(window, pattern, atol=1e-4):  # a sliding window, a mask unknown here
+        raise ValueError(
+            f"the neuron view cannot reproduce {architecture_name(model)}'s attention at "
+            f"L{layer}H{head}: softmax of its query-key scores differs from the model's "
+            f"pattern by {float((window - pattern).abs().max()):.2g}"
+        )
     return NeuronView(
         layer,
         head,

@@ -21,7 +21,7 @@ SITES: tuple[str, ...] = (
     "result",
     "z",
 )
-_ATTENTION_ONLY = ("pattern", "attn_scores", "q", "k", "v", "scale")
+_ATTENTION_ONLY = ("pattern", "attn_scores", "q", "k", "v", "rot_q", "rot_k", "scale")
 
 # The final norm's divisor (RMS, or standard deviation for LayerNorm), [batch, pos, 1].
 FINAL_SCALE = "ln_final.hook_scale"

@@ -270,7 +270,10 @@ def head_circuit_directions(
     when it attends to ``x``, ``q @ QK @ k^T`` the attention score. With
     ``OV = U S V^T``, the ``"input"`` side (``U``) holds the residual directions the head
     reads (for QK, the query side) and the ``"output"`` side (``V``) the directions it
-    writes (for QK, the key side).
+    writes (for QK, the key side). Grouped key/value heads are expanded to each query
+    head. Where a block normalises attention's output before adding it (Gemma 2/3, OLMo
+    2), the OV circuit includes that norm at unit scale, so the output side spans what
+    the head writes into the residual stream (up to the positive per-token scale).
     """
     if circuit not in ("OV", "QK"):
         raise ValueError(f"circuit must be 'OV' or 'QK', got {circuit!r}")
@@ -279,7 +282,13 @@ def head_circuit_directions(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if not (0 <= layer < n_layers and 0 <= head < n_heads):
         raise ValueError(f"no head L{layer}H{head}: the model has {n_layers} x {n_heads} heads")
+    from mi_cluster.writes import HeadWriter  # the model stack: not loaded for plain PCA
+
     factored = getattr(model, circuit)[layer, head]
+    write_map = HeadWriter(model).write_map(layer) if circuit == "OV" else None
+    if write_map is not None:  # the post-attention norm, linear at unit scale
+        linear = torch.diag(write_map) if write_map.ndim == 1 else write_map
+        factored = factored @ linear.to(factored.B)
     u, s, v = factored.svd()  # u: [d_model, rank], v: [d_model, rank]
     if not 1 <= k <= s.shape[0]:
         raise ValueError(f"k={k} must be between 1 and the circuit's rank {s.shape[0]}")

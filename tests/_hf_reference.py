@@ -134,10 +134,15 @@ def _get(root: torch.nn.Module, path: str) -> torch.nn.Module:
 # Attention patterns: an attention function wrapping each model's own eager attention.
 
 _PATTERN_HOOKS: dict[int, Patch] = {}  # id(attention module) -> hook on its pattern
+_SCORE_READS: dict[int, Callable[[Tensor, Tensor, float], None]] = {}  # -> query, key, scale
 
 
 def _reference_attention(module, query, key, value, attention_mask, **kwargs):
     eager = sys.modules[type(module).__module__].eager_attention_forward
+    read = _SCORE_READS.get(id(module))
+    if read is not None:  # as the scores read them: rotated, normed, [batch, head, pos, d]
+        scaling = kwargs.get("scaling")
+        read(query.detach(), key.detach(), query.shape[-1] ** -0.5 if scaling is None else scaling)
     out, weights = eager(module, query, key, value, attention_mask, **kwargs)
     hook = _PATTERN_HOOKS.get(id(module))
     if hook is not None:
@@ -230,7 +235,9 @@ class HFReference:
     Sites, each in its natural view: ``resid_pre``, ``resid_mid``, ``resid_post``,
     ``attn_out``, ``mlp_out`` ``[batch, pos, d_model]``; ``mlp_post`` ``[batch, pos,
     d_mlp]``; ``z``, ``q`` ``[batch, pos, head, d_head]``; ``k``, ``v`` ``[batch, pos,
-    kv_head, d_head]``; ``pattern`` ``[batch, head, query, key]``.
+    kv_head, d_head]``; ``pattern`` ``[batch, head, query, key]``; ``rot_q``, ``rot_k``:
+    queries (times the attention's scaling) and keys as the scores read them (rotated,
+    normed; read only).
     """
 
     def __init__(self, model: torch.nn.Module, architecture: str):
@@ -334,6 +341,7 @@ class HFReference:
             for h in handles:
                 h.remove()
             _PATTERN_HOOKS.clear()
+            _SCORE_READS.clear()
         return Run(logits, {s: v for s, v in got.items()})  # type: ignore[misc]
 
     def _hooks(self, layer: int, site_fn) -> list:
@@ -415,6 +423,13 @@ class HFReference:
             )
         attention = self.block(layer, lay.qkv[0].rsplit(".", 1)[0])  # what the attention
         _PATTERN_HOOKS[id(attention)] = site_fn("pattern", layer)  # function receives
+        rot_q, rot_k = site_fn("rot_q", layer), site_fn("rot_k", layer)
+
+        def read(query: Tensor, key: Tensor, scaling: float) -> None:  # scores: q . k * s
+            rot_q(query.transpose(1, 2) * scaling)
+            rot_k(key.transpose(1, 2))
+
+        _SCORE_READS[id(attention)] = read
         return handles
 
     def _fused(self, out: Tensor, q, k, v) -> Tensor:

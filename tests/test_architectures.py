@@ -43,7 +43,7 @@ def zoo(tmp_path_factory) -> Zoo:
 
 def close(got, want, rtol: float = 2e-5, msg: str = "") -> None:
     """Equal to ``rtol`` of the reference's scale (at least 1)."""
-    got, want = torch.as_tensor(got).double(), torch.as_tensor(want).double()
+    got, want = (torch.as_tensor(t).detach().double() for t in (got, want))
     assert got.shape == want.shape, (msg, tuple(got.shape), tuple(want.shape))
     scale = float(want.abs().max().clamp_min(1.0))
     err = float((got - want).abs().max()) if got.numel() else 0.0
@@ -178,16 +178,30 @@ def test_resid_mid_is_refused_where_there_is_none(zoo):
 def test_per_head_results_add_up_to_the_attention_output(zoo, name):
     """In either processing, the heads' results (through the post-attention norm where a
     block has one) plus the output bias are what attention adds."""
-    if name == "bert":
-        pytest.skip("post-LayerNorm: attn_out is the sub-block's normalised output")
     for processing in ("hf", "transformer_lens"):
         model = zoo.bridge(name, processing)
+        if name == "bert":  # post-LayerNorm: the heads' shares of the dense output
+            _bert_results_add_up(model)
+            continue
         acts = collect_many(model, TEXTS, ["result", "attn_out"], "mean", progress=False)
         try:
             bias = model.b_O.detach()[:, None]
         except AttributeError:  # no output-projection bias
             bias = torch.zeros(model.cfg.n_layers, 1, model.cfg.d_model)
         close(acts["result"].tensor.sum(2) + bias, acts["attn_out"].tensor, msg=processing)
+
+
+def _bert_results_add_up(model):
+    from mi_cluster.activations import collect
+
+    res = collect(model, TEXTS, "result", "last", progress=False)
+    for row, text in enumerate(TEXTS):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(text)
+        pos = res.positions[row][0]
+        for layer in range(model.cfg.n_layers):
+            dense = cache[f"blocks.{layer}.attn.o.hook_out"][0, pos]
+            close(res.tensor[layer, row].sum(0) + model.b_O[layer].detach(), dense, msg="BERT")
 
 
 # ---------------------------------------------------------------------------------------
@@ -491,3 +505,96 @@ def test_head_claims_refuse_what_bert_does_not_have(zoo):
 
     with pytest.raises(NotAdditiveError, match="BertForMaskedLM"):
         copy_score_test(zoo.bridge("bert"), [(1, 0)], NAMES, n_random=10)
+
+
+# Rotary models whose attention the bridge delegates to Hugging Face without exposing the
+# rotated queries and keys: their neuron view is refused.
+ROTARY_HIDDEN = {"gptj", "gpt_neox", "phi3"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_attention_views_equal_hugging_face(zoo, name):
+    """Patterns of every layer, and the neuron view's queries and keys as the scores read
+    them (rotated, normed, the key/value head of a group), whose softmax is the pattern,
+    for a query past Gemma 2/3's and Mistral's sliding window."""
+    from mi_cluster.attention import attention_patterns, neuron_view
+
+    model, ref = zoo.bridge(name, "hf"), zoo.reference(name)
+    text = CLEAN[0]
+    tokens = model.to_tokens(text)
+    with torch.no_grad():
+        run = ref.run(tokens, capture=("pattern", "rot_q", "rot_k"))
+    views = attention_patterns(model, text)
+    close(views.pattern, torch.stack([p[0] for p in run.sites["pattern"]]), msg="patterns")
+    query, group = tokens.shape[1] - 2, ref.n_heads // ref.n_kv
+    if name in ROTARY_HIDDEN:
+        with pytest.raises(ValueError, match="hook_rot_q, which TransformerLens's bridge"):
+            neuron_view(model, text, 0, 0, query)
+        return
+    for layer in range(model.cfg.n_layers):
+        for head in (0, ref.n_heads - 1):
+            view = neuron_view(model, text, layer, head, query)
+            q = run.sites["rot_q"][layer][0, query, head]  # times the scaling
+            k = run.sites["rot_k"][layer][0, :, head // group]
+            close(view.product.sum(-1)[: query + 1] / view.scale, (k @ q)[: query + 1])
+            close(view.k, k, msg="keys")
+            close(view.scores.softmax(-1), run.sites["pattern"][layer][0, head, query])
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_ov_write_directions_span_what_each_head_writes(zoo, name):
+    """The output side of a head's OV circuit (post-attention norm included where a block
+    has one) spans the head's collected writes: nothing is left after projecting them on
+    all its d_head directions."""
+    from mi_cluster.projections import head_circuit_directions
+
+    model = zoo.bridge(name)
+    acts = collect_many(model, TEXTS, ["result"], "all", progress=False)["result"].tensor
+    d_head = model.cfg.d_head
+    for layer in range(model.cfg.n_layers):
+        for head in (0, model.cfg.n_heads - 1):
+            basis = head_circuit_directions(model, layer, head, "OV", "output", k=d_head)
+            writes = acts[layer, :, head].double()
+            q, _ = torch.linalg.qr(basis.directions.double().T)  # orthonormal [d_model, d_head]
+            left = writes - writes @ q @ q.T
+            close(left, torch.zeros_like(left), rtol=1e-4, msg=f"L{layer}H{head}")
+
+
+def test_an_output_head_it_cannot_reproduce_is_refused(zoo):
+    """A model whose logits are not what mi_cluster's readout computes from its last
+    residual (here: a GPT-2 told it soft-caps its logits, which it does not) is refused by
+    the lens and by the patching runner, never read wrongly."""
+    from mi_cluster.lens import logit_lens
+    from mi_cluster.models import load_model
+    from mi_cluster.patching import PatchingError, activation_patching
+    from mi_cluster.readout import ReadoutError
+
+    model = load_model(zoo.directory("gpt2"), device="cpu")
+    model.cfg.output_logits_soft_cap = 5.0
+    with pytest.raises(ReadoutError, match="GPT2LMHeadModel residuals as logits"):
+        logit_lens(model, TEXTS, progress=False)
+    metric, _ = _metrics(model)
+    with pytest.raises(PatchingError, match="output head does not reproduce"):
+        activation_patching(model, *_pair(model), metric, "head_out", progress=False)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_resid_post_against_output_hidden_states(zoo, name):
+    """What the site_hooks docstring says: entry i < n_layers is hidden_states[i],
+    exactly with processing="hf", up to each vector's mean over d_model on LayerNorm
+    models with the default processing."""
+    from mi_cluster.activations import collect
+
+    ref = zoo.reference(name)
+    for processing in ("hf", "transformer_lens"):
+        model = zoo.bridge(name, processing)
+        acts = collect(model, TEXTS[:1], "resid_post", "all", progress=False)
+        tokens = model.to_tokens(TEXTS[0])
+        with torch.no_grad():
+            hidden = ref.model(tokens, output_hidden_states=True).hidden_states
+        want = torch.stack([h[0] for h in hidden[: model.cfg.n_layers]])
+        got = acts.tensor[: model.cfg.n_layers]
+        if processing != "hf" and uses_layernorm(model) and name != "bert":  # BERT: no
+            assert not torch.allclose(got, want, atol=1e-3)  # centring (post-LN): equal
+            got, want = centred(got), centred(want)
+        close(got, want, msg=processing)
