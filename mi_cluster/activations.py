@@ -358,7 +358,9 @@ class _Buffers:
     """Host buffers ``[layer, row, ...]`` per site, allocated on first write (once the
     trailing shape is known)."""
 
-    def __init__(self, n_layers: dict[str, int], n_rows: int, store: torch.device, dtype):
+    def __init__(
+        self, n_layers: dict[str, int], n_rows: int, store: torch.device, dtype: torch.dtype | None
+    ):
         self.n_layers, self.n_rows, self.store, self.dtype = n_layers, n_rows, store, dtype
         self.data: dict[str, Tensor] = {}
 
@@ -376,8 +378,7 @@ def _site_reads(site: str, n_layers: int, writer: HeadWriter) -> list[tuple[str,
     if site != "result":
         return site_hooks(site, n_layers)
     out = []
-    for name, label in site_hooks("z", n_layers):
-        layer = int(name.split(".")[1])
+    for layer, (name, label) in enumerate(site_hooks("z", n_layers)):
         norm = writer.scale_hook(layer)
         out.append((f"{name} @ W_O" + ("" if norm is None else f" / {norm}"), label))
     return out

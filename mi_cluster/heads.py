@@ -23,7 +23,13 @@ from mi_cluster.models import model_device, require_meaningful_logits
 from mi_cluster.norms import frozen_norm
 from mi_cluster.prompts import single_token_id, tokenize_prompt
 from mi_cluster.readout import residual_logits
-from mi_cluster.writes import HeadWriter, mlp_write, require_additive
+from mi_cluster.writes import (
+    HeadWriter,
+    head_output_weights,
+    mlp_write,
+    post_attention_norm,
+    require_additive,
+)
 
 __all__ = [
     "IOIPositions",
@@ -257,12 +263,13 @@ def _copies(
     block = model.blocks[layer]
     norm = getattr(block, "ln1", None)  # OLMo 2 has none before attention
     normed = x if norm is None else norm(x[None])[0]
-    w_v, w_o = model.W_V[layer].detach(), model.W_O[layer].detach()  # [kv, d, dh], [h, dh, d]
+    w_v = model.blocks[layer].attn.W_V.detach()  # [kv_head, d, d_head]
+    w_o = head_output_weights(model, layer)  # [head, d_head, d]
     v = torch.einsum("nm,kmd->knd", normed.to(w_v), w_v)
     v = v.repeat_interleave(model.cfg.n_heads // v.shape[0], dim=0)  # kv head h // group
     out = torch.einsum("hnd,hdm->hnm", v, w_o)
     out = -out if negative else out
-    post = HeadWriter(model).post_norm(layer)
+    post = post_attention_norm(model, layer)
     if post is not None:
         out = post(out)  # each head's output normalised alone, as if it were all attention
     logits = residual_logits(model, out)

@@ -229,8 +229,8 @@ class IOIPositions:
         io: the indirect object's mention.
         s1: the subject's first mention; ``s1 + 1`` is where induction heads look.
         s2: the subject's last mention.
-        end: the last token that is not a special token (BERT's trailing ``[SEP]`` is
-            one), where the answer is predicted.
+        end: the last token, where the answer is predicted (as patching metrics read
+            ``"last"``; BERT's is its ``[SEP]``).
         io_id, s_id: the token ids of the two names as the model would predict them.
     """
 
@@ -270,7 +270,7 @@ def locate(
             cols[key].append(pos[0])
         if repeated and cols["s1"][-1] == cols["s2"][-1]:
             raise ValueError(f"subject {p.s!r} is mentioned only once in {p.text!r}")
-        cols["end"].append(max(i for i, special in enumerate(tp.special) if not special))
+        cols["end"].append(len(tp) - 1)
         cols["io_id"].append(single_token_id(model, p.io))
         cols["s_id"].append(single_token_id(model, p.s))
     return IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()}), tokenized

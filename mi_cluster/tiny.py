@@ -446,15 +446,21 @@ def _perturb(model: Any, noise: float) -> None:
                 p.add_(noise * torch.randn_like(p))
 
 
-def save_tiny_pretrained(cfg: TinyConfig, directory: str | os.PathLike) -> Path:
+def save_tiny_pretrained(
+    cfg: TinyConfig, directory: str | os.PathLike, tokenizer: Any = None
+) -> Path:
     """Write a random model of ``cfg.architecture`` and its tokenizer as a
-    ``save_pretrained`` directory."""
+    ``save_pretrained`` directory. ``tokenizer``: a Hugging Face tokenizer to ship
+    instead of the one trained on the built-in corpus (e.g. GPT-2's real one, for
+    prompts in real words); the model's vocabulary is at least its size."""
     import transformers
 
     arch = ARCHITECTURES[cfg.architecture]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if cfg.architecture == "bert":
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    elif cfg.architecture == "bert":
         tokenizer = _wordpiece_tokenizer(directory, cfg.vocab_size)
     else:
         tokenizer = _bpe_tokenizer(directory, cfg.vocab_size, arch)

@@ -30,8 +30,10 @@ __all__ = [
     "RESID_MID_REFUSAL",
     "HeadWriter",
     "NotAdditiveError",
+    "head_output_weights",
     "is_additive",
     "mlp_write",
+    "post_attention_norm",
     "require_additive",
 ]
 
@@ -40,6 +42,20 @@ _ADDITIVE = "_mi_cluster_additive"
 
 class NotAdditiveError(ValueError):
     """An analysis needs blocks that add their outputs to the residual stream."""
+
+
+def post_attention_norm(model: Any, layer: int) -> Any | None:
+    """The norm block ``layer`` applies to attention's output before adding it to the
+    residual stream (Gemma 2/3 and OLMo 2's ``ln1_post``), or None."""
+    norm = getattr(model.blocks[layer], "ln1_post", None)
+    return norm if norm is not None and hasattr(norm, "hook_scale") else None
+
+
+def head_output_weights(model: Any, layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """``W_O`` of one layer, read from its block (the model's stacked ``W_O`` rebuilds
+    every layer's on each access)."""
+    attn = model.blocks[layer].attn
+    return (attn.W_O if hasattr(attn, "W_O") else model.W_O[layer]).detach()
 
 
 class HeadWriter:
@@ -56,16 +72,12 @@ class HeadWriter:
         self._maps: dict[int, Tensor] = {
             layer: norm_linear_map(norm, cfg.d_model, cfg.dtype)
             for layer in range(cfg.n_layers)
-            if (norm := self.post_norm(layer)) is not None
+            if (norm := post_attention_norm(model, layer)) is not None
         }
-
-    def post_norm(self, layer: int) -> Any | None:
-        """The norm block ``layer`` applies to attention's output before adding it."""
-        norm = getattr(self.model.blocks[layer], "ln1_post", None)
-        return norm if norm is not None and hasattr(norm, "hook_scale") else None
+        self._w_o: dict[int, Tensor] = {}
 
     def scale_hook(self, layer: int) -> str | None:
-        return None if self.post_norm(layer) is None else post_attention_scale(layer)
+        return post_attention_scale(layer) if layer in self._maps else None
 
     def write(
         self,
@@ -75,10 +87,10 @@ class HeadWriter:
     ) -> Float[Tensor, "... head d_model"]:
         """Each head's write from its ``z`` at layer ``layer``; ``scale``: the
         post-attention norm's scale at the same positions (needed where there is one)."""
-        w_o = self.model.W_O[layer].detach().to(z)
-        out = torch.einsum("...hd,hdm->...hm", z, w_o)
-        norm = self.post_norm(layer)
-        if norm is None:
+        if layer not in self._w_o:
+            self._w_o[layer] = head_output_weights(self.model, layer)
+        out = torch.einsum("...hd,hdm->...hm", z, self._w_o[layer].to(z))
+        if layer not in self._maps:
             return out
         if scale is None:
             raise ValueError(f"layer {layer}'s heads write through a norm: give its scale")

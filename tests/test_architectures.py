@@ -298,26 +298,28 @@ def test_activation_patching_equals_hugging_face(zoo, name):
             activation_patching(model, clean, corrupted, metric, kind, progress=False)
 
 
-@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("name", MODELS)
 def test_path_patching_equals_hugging_face(zoo, name):
     """Every head as a sender, to the logits (final norm recomputed and frozen) and to
-    receivers' queries, keys and values (key/value heads where they are grouped)."""
-    from mi_cluster.patching import path_patching
+    receivers' queries, keys and values (key/value heads where they are grouped); BERT's
+    masked-LM head has no final norm to freeze, which is refused."""
+    from mi_cluster.patching import PatchingError, path_patching
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     clean, corrupted = _pair(model)
     metric, theirs = _metrics(model)
     analyses, last = Analyses(ref), model.cfg.n_layers - 1
     for frozen in (False, True):
-        got = path_patching(
-            model, clean, corrupted, metric, final_ln="frozen" if frozen else "recompute",
-            progress=False,
-        )  # fmt: skip
+        final_ln = "frozen" if frozen else "recompute"
+        if frozen and name == "bert":
+            with pytest.raises(PatchingError, match="frozen final norm needs a model"):
+                path_patching(model, clean, corrupted, metric, final_ln=final_ln, progress=False)
+            continue
+        got = path_patching(model, clean, corrupted, metric, final_ln=final_ln, progress=False)
         close(got.values, analyses.path_to(clean, corrupted, theirs, frozen=frozen), msg="logits")
     receivers = [(last, 0, "q"), (last, min(1, ref.n_kv - 1), "k"), (last, ref.n_kv - 1, "v")]
     got = path_patching(model, clean, corrupted, metric, receivers, progress=False)
-    want = analyses.path_to(clean, corrupted, theirs, receivers)
-    close(got.values[:last], want[:last], msg="to q/k/v")  # senders before the receivers
+    close(got.values, analyses.path_to(clean, corrupted, theirs, receivers), msg="to q/k/v")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -428,30 +430,31 @@ def test_attention_between_positions_equals_hugging_face(zoo, name):
     with torch.no_grad():
         pattern = ref.run(tokens, capture=("pattern",)).sites["pattern"]
     io = (tokens == _ids(model, [p.io for p in prompts])[:, None]).int().argmax(1)
-    end = tokens.shape[1] - 1 - int(name == "bert")  # BERT's last token is [SEP]
+    end = tokens.shape[1] - 1  # the last token (BERT's [SEP])
     got = attention_between(model, prompts, "end", "io")
     rows = torch.arange(len(prompts))
     want = torch.stack([p[rows, :, end, io].T for p in pattern])  # [layer, head, prompt]
     close(got, want, msg="END -> IO")
 
 
-def _ioi_metric(model, prompts):
-    """logit(IO) - logit(S) at the last token, rows being copies of the prompts in turn."""
+def _ioi_metric(model, prompts, end: int = -1):
+    """logit(IO) - logit(S) at ``end``, rows being copies of the prompts in turn."""
     io, s = _ids(model, [p.io for p in prompts]), _ids(model, [p.s for p in prompts])
 
     def metric(logits):
         rows = torch.arange(logits.shape[0]) % len(prompts)
-        last = logits[:, -1].double()
+        last = logits[:, end].double()
         return last[torch.arange(len(rows)), io[rows]] - last[torch.arange(len(rows)), s[rows]]
 
     return metric
 
 
-@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("name", MODELS)
 def test_head_claims_equal_hugging_face(zoo, name):
     """The effect of each head-role test, recomputed with plain hooks: mean ablation,
     attention END -> IO vs S1, copy score, and the direct effect (path patching with the
-    final norm frozen)."""
+    final norm frozen; recomputed for BERT, whose head has no final norm and whose copy
+    score is refused)."""
     from mi_cluster.head_claims import (
         ablation_test,
         attention_test,
@@ -460,10 +463,11 @@ def test_head_claims_equal_hugging_face(zoo, name):
     )
 
     model, ref = zoo.bridge(name), zoo.reference(name)
-    prompts, last = _ioi(), model.cfg.n_layers - 1
+    prompts, last, bert = _ioi(), model.cfg.n_layers - 1, name == "bert"
     heads = [(last, 0), (last, 1)]
     tokens = model.to_tokens([p.text for p in prompts])
-    metric = _ioi_metric(model, prompts)
+    end = tokens.shape[1] - 1  # the last token (BERT's [SEP], as patching reads "last")
+    metric = _ioi_metric(model, prompts, end)
     with torch.no_grad():
         run = ref.run(tokens, capture=("z", "pattern"))
         mean_z = run.sites["z"][last].mean((0, 1))  # [head, d_head] over every token
@@ -480,31 +484,29 @@ def test_head_claims_equal_hugging_face(zoo, name):
 
     io = (tokens == _ids(model, [p.io for p in prompts])[:, None]).int().argmax(1)
     s1 = (tokens == _ids(model, [p.s for p in prompts])[:, None]).int().argmax(1)
-    rows, end, pattern = torch.arange(len(prompts)), tokens.shape[1] - 1, run.sites["pattern"][last]
+    rows, pattern = torch.arange(len(prompts)), run.sites["pattern"][last]
     chosen = [h for _, h in heads]
     prefer = (pattern[rows, :, end, io] - pattern[rows, :, end, s1])[:, chosen].mean()
     claim = attention_test(model, prompts, heads, n_permutations=200)
     assert claim.effect == pytest.approx(float(prefer), abs=2e-6)
 
-    ids = _ids(model, NAMES)
-    with torch.no_grad():
-        hits = Analyses(ref).copy_hits(ref.model.get_input_embeddings()(ids), ids, 3, False)
-    claim = copy_score_test(model, heads, NAMES, k=3, n_random=50)
-    assert claim.effect == pytest.approx(float(hits[last, chosen].double().mean()))
+    if bert:
+        with pytest.raises(NotAdditiveError, match="BertForMaskedLM"):
+            copy_score_test(model, heads, NAMES, n_random=10)
+    else:
+        ids = _ids(model, NAMES)
+        with torch.no_grad():
+            hits = Analyses(ref).copy_hits(ref.model.get_input_embeddings()(ids), ids, 3, False)
+        claim = copy_score_test(model, heads, NAMES, k=3, n_random=50)
+        assert claim.effect == pytest.approx(float(hits[last, chosen].double().mean()))
 
     corrupted = _ioi(s2=True)
     c_tokens = model.to_tokens([p.text for p in corrupted])
-    path = Analyses(ref).path_to(tokens, c_tokens, metric, frozen=True)  # [layer, head, prompt]
+    path = Analyses(ref).path_to(tokens, c_tokens, metric, frozen=not bert)  # [layer, head, p]
     effect = float(sum(metric(run.logits) - path[a, b] for a, b in heads).mean())
-    claim = direct_effect_test(model, prompts, corrupted, heads, n_random=50)
+    final_ln = "recompute" if bert else "frozen"
+    claim = direct_effect_test(model, prompts, corrupted, heads, n_random=50, final_ln=final_ln)
     assert claim.effect == pytest.approx(effect, rel=2e-5, abs=2e-5)
-
-
-def test_head_claims_refuse_what_bert_does_not_have(zoo):
-    from mi_cluster.head_claims import copy_score_test
-
-    with pytest.raises(NotAdditiveError, match="BertForMaskedLM"):
-        copy_score_test(zoo.bridge("bert"), [(1, 0)], NAMES, n_random=10)
 
 
 # Rotary models whose attention the bridge delegates to Hugging Face without exposing the

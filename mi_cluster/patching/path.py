@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mi_cluster.activations import hook_name
 from mi_cluster.distributed import my_share, sum_across_ranks
-from mi_cluster.models import site_heads
+from mi_cluster.models import architecture_name, site_heads
 from mi_cluster.patching.activation import (
     PatchResult,
     _layer_of,
@@ -110,6 +110,11 @@ def path_patching(
     if final_ln == "frozen" and (recv or metric.positions is None):
         raise PatchingError(
             "final_ln='frozen' applies to receivers='logits' and a metric read from the logits"
+        )
+    if final_ln == "frozen" and (hasattr(model, "mlm_head") or not hasattr(model, "ln_final")):
+        raise PatchingError(
+            f"final_ln='frozen': a frozen final norm needs a model whose logits follow its final "
+            f"norm; {architecture_name(model)}'s head (a masked-LM transform) has none to freeze"
         )
     pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
