@@ -131,16 +131,20 @@ class Architecture:
     note: str = ""
 
 
-def _llama_like(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
+def _common(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
+    """The shape under the names most transformers configs use."""
     return {
         "vocab_size": vocab,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.d_mlp,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.kv_heads,
         "max_position_embeddings": cfg.n_ctx,
     }
+
+
+def _llama_like(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
+    return {**_common(cfg, vocab), "num_key_value_heads": cfg.kv_heads}
 
 
 def _with(extra: Callable[[TinyConfig], dict[str, Any]]) -> Callable[[TinyConfig, int], dict]:
@@ -163,39 +167,17 @@ def _gptj(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
 
 
 def _opt(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
+    common = _common(cfg, vocab)
     return {
-        "vocab_size": vocab,
-        "hidden_size": cfg.d_model,
+        **common,
+        "ffn_dim": common.pop("intermediate_size"),
         "word_embed_proj_dim": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "ffn_dim": cfg.d_mlp,
-        "max_position_embeddings": cfg.n_ctx,
     }
 
 
 def _neox(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
-    return {
-        "vocab_size": vocab,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "intermediate_size": cfg.d_mlp,
-        "max_position_embeddings": cfg.n_ctx,
-        "rotary_pct": 0.25,  # Pythia's partial rotary
-        "use_parallel_residual": True,
-    }
-
-
-def _bert(cfg: TinyConfig, vocab: int) -> dict[str, Any]:
-    return {
-        "vocab_size": vocab,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "intermediate_size": cfg.d_mlp,
-        "max_position_embeddings": cfg.n_ctx,
-    }
+    # Pythia's partial rotary and parallel attention and MLP
+    return {**_common(cfg, vocab), "rotary_pct": 0.25, "use_parallel_residual": True}
 
 
 def _windowed(cfg: TinyConfig, default: str) -> dict[str, Any]:
@@ -299,7 +281,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         False, note="norms after attention and MLP only, RMSNorm of all queries and keys",
     ),
     "bert": Architecture(
-        "BertConfig", "BertForMaskedLM", _bert, None, "[SEP]", True,
+        "BertConfig", "BertForMaskedLM", _common, None, "[SEP]", True,
         note="bidirectional, post-LayerNorm, masked-LM head (WordPiece tokenizer)",
     ),
 }  # fmt: skip
