@@ -9,6 +9,8 @@ on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Gener
 ``separation_test``                any of the above: label-permutation test + bootstrap CI
 ``fit_subjecthood_axis``           name-vs-object axis per layer (centroid or probe)
 ``cross_fitted_subjecthood``       scores from an axis fitted without the scored word
+``role_shift_inference``           role shifts on a name-object axis, the axis's error,
+                                   two scopes (these templates / templates in general)
 ``paired_test``                    mean paired difference: sign-flip test + bootstrap CI
 ``crossed_ratio_interval``         ratio of sums, words x templates crossed bootstrap
 ``two_sample_test``                difference of means: label-permutation test + CI
@@ -51,6 +53,7 @@ from mi_cluster.stats.separation import (
     silhouette,
     variance_ratio,
 )
+from mi_cluster.stats.shifts import SCOPES, RoleShifts, ScopedShift, role_shift_inference
 from mi_cluster.stats.subjecthood import (
     AXIS_METHODS,
     CrossFittedScores,
@@ -61,12 +64,15 @@ from mi_cluster.stats.subjecthood import (
 
 __all__ = [
     "AXIS_METHODS",
+    "SCOPES",
     "STATISTICS",
     "BootstrapInterval",
     "CrossFittedScores",
     "EffectTest",
     "ProbeResult",
     "RatioInterval",
+    "RoleShifts",
+    "ScopedShift",
     "SeparationTest",
     "StatsInputError",
     "SubjecthoodAxis",
@@ -86,6 +92,7 @@ __all__ = [
     "permutations",
     "probe_accuracy",
     "ridge_fit",
+    "role_shift_inference",
     "separation_test",
     "sign_flips",
     "silhouette",
