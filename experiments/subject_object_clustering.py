@@ -52,9 +52,7 @@ def run(
     )
     record = study.summary()
     robust_record = robust.summary()
-    record["robustness_probe_axis"] = {
-        key: robust_record[key] for key in ("answer", "object_shift", "name_shift", "interaction")
-    }
+    record["robustness_probe_axis"] = {key: robust_record[key] for key in ("answer", "shifts")}
     record["settings"] = {
         "n_permutations": n_permutations,
         "n_bootstrap": n_bootstrap,

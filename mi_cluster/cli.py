@@ -39,9 +39,7 @@ def run_demo(
         "n_names": len(design.names),
         "n_objects": len(design.objects),
         "layers": list(study.layer_labels),
-        "object_shift": record["object_shift"],
-        "name_shift": record["name_shift"],
-        "interaction": record["interaction"],
+        "shifts": record["shifts"],
         "silhouette": {
             role: record["separation"][role]["silhouette"]["value"] for role in record["separation"]
         },
@@ -65,16 +63,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     s = run_demo(args.model, args.out, progress=not args.quiet, static=args.static)
     words = f"{s['n_names']} names, {s['n_objects']} objects"
     print(f"model {s['model']}: {s['n_prompts']} prompts ({words})")
-    print("subjecthood shift, subject minus object position (95% BCa CI; Holm-corrected p):")
-    print(f"{'layer':>6}  {'objects':>26}  {'names':>26}  {'interaction':>26}")
+    shifts = s["shifts"]
+    print("subjecthood shift, subject minus object position, on the calibrated scale")
+    print("(held-out objects 0, names 1; 95% CI, jackknife t; Holm-corrected p):")
 
     def cell(test: dict, i: int) -> str:
-        lo, hi = test["ci_bca"][0][i], test["ci_bca"][1][i]
+        lo, hi = test["ci"][0][i], test["ci"][1][i]
         return f"{test['estimate'][i]:+.3f} [{lo:+.3f}, {hi:+.3f}] p={test['p_holm'][i]:.3f}"
 
-    for i, layer in enumerate(s["layers"]):
-        row = [cell(s[k], i) for k in ("object_shift", "name_shift", "interaction")]
-        print(f"{layer:>6}  " + "  ".join(f"{c:>26}" for c in row))
+    for scope in shifts["objects"]:
+        print(f"\n{scope}:")
+        print(f"{'layer':>6}  {'objects':>30}  {'names':>30}  {'interaction':>30}")
+        for i, layer in enumerate(s["layers"]):
+            row = [cell(shifts[k][scope], i) for k in ("objects", "names", "interaction")]
+            print(f"{layer:>6}  " + "  ".join(f"{c:>30}" for c in row))
     print(f"\n{s['answer']}\n")
     for path in s["figures"]:
         print(f"wrote {path}")

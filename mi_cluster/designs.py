@@ -212,6 +212,26 @@ class RoleDesign:
     def is_name(self) -> torch.Tensor:
         return torch.tensor([it.word_type == "name" for it in self.items])
 
+    def cell_index(self, role: str) -> torch.Tensor:
+        """``Int[Tensor, "word family"]``: the item of each word (as in :attr:`words`) in
+        ``role`` in each family (design order; ``"alone"``: one column, the bare word). An
+        error names the first missing reading: every word needs every family in every
+        role."""
+        fams = ["alone"] if role == "alone" else [f.name for f in self.families]
+        out = torch.full((len(self.words), len(fams)), -1, dtype=torch.long)
+        where = {w: i for i, w in enumerate(self.words)}
+        for k, it in enumerate(self.items):
+            if it.role == role:
+                out[where[it.lemma], fams.index(it.family)] = k
+        missing = (out < 0).nonzero()
+        if len(missing):
+            w, f = (int(i) for i in missing[0])
+            raise ValueError(
+                f"the design has no {role!r} reading of {self.words[w]!r} in family "
+                f"{fams[f]!r}: every word needs every family in every role"
+            )
+        return out
+
     def mask(self, role: str | None = None, family: str | None = None) -> torch.Tensor:
         """Items in ``role`` (and ``family``, if given)."""
         return torch.tensor(

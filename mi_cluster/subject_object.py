@@ -3,16 +3,20 @@ like a name?
 
 :func:`run_subject_object_study` runs a :class:`~mi_cluster.designs.RoleDesign` through a
 model, reads the residual stream at the word at every layer, scores each reading on a
-name-vs-object axis fitted without that word (cross-fitting), and tests per layer:
+name-vs-object axis fitted without that word, and tests per layer
+(:func:`~mi_cluster.stats.role_shift_inference`):
 
-- objects' shift: for each object word, its subjecthood in subject position minus in
-  object position, averaged over template families; the mean over words with bootstrap
-  intervals and a sign-flip test;
-- names' shift: the same for names;
-- the interaction: objects' shift minus names' shift (label-permutation test). This is the
-  question: a shift common to both word types is an effect of the template, not of
-  subjecthood;
-- the same per template family, so no answer rests on one template;
+- objects' shift: subject minus object position, averaged over object words and template
+  families; names' shift: the same for names;
+- the interaction: objects' shift minus names' shift. This is the question: a shift
+  common to both word types is an effect of the template, not of subjecthood;
+- each in two scopes: "these templates" (the five families fixed) and "templates in
+  general" (families a random sample crossed with words: wider intervals, few degrees
+  of freedom); the axis's own estimation error is carried by refitting it in every
+  jackknife replicate, and the scale is calibrated so that held-out names average 1 and
+  held-out objects 0;
+- the objects' shift and the interaction per template family, so no answer rests on one
+  template;
 - how well names and objects separate, alone and in each role, with four statistics and a
   label-permutation test each.
 
@@ -33,14 +37,14 @@ from mi_cluster.activations import collect
 from mi_cluster.designs import RoleDesign, role_design
 from mi_cluster.projections import LayerProjection, pca_by_layer
 from mi_cluster.stats import (
+    SCOPES,
     STATISTICS,
-    EffectTest,
+    RoleShifts,
+    ScopedShift,
     SeparationTest,
-    cross_fitted_subjecthood,
     make_generator,
-    paired_test,
+    role_shift_inference,
     separation_test,
-    two_sample_test,
 )
 from mi_cluster.stats.resampling import DEFAULT_MAX_MEMORY
 
@@ -57,14 +61,15 @@ class SubjectObjectStudy:
         model_name: the model.
         layer_labels: ``("embed", "L0", ...)``.
         design: the prompts, words and families used.
-        method: the subjecthood axis (``"centroid"``: 0 = objects, 1 = names; or ``"probe"``).
-        scores: ``Float[Tensor, "layer item"]``, cross-fitted subjecthood of every prompt.
+        method: the subjecthood axis (``"centroid"`` or ``"probe"``), on the calibrated
+            scale: held-out objects average 0, held-out names 1.
+        scores: ``Float[Tensor, "layer item"]``, the calibrated subjecthood of every
+            prompt's word, scored by the axis fitted without that word (or its fold).
         group_means: mean score per ``"<word type> <role>"`` (e.g. ``"object subject"``),
             each ``Float[Tensor, "layer"]``.
-        object_shift, name_shift: subject minus object position, per word averaged over
-            families, tested over words.
-        interaction: ``object_shift`` minus ``name_shift``.
-        family_object_shift, family_interaction: the same per template family.
+        shifts: the objects' and names' shifts (subject minus object position), their
+            interaction, in both scopes, and per template family
+            (:class:`~mi_cluster.stats.RoleShifts`; families in design order).
         separation: ``separation[role][statistic]`` for names vs objects, with words
             averaged over families, per role (``"alone"``, ``"subject"``, ``"object"``).
         projection: aligned PCA of the in-context word vectors (each word in subject and
@@ -80,21 +85,22 @@ class SubjectObjectStudy:
     method: str
     scores: Tensor
     group_means: dict[str, Tensor]
-    object_shift: EffectTest
-    name_shift: EffectTest
-    interaction: EffectTest
-    family_object_shift: dict[str, EffectTest]
-    family_interaction: dict[str, EffectTest]
+    shifts: RoleShifts
     separation: dict[str, dict[str, SeparationTest]]
     projection: LayerProjection
     point_words: tuple[str, ...]
     point_groups: tuple[str, ...]
     alpha: float = 0.05
 
-    def significant_layers(self, test: EffectTest, correction: str = "holm") -> list[str]:
+    def significant_layers(self, test: ScopedShift, correction: str = "holm") -> list[str]:
         """Labels of the layers where ``test``'s corrected p-value is below ``alpha``."""
         p = test.p_holm if correction == "holm" else test.p_bh
         return [lab for lab, v in zip(self.layer_labels, p.tolist(), strict=True) if v < self.alpha]
+
+    def family(self, key: str) -> dict[str, ScopedShift]:
+        """Family name -> its ``"objects"`` shift or ``"interaction"`` (these templates)."""
+        per = self.shifts.family_objects if key == "objects" else self.shifts.family_interaction
+        return {f.name: t for f, t in zip(self.design.families, per, strict=True)}
 
     def answer(self) -> str:
         """The result in words, with its numbers."""
@@ -103,26 +109,6 @@ class SubjectObjectStudy:
     def summary(self) -> dict[str, Any]:
         """Every number of the study, JSON-ready (per layer lists in layer order)."""
         return _summary(self)
-
-
-def _index(design: RoleDesign, role: str) -> Tensor:
-    """``[word, family]`` item indices of ``role`` (families in design order; one column,
-    ``"alone"``, for the bare words)."""
-    words = design.words
-    fams = ["alone"] if role == "alone" else [f.name for f in design.families]
-    out = torch.full((len(words), len(fams)), -1, dtype=torch.long)
-    where = {w: i for i, w in enumerate(words)}
-    for k, it in enumerate(design.items):
-        if it.role == role:
-            out[where[it.lemma], fams.index(it.family)] = k
-    missing = (out < 0).nonzero()
-    if len(missing):
-        w, f = (int(i) for i in missing[0])
-        raise ValueError(
-            f"the design has no {role!r} reading of {words[w]!r} in family {fams[f]!r}: "
-            "every word needs every family in every role"
-        )
-    return out
 
 
 def run_subject_object_study(
@@ -146,10 +132,12 @@ def run_subject_object_study(
     Args:
         model: a TransformerLens model.
         design: the prompts; default :func:`~mi_cluster.designs.role_design` for the model.
-        method: subjecthood axis, ``"centroid"`` or ``"probe"``.
-        n_permutations, n_bootstrap: resamples per test (separation bootstraps use at most
-            2,000).
-        n_folds, ridge: cross-fitting folds over words, and the probe's relative penalty.
+        method: subjecthood axis, ``"centroid"`` (each word left out alone, in closed form)
+            or ``"probe"`` (fitted on ``n_folds`` folds of words).
+        n_permutations, n_bootstrap: resamples of the separation tests (bootstraps at most
+            2,000); the shifts' inference is a jackknife and needs none.
+        n_folds, ridge: folds of words for the probe (axis and separation), and its
+            relative penalty.
         statistics: separation statistics to test.
         seed: one seed for every resample of the study.
         alpha: significance level for :meth:`SubjectObjectStudy.answer`.
@@ -167,38 +155,24 @@ def run_subject_object_study(
     )
     x = acts.tensor
     gen = make_generator(seed)
-    in_context = ~design.mask("alone")
-    scores = cross_fitted_subjecthood(
-        x,
-        design.is_name,
-        design.units,
-        in_context,
-        method=method,
-        n_folds=n_folds,
-        ridge=ridge,
-        seed=gen,
-    ).scores
-    subj, obj = _index(design, "subject"), _index(design, "object")
+    subj, obj = design.cell_index("subject"), design.cell_index("object")
     n_names = len(design.names)
-    diffs = scores[:, subj] - scores[:, obj]  # [layer, word, family]
-    shift = diffs.mean(-1)
-    kw = {"n_permutations": n_permutations, "n_bootstrap": n_bootstrap, "max_memory": max_memory}
-    obj_shift = paired_test(shift[:, n_names:], seed=gen, **kw)
-    name_shift = paired_test(shift[:, :n_names], seed=gen, **kw)
-    interaction = two_sample_test(shift[:, n_names:], shift[:, :n_names], seed=gen, **kw)
-    fam_obj, fam_int = {}, {}
-    for k, fam in enumerate(design.families):
-        d = diffs[..., k]
-        fam_obj[fam.name] = paired_test(d[:, n_names:], seed=gen, **kw)
-        fam_int[fam.name] = two_sample_test(d[:, n_names:], d[:, :n_names], seed=gen, **kw)
-
     is_name_word = torch.arange(len(design.words)) < n_names
+    shifts = role_shift_inference(
+        torch.stack([x[:, subj], x[:, obj]], dim=3),  # [layer, word, family, role, d]
+        is_name_word,
+        method=method,
+        n_folds=None if method == "centroid" else n_folds,
+        ridge=ridge,
+        seed=seed,
+    )
+    scores = shifts.score(x, design.units)
     word_vectors = {
         "subject": x[:, subj].mean(2),
         "object": x[:, obj].mean(2),
     }
     if bool(design.mask("alone").any()):
-        alone = _index(design, "alone")[:, 0]
+        alone = design.cell_index("alone")[:, 0]
         word_vectors = {"alone": x[:, alone], **word_vectors}
     separation: dict[str, dict[str, SeparationTest]] = {}
     for role, vecs in word_vectors.items():
@@ -235,11 +209,7 @@ def run_subject_object_study(
         method=method,
         scores=scores,
         group_means=group_means,
-        object_shift=obj_shift,
-        name_shift=name_shift,
-        interaction=interaction,
-        family_object_shift=fam_obj,
-        family_interaction=fam_int,
+        shifts=shifts,
         separation=separation,
         projection=projection,
         point_words=tuple(words) * 2,
@@ -256,72 +226,80 @@ def _p(v: float) -> str:
     return "< 0.001" if v < 0.001 else f"= {v:.3f}"
 
 
-def _at(test: EffectTest, i: int) -> str:
-    iv = test.interval
+def _at(test: ScopedShift, i: int) -> str:
     return (
-        f"{_fmt(test.estimate[i].item())} (95% BCa CI [{_fmt(iv.bca_low[i].item())}, "
-        f"{_fmt(iv.bca_high[i].item())}], p {_p(test.p_value[i].item())}, Holm p "
+        f"{_fmt(test.estimate[i].item())} (95% CI [{_fmt(test.low[i].item())}, "
+        f"{_fmt(test.high[i].item())}], p {_p(test.p_value[i].item())}, Holm p "
         f"{_p(test.p_holm[i].item())})"
     )
 
 
-def _in_context_gap(s: SubjectObjectStudy, layer: int) -> float:
-    """Mean subjecthood of names minus objects, in context, at ``layer``."""
-    names = [s.group_means[f"name {r}"][layer].item() for r in ("subject", "object")]
-    objects = [s.group_means[f"object {r}"][layer].item() for r in ("subject", "object")]
-    return (sum(names) - sum(objects)) / 2
+def _scope_line(s: SubjectObjectStudy, scope: str, i_max: int) -> str:
+    """Whether the interaction holds in ``scope``, where, and its numbers at ``i_max``."""
+    sh, labels = s.shifts, s.layer_labels
+    inter = sh.interaction[scope]
+    sig = s.significant_layers(inter)
+    where = f"For {scope}"
+    if scope == SCOPES[1]:
+        df = inter.df[i_max].item()
+        where += f" ({s.shifts.n_families} families as a random sample: {df:.1f} df at "
+        where += f"{labels[i_max]}, little power)"
+    if sig:
+        direction = "more" if inter.estimate[i_max] > 0 else "less"
+        return (
+            f"{where}: yes at {len(sig)} of {len(labels)} layers ({', '.join(sig)}; Holm p < "
+            f"{s.alpha}): subject position moves objects toward names {direction} than it "
+            f"moves names. At {labels[i_max]}: interaction {_at(inter, i_max)}; objects' "
+            f"shift {_at(sh.objects[scope], i_max)}; names' shift "
+            f"{_at(sh.names[scope], i_max)}."
+        )
+    line = (
+        f"{where}: no layer shows that subject position moves objects toward names more "
+        f"than it moves names (Holm p >= {s.alpha} at all {len(labels)} layers); at "
+        f"{labels[i_max]} the interaction is {_at(inter, i_max)}."
+    )
+    obj_sig = s.significant_layers(sh.objects[scope])
+    if obj_sig:
+        line += (
+            f" Objects do shift with role at {', '.join(obj_sig)} (at {labels[i_max]}: "
+            f"{_at(sh.objects[scope], i_max)}), but names shift alike (names' shift "
+            f"{_at(sh.names[scope], i_max)}), so the shift belongs to the templates, not to "
+            "subjecthood."
+        )
+    return line
 
 
 def _answer(s: SubjectObjectStudy) -> str:
+    sh, labels = s.shifts, s.layer_labels
     unit = (
-        "as the fraction of the way from the object centroid (0) to the name centroid (1)"
+        "from the object centroid (0) to the name centroid (1)"
         if s.method == "centroid"
-        else "as a ridge probe's decision value (objects -1, names +1)"
+        else "along a ridge probe's decision value"
     )
-    labels = s.layer_labels
-    inter_sig = s.significant_layers(s.interaction)
-    obj_sig = s.significant_layers(s.object_shift)
-    i_max = int(s.interaction.estimate.abs().argmax())
+    i_max = int(sh.interaction[SCOPES[0]].estimate.abs().argmax())
+    held = (sh.held_out_names - sh.held_out_objects)[i_max].item()
     lines = [
         f"Model {s.model_name}: {len(s.design.names)} names and {len(s.design.objects)} objects, "
         f"each read in subject and in object position in {len(s.design.families)} template "
-        f"families; subjecthood measured {unit} on an axis fitted without the scored word."
+        f"families; subjecthood measured {unit} on an axis fitted without the scored word, "
+        f"calibrated so that held-out names average 1 and held-out objects 0 (uncalibrated, "
+        f"they sat {held:.3f} of the fitted axis apart at {labels[i_max]})."
     ]
-    if inter_sig:
-        direction = "more" if s.interaction.estimate[i_max] > 0 else "less"
-        lines.append(
-            f"Yes at {len(inter_sig)} of {len(labels)} layers ({', '.join(inter_sig)}; Holm-"
-            f"corrected p < {s.alpha}): subject position moves objects toward names {direction} "
-            f"than it moves names. Largest at {labels[i_max]}: interaction "
-            f"{_at(s.interaction, i_max)}; objects' shift {_at(s.object_shift, i_max)}; names' "
-            f"shift {_at(s.name_shift, i_max)}."
-        )
-    else:
-        lines.append(
-            f"No: at no layer does subject position move objects toward names more than it "
-            f"moves names (Holm-corrected p >= {s.alpha} at all {len(labels)} layers). "
-            f"Largest interaction at {labels[i_max]}: {_at(s.interaction, i_max)}."
-        )
-        if obj_sig:
-            lines.append(
-                f"Objects do shift with role at {', '.join(obj_sig)}, but names shift alike, so "
-                "the shift belongs to the templates, not to subjecthood."
-            )
-    gap = _in_context_gap(s, i_max)
-    obj = s.object_shift.estimate[i_max].item()
+    lines += [_scope_line(s, scope, i_max) for scope in SCOPES]
+    obj = {scope: sh.objects[scope] for scope in SCOPES}
     lines.append(
-        f"On this scale names and objects sit {gap:.3f} apart at {labels[i_max]} (in context), "
-        f"so subject position moves objects {100 * obj / gap:.1f}% of the way to the names."
+        f"On this scale subject position moves objects {100 * obj[SCOPES[0]].estimate[i_max]:.1f}"
+        f"% of the way to the names at {labels[i_max]} (95% CI "
+        f"[{100 * obj[SCOPES[0]].low[i_max]:.1f}%, {100 * obj[SCOPES[0]].high[i_max]:.1f}%] for "
+        f"these templates, [{100 * obj[SCOPES[1]].low[i_max]:.1f}%, "
+        f"{100 * obj[SCOPES[1]].high[i_max]:.1f}%] for templates in general)."
     )
-    agree = [
-        name
-        for name, t in s.family_interaction.items()
-        if torch.sign(t.estimate[i_max]) == torch.sign(s.interaction.estimate[i_max])
-    ]
-    per_family = {name: t.estimate[i_max].item() for name, t in s.family_interaction.items()}
+    per_family = {name: t.estimate[i_max].item() for name, t in s.family("interaction").items()}
+    sign = torch.sign(sh.interaction[SCOPES[0]].estimate[i_max]).item()
+    agree = [name for name, v in per_family.items() if v * sign > 0]
     low, high = min(per_family, key=per_family.get), max(per_family, key=per_family.get)
     lines.append(
-        f"At {labels[i_max]}, {len(agree)} of {len(s.family_interaction)} template families "
+        f"At {labels[i_max]}, {len(agree)} of {len(per_family)} template families "
         f"give an interaction of the same sign, from {per_family[low]:+.3f} ({low}) to "
         f"{per_family[high]:+.3f} ({high})."
     )
@@ -344,19 +322,32 @@ def _r(v: Tensor) -> list[float]:
     return [round(float(x), 6) for x in v.tolist()]
 
 
-def _effect_json(t: EffectTest) -> dict[str, Any]:
+def _scoped_json(t: ScopedShift) -> dict[str, Any]:
     r = _r
     return {
+        "scope": t.scope,
         "estimate": r(t.estimate),
-        "ci_percentile": [r(t.interval.low), r(t.interval.high)],
-        "ci_bca": [r(t.interval.bca_low), r(t.interval.bca_high)],
-        "effect_size": r(t.effect_size),
+        "se": r(t.se),
+        "df": r(t.df),
+        "ci": [r(t.low), r(t.high)],
         "p": r(t.p_value),
         "p_holm": r(t.p_holm),
         "p_bh": r(t.p_bh),
-        "test": f"{t.kind} ({'sign-flip' if t.kind == 'paired' else 'label-permutation'}, "
-        f"{t.alternative}, {'exact' if t.exact else f'{t.n_permutations} resamples'})",
-        "n": list(t.n),
+    }
+
+
+def _shifts_json(s: SubjectObjectStudy) -> dict[str, Any]:
+    sh = s.shifts
+    return {
+        "scale": "calibrated: held-out objects average 0, held-out names 1",
+        "inference": "jackknife over words (and families, for templates in general) with the "
+        "axis refitted in every replicate; t with Satterthwaite's degrees of freedom",
+        "held_out_names_uncalibrated": _r(sh.held_out_names),
+        "held_out_objects_uncalibrated": _r(sh.held_out_objects),
+        **{
+            key: {scope: _scoped_json(t) for scope, t in getattr(sh, key).items()}
+            for key in ("objects", "names", "interaction")
+        },
     }
 
 
@@ -403,18 +394,16 @@ def _summary(s: SubjectObjectStudy) -> dict[str, Any]:
         "subjecthood": {
             "method": s.method,
             "cross_fitting": "axis per layer fitted on the in-context readings of the other "
-            "folds' words",
+            + ("words" if s.method == "centroid" else "folds' words"),
             "group_means": {k: _r(t) for k, t in s.group_means.items()},
         },
-        "object_shift": _effect_json(s.object_shift),
-        "name_shift": _effect_json(s.name_shift),
-        "interaction": _effect_json(s.interaction),
+        "shifts": _shifts_json(s),
         "per_family": {
             name: {
-                "object_shift": _effect_json(s.family_object_shift[name]),
-                "interaction": _effect_json(s.family_interaction[name]),
+                "object_shift": _scoped_json(t),
+                "interaction": _scoped_json(s.family("interaction")[name]),
             }
-            for name in s.family_object_shift
+            for name, t in s.family("objects").items()
         },
         "separation": {
             role: {st: _separation_json(t) for st, t in tests.items()}

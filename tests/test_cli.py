@@ -23,10 +23,12 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
         assert label in scatter, label
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["model"] == "minilm" and summary["n_names"] >= 30 and summary["n_objects"] >= 30
-    inter = summary["interaction"]
-    assert len(inter["estimate"]) == len(summary["layers"]) == 7
-    for i in range(7):  # every estimate sits inside its interval
-        assert inter["ci_bca"][0][i] - 1e-9 <= inter["estimate"][i] <= inter["ci_bca"][1][i] + 1e-9
+    for scope in ("these templates", "templates in general"):
+        inter = summary["shifts"]["interaction"][scope]
+        assert len(inter["estimate"]) == len(summary["layers"]) == 7
+        for i in range(7):  # every estimate sits inside its interval
+            low, high = inter["ci"][0][i], inter["ci"][1][i]
+            assert low - 1e-9 <= inter["estimate"][i] <= high + 1e-9
     assert summary["answer"].startswith("Model minilm")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "demo.json",
@@ -47,4 +49,5 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
     assert sidecar["provenance"] == prov and len(sidecar["frames"]) == 7
     assert sidecar["headline"] == summary["headline"] and sidecar["title"]
     out = capsys.readouterr().out
-    assert "95% BCa CI" in out and "interaction" in out and "wrote" in out
+    assert "95% CI" in out and "templates in general:" in out
+    assert "interaction" in out and "wrote" in out

@@ -27,7 +27,11 @@ def test_subject_object_clustering_on_the_toy_model(tmp_path, capsys):
     assert record["answer"].startswith("Model toy-ioi: 10 names and 10 objects")
     assert record["robustness_probe_axis"]["answer"].startswith("Model toy-ioi")
     assert record["settings"]["n_permutations"] == 200
-    assert len(record["interaction"]["estimate"]) == 4
+    for scope in ("these templates", "templates in general"):
+        assert len(record["shifts"]["interaction"][scope]["estimate"]) == 4
+    assert set(record["robustness_probe_axis"]["shifts"]["objects"]) == set(
+        record["shifts"]["objects"]
+    )
     for kind in ("scatter", "shift", "separation"):
         html = (tmp_path / f"subject_object_toy-ioi_{kind}.html").read_text()
         assert 'src="plotly.min.js"' in html and "cdn.plot" not in html

@@ -51,13 +51,38 @@ def _plain_hook_readings(model, design):
     return out
 
 
+def _leave_one_word_out_scores(x, design):
+    """Each reading scored on the centroid axis of the other words (their in-context
+    readings averaged over families and roles), then calibrated so that held-out names
+    average 1 and held-out objects 0: a plain loop, the study's definition."""
+    in_context = ~design.mask("alone")
+    words = design.words
+    word_of = torch.tensor([words.index(it.lemma) for it in design.items])
+    means = torch.stack([x[:, in_context & (word_of == k)].mean(1) for k in range(len(words))], 1)
+    is_name = torch.arange(len(words)) < len(design.names)
+    raw = torch.empty(x.shape[:2])
+    held = torch.empty(x.shape[0], len(words))
+    for k in range(len(words)):
+        others = torch.arange(len(words)) != k
+        c_name = means[:, others & is_name].mean(1)
+        c_obj = means[:, others & ~is_name].mean(1)
+        axis = c_name - c_obj
+        mine = word_of == k
+        raw[:, mine] = ((x[:, mine] - c_obj[:, None]) * axis[:, None]).sum(-1)
+        held[:, k] = ((means[:, k] - c_obj) * axis).sum(-1)
+    zero, one = held[:, ~is_name].mean(1), held[:, is_name].mean(1)
+    return (raw - zero[:, None]) / (one - zero)[:, None]
+
+
 def test_scores_and_shifts_equal_a_direct_recomputation(toy, study):
     d = study.design
     x = _plain_hook_readings(toy, d)
-    scores = S.cross_fitted_subjecthood(
-        x, d.is_name, d.units, ~d.mask("alone"), n_folds=5, seed=S.make_generator(0)
-    ).scores
+    scores = _leave_one_word_out_scores(x, d)
     torch.testing.assert_close(study.scores, scores, atol=1e-4, rtol=1e-4)
+    in_context = ~d.mask("alone")
+    for group, mask in (("name", d.is_name), ("object", ~d.is_name)):  # held-out means: 1, 0
+        expected = torch.full((x.shape[0],), 1.0 if group == "name" else 0.0)
+        torch.testing.assert_close(scores[:, mask & in_context].mean(1), expected)
     n_names = len(d.names)
     diffs = {}
     for w_index, word in enumerate(d.words):
@@ -71,31 +96,37 @@ def test_scores_and_shifts_equal_a_direct_recomputation(toy, study):
             per_family.append(scores[:, k["subject"]] - scores[:, k["object"]])
         diffs[w_index] = torch.stack(per_family).mean(0)
     shift = torch.stack([diffs[i] for i in range(len(d.words))], dim=1)
-    torch.testing.assert_close(
-        study.object_shift.estimate, shift[:, n_names:].mean(1), atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(
-        study.name_shift.estimate, shift[:, :n_names].mean(1), atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(
-        study.interaction.estimate, study.object_shift.estimate - study.name_shift.estimate
-    )
-    assert torch.all(study.interaction.interval.low <= study.interaction.estimate + 1e-6)
+    sh = study.shifts
+    for scope in S.SCOPES:  # one estimate, two scopes of inference
+        objects, names, inter = sh.objects[scope], sh.names[scope], sh.interaction[scope]
+        torch.testing.assert_close(
+            objects.estimate, shift[:, n_names:].mean(1), atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(names.estimate, shift[:, :n_names].mean(1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(inter.estimate, objects.estimate - names.estimate)
+        assert torch.all(inter.low <= inter.estimate + 1e-6)
+        assert torch.all(inter.estimate <= inter.high + 1e-6)
+    # templates in general: wider than these templates wherever role has an effect
+    wide, narrow = sh.interaction[S.SCOPES[1]], sh.interaction[S.SCOPES[0]]
+    assert torch.all(wide.se[1:] >= narrow.se[1:] * 0.999)
 
 
 def test_toy_answer_and_numbers(study):
+    inter = study.shifts.interaction[S.SCOPES[0]]
     # the embedding layer cannot see role (same token, same position): no effect there
-    assert (
-        study.interaction.estimate[0].abs().item() < 1e-6
-        and study.interaction.p_value[0].item() == 1.0
-    )
+    assert inter.estimate[0].abs().item() < 1e-6 and inter.p_value[0].item() > 0.5
     # the toy model moves objects in subject position toward the names (see the README)
-    assert study.interaction.estimate[-1].item() > 0.15
-    assert "L2" in study.significant_layers(study.interaction)
+    assert inter.estimate[-1].item() > 0.15
+    assert "L2" in study.significant_layers(inter)
     answer = study.answer()
-    assert answer.startswith("Model toy-ioi: 12 names and 12 objects") and "Yes at" in answer
+    assert answer.startswith("Model toy-ioi: 12 names and 12 objects")
+    assert "For these templates: yes at" in answer and "For templates in general" in answer
     record = json.loads(json.dumps(study.summary()))
-    assert record["design"]["dropped"] == [] and len(record["interaction"]["p_holm"]) == 4
+    assert record["design"]["dropped"] == []
+    for key in ("objects", "names", "interaction"):
+        for scope in S.SCOPES:
+            assert len(record["shifts"][key][scope]["p_holm"]) == 4
+            assert record["shifts"][key][scope]["scope"] == scope
     assert set(record["separation"]) == {"alone", "subject", "object"}
     assert set(record["separation"]["subject"]) == set(S.STATISTICS)
     assert len(record["per_family"]) == 5
@@ -112,6 +143,9 @@ def test_study_figures(study):
     shift = study_shift(study)
     names = {t.name for t in shift.data if t.showlegend is not False}
     assert names == {"objects' shift", "names' shift", "interaction (objects − names)"}
+    titles = [a.text for a in shift.layout.annotations]
+    assert any("these templates" in t for t in titles), titles
+    assert any("templates in general" in t for t in titles), titles
     sep = study_separation(study)
     assert len(sep.layout.annotations) == len(S.STATISTICS)  # one panel per statistic
 

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 
 from mi_cluster.plotting.lines import Band, layer_bands
 from mi_cluster.plotting.projection import layer_scatter
-from mi_cluster.stats import EffectTest
+from mi_cluster.stats import SCOPES, ScopedShift
 from mi_cluster.subject_object import SubjectObjectStudy
 
 __all__ = ["study_scatter", "study_separation", "study_shift"]
@@ -26,35 +26,34 @@ _STAT_TITLES = {
 }
 
 
-def _band(test: EffectTest, alpha: float) -> Band:
-    iv = test.interval
+def _band(test: ScopedShift, alpha: float) -> Band:
     return Band(
         values=test.estimate.tolist(),
-        low=iv.bca_low.tolist(),
-        high=iv.bca_high.tolist(),
+        low=test.low.tolist(),
+        high=test.high.tolist(),
         significant=(test.p_holm < alpha).tolist(),
     )
 
 
 def study_shift(study: SubjectObjectStudy) -> go.Figure:
     """Per layer: objects' and names' shift (subject minus object position) and their
-    difference, with 95% BCa bands over words; filled markers where Holm p < alpha."""
-    unit = (
-        "share of the object→name distance"
-        if study.method == "centroid"
-        else "probe decision value"
-    )
+    difference, with 95% intervals, in both scopes (these templates; templates in
+    general); filled markers where Holm p < alpha."""
+    unit = "share of the held-out object→name gap"
+    sh = study.shifts
     panels = {
-        "subjecthood in subject minus object position": {
-            "objects' shift": _band(study.object_shift, study.alpha),
-            "names' shift": _band(study.name_shift, study.alpha),
-            "interaction (objects − names)": _band(study.interaction, study.alpha),
+        f"{scope}{' (families fixed)' if scope == SCOPES[0] else ' (families random)'}": {
+            "objects' shift": _band(sh.objects[scope], study.alpha),
+            "names' shift": _band(sh.names[scope], study.alpha),
+            "interaction (objects − names)": _band(sh.interaction[scope], study.alpha),
         }
+        for scope in SCOPES
     }
     d = study.design
     note = (
         f"{len(d.names)} names, {len(d.objects)} objects, {len(d.families)} template families; "
-        f"95% BCa intervals over words; filled: Holm-corrected p < {study.alpha}"
+        f"{study.method} axis refitted in every jackknife replicate; 95% t intervals; "
+        f"filled: Holm-corrected p < {study.alpha}"
     )
     return layer_bands(
         panels,
@@ -64,7 +63,7 @@ def study_shift(study: SubjectObjectStudy) -> go.Figure:
         colors=SHIFT_COLORS,
         zero_line=True,
         note=note,
-        columns=1,
+        columns=2,
     )
 
 
