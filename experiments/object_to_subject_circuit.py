@@ -3,8 +3,8 @@
 The clustering study (``subject_object_clustering.py``) finds that an object word read in
 subject position ("... Lamp went to the store.") scores as more name-like than the same
 word in object position ("... saw lamp at the store."). This experiment asks which
-components carry that shift, with the same design, words, template families and cross-
-fitted subjecthood axis (``mi_cluster/role_shift.py``):
+components carry that shift, with the same design, words, template families and calibrated
+subjecthood axis (each word's fitted without it) (``mi_cluster/role_shift.py``):
 
 1. **Attribution.** At the read layer (default the last block, fixed in advance; or the
    block with the largest object shift, ``--layer peak``, which the answer flags as chosen
@@ -106,6 +106,7 @@ def run(
     )
     from mi_cluster.provenance import provenance
     from mi_cluster.role_shift import DEFAULT_SITES, attribute_role_shift
+    from mi_cluster.stats import SCOPES
 
     model = load_model(model_name)
     design = study_design(model, model_name, words)
@@ -192,7 +193,7 @@ def run(
             "sites": list(attribution.components),
         },
     }
-    shift = record["role_shift"]["shift"]
+    these, general = (record["role_shift"]["shift"][scope] for scope in SCOPES)
     heads = record["role_shift"]["components"]["head_out"]
     across = [r["component"] for r in heads["reliable"] if r["fraction"] > 0]
     within = [
@@ -201,9 +202,9 @@ def run(
         if r["fraction"] > 0
     ][:3]
     record["headline"] = (
-        f"{attribution.model_name}: object subjecthood shift {shift['estimate']:+.3f} at "
-        f"{attribution.layer_label} (words x families CI {shift['ci95_words_x_families'][0]:+.3f}"
-        f" to {shift['ci95_words_x_families'][1]:+.3f}); heads carrying it across families: "
+        f"{attribution.model_name}: object subjecthood shift {these['estimate']:+.3f} at "
+        f"{attribution.layer_label} (templates in general: CI {general['low']:+.3f} to "
+        f"{general['high']:+.3f}); heads carrying it across families: "
         f"{', '.join(across) or 'none'}; within these families: {', '.join(within) or 'none'}."
     )
     fam = design.families[0].name

@@ -54,12 +54,11 @@ from mi_cluster.patching import (
 )
 from mi_cluster.prompts import tokenize_prompt, word_positions
 from mi_cluster.stats import (
-    CrossFittedScores,
-    EffectTest,
-    RatioInterval,
-    cross_fitted_subjecthood,
+    SCOPES,
+    RoleShifts,
     crossed_ratio_interval,
     paired_test,
+    role_shift_inference,
 )
 
 __all__ = [
@@ -150,14 +149,14 @@ def role_pairs(model: Any, design: RoleDesign, word_type: str = "object") -> Rol
 
 
 def subjecthood_metric(
-    axes: CrossFittedScores, layer: int, pairs: RolePairs, name: str = "subjecthood"
+    shifts: RoleShifts, layer: int, pairs: RolePairs, name: str = "subjecthood"
 ) -> Metric:
-    """The read word's subjecthood after block ``layer``, each pair scored by the axis of
-    its word's fold (fitted without the word), as a patching metric."""
-    index = layer + 1  # axes include the embedding as layer 0
-    fold = axes.folds[pairs.unit]
-    direction = torch.stack([a.direction[index] for a in axes.axes])[fold]  # [pair, d]
-    offset = torch.stack([a.offset[index] for a in axes.axes])[fold]
+    """The read word's subjecthood after block ``layer``, each pair scored by its word's
+    axis (fitted without the word) on the calibrated scale (held-out objects 0, names 1),
+    as a patching metric."""
+    directions, offsets = shifts.calibrated_axes()  # layer 0 is the embedding
+    direction = directions[layer + 1, pairs.unit]  # [pair, d]
+    offset = offsets[layer + 1, pairs.unit]
     pos = pairs.read_position
 
     def score(act: Tensor, prompt: Tensor) -> Tensor:
@@ -223,12 +222,10 @@ class RoleShiftAttribution:
         layer: the read layer (block index); layer_label, its label.
         word_type: ``"object"`` or ``"name"``.
         pairs: the prompt pairs.
-        axes: the cross-fitted subjecthood axes the metric scores with (each pair by the
-            axis of its word's fold).
-        shift: the total shift (subject minus object form), per word averaged over
-            families, tested over words.
-        shift_crossed: the mean shift with its words x families crossed interval (does
-            it hold across templates?).
+        shifts: the clustering study's inference on these readings
+            (:func:`~mi_cluster.stats.role_shift_inference`): each word's axis, fitted
+            without it, that the metric scores with, and the objects' and names' shifts at
+            every layer in both scopes, with the axis's error carried.
         layer_chosen: ``"last"``, ``"given"``, or ``"peak"`` (the layer of the largest
             mean shift, chosen on these data: its test is then optimistic).
         shift_per_pair: ``[pair]``, subject minus object form.
@@ -242,9 +239,7 @@ class RoleShiftAttribution:
     layer_label: str
     word_type: str
     pairs: RolePairs
-    axes: CrossFittedScores
-    shift: EffectTest
-    shift_crossed: RatioInterval
+    shifts: RoleShifts
     layer_chosen: str
     shift_per_pair: Tensor
     components: dict[str, ComponentShare]
@@ -277,6 +272,15 @@ class RoleShiftAttribution:
             if p < self.alpha and (lo > 0 or hi < 0):
                 out.append((label, f, lo, hi, p))
         return sorted(out, key=lambda r: -abs(r[1]))
+
+    def shift(self, scope: str = SCOPES[0]) -> dict[str, float]:
+        """The total shift of ``word_type`` words (subject minus object form) at the read
+        layer, on the calibrated scale, in ``scope``: ``estimate``, ``low``, ``high`` (95%),
+        ``p`` (two-sided), ``df``."""
+        test = (self.shifts.objects if self.word_type == "object" else self.shifts.names)[scope]
+        i = self.layer + 1
+        fields = ("estimate", "low", "high", "p_value", "df")
+        return {k.removesuffix("_value"): float(getattr(test, k)[i]) for k in fields}
 
     def answer(self) -> str:
         """The result in words, with its numbers."""
@@ -340,17 +344,12 @@ def _share(
     )
 
 
-def _peak_layer(
-    axes: CrossFittedScores, design: RoleDesign, in_context: Tensor, pairs: RolePairs
-) -> int:
-    """The block whose output shows the largest mean shift (subject minus object form) of
-    the pairs' words, on the cross-fitted scores (index 0 of the scores is the embedding)."""
-    items = [it for it, keep in zip(design.items, in_context.tolist(), strict=True) if keep]
-    row = {(it.lemma, it.family, it.role): k for k, it in enumerate(items)}
-    subj = [row[(w, f, "subject")] for w, f in zip(pairs.word, pairs.family, strict=True)]
-    obj = [row[(w, f, "object")] for w, f in zip(pairs.word, pairs.family, strict=True)]
-    shift = (axes.scores[1:, subj] - axes.scores[1:, obj]).mean(-1)  # [block]
-    return int(shift.argmax())
+def _role_cells(x: Tensor, design: RoleDesign, in_context: Tensor) -> Tensor:
+    """Readings of the in-context items ``x [layer, item, d]`` as the study's cells
+    ``[layer, word, family, role (subject, object), d]``."""
+    row = torch.cumsum(in_context.long(), 0) - 1  # design item -> row of x
+    cells = [row[design.cell_index(role)] for role in ("subject", "object")]
+    return torch.stack([x[:, c] for c in cells], dim=3)
 
 
 def attribute_role_shift(
@@ -364,7 +363,6 @@ def attribute_role_shift(
     attribution: bool = True,
     n_resamples: int = 10_000,
     n_permutations: int = 10_000,
-    n_folds: int = 5,
     alpha: float = 0.05,
     seed: int = 0,
     max_batch_size: int | None = None,
@@ -384,7 +382,7 @@ def attribute_role_shift(
             positive fraction (at layers 1 .. ``layer``); 0 for none.
         attribution: also run attribution patching and report its correlation.
         n_resamples, n_permutations: crossed bootstrap resamples and sign flips.
-        n_folds, seed: cross-fitting of the subjecthood axis, and every resample.
+        seed: every resample.
         alpha: significance level.
         max_batch_size, progress: patching settings.
     """
@@ -408,20 +406,18 @@ def attribute_role_shift(
     acts = collect(
         model, texts, "resid_post", Positions.word(words, subtoken="last"), progress=progress
     )
-    axes = cross_fitted_subjecthood(
-        acts.tensor,
-        design.is_name[in_context],
-        design.units[in_context],
-        n_folds=n_folds,
-        seed=seed,
+    shifts = role_shift_inference(
+        _role_cells(acts.tensor, design, in_context),
+        torch.arange(len(design.words)) < len(design.names),
     )
     pairs = role_pairs(model, design, word_type)
     chosen = "last" if layer is None else "peak" if layer == "peak" else "given"
-    if layer == "peak":
-        layer = _peak_layer(axes, design, in_context, pairs)
+    if layer == "peak":  # the block with the largest mean shift (index 0: the embedding)
+        total = shifts.objects if word_type == "object" else shifts.names
+        layer = int(total[SCOPES[0]].estimate[1:].argmax())
     elif layer is None:
         layer = n_layers - 1
-    metric = subjecthood_metric(axes, layer, pairs)
+    metric = subjecthood_metric(shifts, layer, pairs)
     common = dict(n_resamples=n_resamples, n_permutations=n_permutations, seed=seed)
     kw = dict(lengths="pad", max_batch_size=max_batch_size, progress=progress)
     layers = list(range(layer + 1))
@@ -455,14 +451,6 @@ def attribute_role_shift(
         components[site] = _share(
             site, res, values, pairs, shift, axes_, labels, attribution=a, **common
         )
-    shift_table = pairs.table(shift.double().cpu())
-    shift_crossed = crossed_ratio_interval(
-        shift_table[None], torch.ones_like(shift_table), n_resamples=n_resamples, seed=seed
-    )  # a mean: the ratio of the shifts' sum to the number of cells
-    word_shift = shift_table.mean(-1)[None]  # [1, word]
-    total = paired_test(
-        word_shift, n_permutations=n_permutations, n_bootstrap=n_resamples, seed=seed
-    )
     paths = {}
     heads = components.get("head_out")
     if heads is not None and n_receivers > 0 and layer >= 1:
@@ -488,9 +476,7 @@ def attribute_role_shift(
         layer_label=acts.layer_labels[layer + 1],
         word_type=word_type,
         pairs=pairs,
-        axes=axes,
-        shift=total,
-        shift_crossed=shift_crossed,
+        shifts=shifts,
         layer_chosen=chosen,
         shift_per_pair=shift.double().cpu(),
         components=components,
@@ -520,11 +506,15 @@ def _listed(
     return shown + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 
+def _shift_text(a: RoleShiftAttribution, scope: str) -> str:
+    t = a.shift(scope)
+    return (
+        f"{t['estimate']:+.3f} (95% CI [{t['low']:+.3f}, {t['high']:+.3f}], p = {t['p']:.4f}, "
+        f"{t['df']:.1f} df)"
+    )
+
+
 def _answer(a: RoleShiftAttribution) -> str:
-    s, c = a.shift, a.shift_crossed
-    est, p = float(s.estimate[0]), float(s.p_value[0])
-    lo, hi = float(s.interval.low[0]), float(s.interval.high[0])
-    c_lo, c_hi = float(c.low[0]), float(c.high[0])
     n_w, n_f = len(a.pairs.words), len(a.pairs.families)
     chosen = {
         "peak": " (the layer of the largest shift, chosen on these data, so its test is "
@@ -533,20 +523,20 @@ def _answer(a: RoleShiftAttribution) -> str:
     }.get(a.layer_chosen, "")
     lines = [
         f"Model {a.model_name}, read layer {a.layer_label}{chosen}: {a.word_type}s' "
-        f"subjecthood is {est:+.3f} (95% CI over words [{lo:+.3f}, {hi:+.3f}], sign-flip "
-        f"p = {p:.4f}; over words and template families [{c_lo:+.3f}, {c_hi:+.3f}]; {n_w} "
-        f"words x {n_f} families) higher in subject than in object position."
+        f"subjecthood (held-out objects 0, names 1) is higher in subject than in object "
+        f"position by {_shift_text(a, SCOPES[0])} for these templates, "
+        f"{_shift_text(a, SCOPES[1])} for templates in general ({n_w} words x {n_f} "
+        f"families; the axis refitted in every jackknife replicate)."
     ]
-    across = c_lo > 0 or c_hi < 0
-    if p >= a.alpha:
+    if a.shift(SCOPES[0])["p"] >= a.alpha:
         lines.append(
             "There is no reliable shift at this layer, so the fractions below attribute noise."
         )
-    elif not across:
+    elif a.shift(SCOPES[1])["p"] >= a.alpha:
         lines.append(
-            "The shift does not hold across template families (their interval includes 0), "
-            "so every fraction's words x families interval is wide; the words-only intervals "
-            "speak for these families alone."
+            "The shift does not hold for templates in general (its test there is not "
+            "significant), so every fraction's words x families interval is wide; the "
+            "words-only intervals speak for these families alone."
         )
     found = []
     for site, share in a.components.items():
@@ -597,7 +587,9 @@ def _answer(a: RoleShiftAttribution) -> str:
     lines.append(
         "Fractions are sum(effect) / sum(shift) over words and families, with words x "
         "families (crossed) intervals unless marked; one component at a time, so they need "
-        "not add to 100%."
+        "not add to 100%. Components' tests and intervals hold the fitted axis fixed: they "
+        "say what moves the word along this axis, and a component that moves words off the "
+        "name-object direction can register through the axis's estimation error."
     )
     return " ".join(lines)
 
@@ -628,7 +620,6 @@ def _share_json(a: RoleShiftAttribution, share: ComponentShare) -> dict[str, Any
 
 
 def _summary(a: RoleShiftAttribution) -> dict[str, Any]:
-    s = a.shift
     return {
         "answer": a.answer(),
         "model": a.model_name,
@@ -637,18 +628,11 @@ def _summary(a: RoleShiftAttribution) -> dict[str, Any]:
         "words": list(a.pairs.words),
         "families": list(a.pairs.families),
         "n_pairs": len(a.pairs.subject),
-        "metric": "subjecthood of the read word (centroid axis cross-fitted without the word; "
-        "0 = objects, 1 = names)",
-        "shift": {
-            "estimate": round(float(s.estimate[0]), 6),
-            "ci95": [round(float(s.interval.low[0]), 6), round(float(s.interval.high[0]), 6)],
-            "p": float(s.p_value[0]),
-            "test": "sign-flip over words (each averaged over families)",
-            "ci95_words_x_families": [
-                round(float(a.shift_crossed.low[0]), 6),
-                round(float(a.shift_crossed.high[0]), 6),
-            ],
-        },
+        "metric": "subjecthood of the read word on the centroid axis fitted without the word, "
+        "calibrated: held-out objects average 0, held-out names 1",
+        "shift": {scope: {k: round(v, 6) for k, v in a.shift(scope).items()} for scope in SCOPES},
+        "shift_inference": "jackknife over words (and families, for templates in general) "
+        "with the axis refitted in every replicate; t with Satterthwaite's degrees of freedom",
         "layer_chosen": a.layer_chosen,
         "components": {site: _share_json(a, sh) for site, sh in a.components.items()},
         "paths": {recv: _share_json(a, sh) for recv, sh in a.paths.items()},

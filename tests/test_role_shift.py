@@ -14,7 +14,7 @@ from mi_cluster.activations import hook_name
 from mi_cluster.designs import FAMILIES, TemplateFamily, role_design
 from mi_cluster.prompts import tokenize_prompt
 from mi_cluster.role_shift import attribute_role_shift, role_pairs
-from mi_cluster.stats import StatsInputError, crossed_ratio_interval
+from mi_cluster.stats import SCOPES, StatsInputError, crossed_ratio_interval
 from mi_cluster.stats.resampling import crossed_counts
 
 OBJECTS = ("lamp", "table", "house", "pen", "ball", "window")
@@ -149,8 +149,39 @@ def test_role_pairs_read_the_word_at_one_index(toy, minilm):
         role_pairs(toy, _design(toy, capitalize=False), "verb")
 
 
-def _score(model, a, i, tokens, hooks=()):
-    """Pair ``i``'s read word scored on its fold's axis after a run of ``tokens`` with
+def _word_means(model, design, layer):
+    """Each word's residual after block ``layer`` at its last sub-token, averaged over
+    its in-context prompts (families and roles), one prompt at a time with hooks."""
+    from mi_cluster.prompts import word_positions
+
+    name, sums = hook_name("resid_post", layer), {}
+    for it in design.items:
+        if it.role == "alone":
+            continue
+        pos = word_positions(tokenize_prompt(model, it.text), it.word)[-1]
+        _, cache = model.run_with_cache(_ids(model, it.text), names_filter=[name])
+        sums.setdefault(it.lemma, []).append(cache[name][0, pos].double())
+    means = torch.stack([torch.stack(sums[w]).mean(0) for w in design.words])
+    return means, torch.arange(len(design.words)) < len(design.names)
+
+
+def _calibrated(ref, x, word):
+    """``x`` on ``word``'s centroid axis, fitted without the word (a plain loop over the
+    other words' means ``ref``), calibrated so that held-out names average 1, objects 0."""
+    means, is_name = ref
+
+    def raw(v, k):
+        others = torch.arange(len(means)) != k
+        c_name, c_obj = means[others & is_name].mean(0), means[others & ~is_name].mean(0)
+        return float((v.double() - c_obj) @ (c_name - c_obj))
+
+    held = torch.tensor([raw(means[k], k) for k in range(len(means))])
+    zero, one = float(held[~is_name].mean()), float(held[is_name].mean())
+    return (raw(x, word) - zero) / (one - zero)
+
+
+def _score(model, a, ref, i, tokens, hooks=()):
+    """Pair ``i``'s read word scored on its calibrated axis after a run of ``tokens`` with
     ``hooks`` (plain TransformerLens hooks, one prompt)."""
     name, kept = hook_name("resid_post", a.layer), {}
 
@@ -158,20 +189,24 @@ def _score(model, a, i, tokens, hooks=()):
         kept["x"] = x[0, int(a.pairs.read_position[i])].detach()
 
     model.run_with_hooks(tokens, fwd_hooks=[*hooks, (name, keep)])
-    ax = a.axes.axes[int(a.axes.folds[int(a.pairs.unit[i])])]
-    return float(kept["x"] @ ax.direction[a.layer + 1] + ax.offset[a.layer + 1])
+    return _calibrated(ref, kept["x"], int(a.pairs.unit[i]))
 
 
 def _ids(model, text):
     return torch.tensor([tokenize_prompt(model, text).ids])
 
 
-def test_unpatched_metric_equals_the_cross_fitted_scores(toy, toy_shift):
+@pytest.fixture(scope="module")
+def toy_ref(toy, toy_shift):
+    return _word_means(toy, _design(toy, capitalize=False), toy_shift.layer)
+
+
+def test_unpatched_metric_equals_the_calibrated_scores(toy, toy_shift, toy_ref):
     """The clean and corrupted runs score each word as the clustering study does: its
-    residual at the read layer on the axis fitted without it."""
+    residual at the read layer on the axis fitted without it, calibrated."""
     a = toy_shift
     shift = [
-        _score(toy, a, i, _ids(toy, s)) - _score(toy, a, i, _ids(toy, o))
+        _score(toy, a, toy_ref, i, _ids(toy, s)) - _score(toy, a, toy_ref, i, _ids(toy, o))
         for i, (s, o) in enumerate(zip(a.pairs.subject, a.pairs.object, strict=True))
     ]
     torch.testing.assert_close(
@@ -179,7 +214,7 @@ def test_unpatched_metric_equals_the_cross_fitted_scores(toy, toy_shift):
     )
 
 
-def _hand_fraction(model, a, act, layer, head=None, offsets=None):
+def _hand_fraction(model, a, ref, act, layer, head=None, offsets=None):
     """Patch ``act`` (``"z"``: head ``head``; ``"mlp_out"``) at ``layer`` from the subject
     form into the object form, at ``offsets`` from the read word or (None) at every
     position of the object form, one pair at a time with TransformerLens hooks;
@@ -198,18 +233,19 @@ def _hand_fraction(model, a, act, layer, head=None, offsets=None):
                 x[:, where, head] = src[:, where, head]
             return x
 
-        effects.append(_score(model, a, i, obj_ids, [(name, patch)]) - _score(model, a, i, obj_ids))
+        patched = _score(model, a, ref, i, obj_ids, [(name, patch)])
+        effects.append(patched - _score(model, a, ref, i, obj_ids))
     return sum(effects) / float(a.shift_per_pair.sum())
 
 
-def test_fractions_equal_hand_patches_on_the_toy_model(toy, toy_shift):
+def test_fractions_equal_hand_patches_on_the_toy_model(toy, toy_shift, toy_ref):
     heads = toy_shift.components["head_out"]
     by_pos = toy_shift.components["head_out_by_pos"]
     w = by_pos.labels["offset"].index("W")
     for layer, head in ((0, 1), (2, 0), (1, 3)):
-        want = _hand_fraction(toy, toy_shift, "z", layer, head)
+        want = _hand_fraction(toy, toy_shift, toy_ref, "z", layer, head)
         assert float(heads.fraction[layer, head]) == pytest.approx(want, abs=1e-4)
-        want = _hand_fraction(toy, toy_shift, "z", layer, head, [0])
+        want = _hand_fraction(toy, toy_shift, toy_ref, "z", layer, head, [0])
         assert float(by_pos.fraction[layer, w, head]) == pytest.approx(want, abs=1e-4)
     # a causal model's read word cannot see later positions: their patches move nothing
     after = [k for k, o in enumerate(by_pos.labels["offset"]) if o.startswith("W+")]
@@ -231,14 +267,22 @@ def test_result_reports_intervals_tests_paths_and_attribution(toy_shift):
     for receiver, share in a.paths.items():
         assert share.fraction.shape[0] == int(receiver[1])  # senders: the layers before it
     s = a.summary()
-    assert s["shift"]["p"] < 0.05 and s["n_pairs"] == len(OBJECTS) * len(FAMILIES)
+    assert s["shift"][SCOPES[0]]["p"] < 0.05 and s["n_pairs"] == len(OBJECTS) * len(FAMILIES)
+    assert set(s["shift"]) == set(SCOPES)
+    these, general = (s["shift"][scope] for scope in SCOPES)
+    assert these["estimate"] == general["estimate"]
+    assert general["high"] - general["low"] >= these["high"] - these["low"]
     assert "ci95_words_only" in s["components"]["head_out"]
     assert s["answer"].startswith("Model toy-ioi, read layer L2")
 
 
 def test_a_null_shift_is_reported_as_such(toy_shift):
-    shift = dataclasses.replace(toy_shift.shift, p_value=torch.tensor([0.4]))
-    text = dataclasses.replace(toy_shift, shift=shift).answer()
+    sh = toy_shift.shifts
+    null = {
+        k: dataclasses.replace(t, p_value=torch.full_like(t.p_value, 0.4))
+        for k, t in sh.objects.items()
+    }
+    text = dataclasses.replace(toy_shift, shifts=dataclasses.replace(sh, objects=null)).answer()
     assert "no reliable shift at this layer" in text
 
 
@@ -257,16 +301,17 @@ def test_minilm_fractions_equal_hand_patches(minilm):
         progress=False,
     )
     assert set(a.components) == {"head_out", "mlp_out_all", "mlp_out"}
+    ref = _word_means(minilm, design, a.layer)
     heads, mlps = a.components["head_out"], a.components["mlp_out_all"]
     assert heads.fraction.shape == (3, 12) and mlps.fraction.shape == (3,)
     for layer in (0, 2):
-        want = _hand_fraction(minilm, a, "mlp_out", layer)
+        want = _hand_fraction(minilm, a, ref, "mlp_out", layer)
         assert float(mlps.fraction[layer]) == pytest.approx(want, abs=1e-4)
-    want = _hand_fraction(minilm, a, "z", 1, 5)
+    want = _hand_fraction(minilm, a, ref, "z", 1, 5)
     assert float(heads.fraction[1, 5]) == pytest.approx(want, abs=1e-4)
     by_pos = a.components["mlp_out"]
     k = by_pos.labels["offset"].index("W+1")  # bidirectional: later positions matter too
-    want = _hand_fraction(minilm, a, "mlp_out", 1, offsets=[1])
+    want = _hand_fraction(minilm, a, ref, "mlp_out", 1, offsets=[1])
     assert float(by_pos.fraction[1, k]) == pytest.approx(want, abs=1e-4)
     assert all(np.isfinite(sh.attribution_r) for sh in a.components.values())
 

@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 from mi_cluster.plotting.heads import head_maps
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
 from mi_cluster.role_shift import ComponentShare, RoleShiftAttribution
+from mi_cluster.stats import SCOPES
 
 __all__ = ["role_shift_forest", "role_shift_heads", "role_shift_positions"]
 
@@ -23,14 +24,13 @@ _TITLE_KINDS = {
 
 
 def _subtitle(a: RoleShiftAttribution) -> str:
-    s = a.shift
-    c = a.shift_crossed
+    these, general = a.shift(SCOPES[0]), a.shift(SCOPES[1])
     return (
         f"{a.model_name}: what carries the shift of {a.word_type}s toward names at "
-        f"{a.layer_label}<br><sup>subjecthood, subject minus object position: "
-        f"{float(s.estimate[0]):+.3f}, words [{float(s.interval.low[0]):+.3f}, "
-        f"{float(s.interval.high[0]):+.3f}], words x families [{float(c.low[0]):+.3f}, "
-        f"{float(c.high[0]):+.3f}]<br>fraction: the share of it each patch carries</sup>"
+        f"{a.layer_label}<br><sup>subjecthood (objects 0, names 1), subject minus object "
+        f"position: {these['estimate']:+.3f}, these templates [{these['low']:+.3f}, "
+        f"{these['high']:+.3f}], templates in general [{general['low']:+.3f}, "
+        f"{general['high']:+.3f}]<br>fraction: the share of it each patch carries</sup>"
     )
 
 
