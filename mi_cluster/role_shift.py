@@ -154,9 +154,8 @@ def subjecthood_metric(
     """The read word's subjecthood after block ``layer``, each pair scored by its word's
     axis (fitted without the word) on the calibrated scale (held-out objects 0, names 1),
     as a patching metric."""
-    directions, offsets = shifts.calibrated_axes()  # layer 0 is the embedding
-    direction = directions[layer + 1, pairs.unit]  # [pair, d]
-    offset = offsets[layer + 1, pairs.unit]
+    direction = shifts.direction[layer + 1, pairs.unit]  # [pair, d]; layer 0: the embedding
+    offset = shifts.offset[layer + 1, pairs.unit]
     pos = pairs.read_position
 
     def score(act: Tensor, prompt: Tensor) -> Tensor:
@@ -508,8 +507,9 @@ def _listed(
 
 def _shift_text(a: RoleShiftAttribution, scope: str) -> str:
     t = a.shift(scope)
+    p = "< 0.0001" if t["p"] < 1e-4 else f"= {t['p']:.4f}"
     return (
-        f"{t['estimate']:+.3f} (95% CI [{t['low']:+.3f}, {t['high']:+.3f}], p = {t['p']:.4f}, "
+        f"{t['estimate']:+.3f} (95% CI [{t['low']:+.3f}, {t['high']:+.3f}], p {p}, "
         f"{t['df']:.1f} df)"
     )
 

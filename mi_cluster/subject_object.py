@@ -260,11 +260,13 @@ def _scope_line(s: SubjectObjectStudy, scope: str, i_max: int) -> str:
     )
     obj_sig = s.significant_layers(sh.objects[scope])
     if obj_sig:
+        k = labels.index(obj_sig[0])
+        way = "toward" if sh.objects[scope].estimate[k] > 0 else "away from"
         line += (
-            f" Objects do shift with role at {', '.join(obj_sig)} (at {labels[i_max]}: "
-            f"{_at(sh.objects[scope], i_max)}), but names shift alike (names' shift "
-            f"{_at(sh.names[scope], i_max)}), so the shift belongs to the templates, not to "
-            "subjecthood."
+            f" Objects do shift {way} the names with role at {', '.join(obj_sig)} (at "
+            f"{obj_sig[0]}: {_at(sh.objects[scope], k)}; names' shift "
+            f"{_at(sh.names[scope], k)}), but without a significant interaction this scope "
+            "cannot tell that shift from one the templates give every word."
         )
     return line
 
@@ -277,13 +279,14 @@ def _answer(s: SubjectObjectStudy) -> str:
         else "along a ridge probe's decision value"
     )
     i_max = int(sh.interaction[SCOPES[0]].estimate.abs().argmax())
-    held = (sh.held_out_names - sh.held_out_objects)[i_max].item()
+    held = sh.held_out_names[i_max].item(), sh.held_out_objects[i_max].item()
     lines = [
         f"Model {s.model_name}: {len(s.design.names)} names and {len(s.design.objects)} objects, "
         f"each read in subject and in object position in {len(s.design.families)} template "
         f"families; subjecthood measured {unit} on an axis fitted without the scored word, "
-        f"calibrated so that held-out names average 1 and held-out objects 0 (uncalibrated, "
-        f"they sat {held:.3f} of the fitted axis apart at {labels[i_max]})."
+        f"calibrated so that held-out names average 1 and held-out objects 0 (with each "
+        f"axis's own training centroids at 0 and 1, held-out names sat at {held[0]:.3f} and "
+        f"objects at {held[1]:.3f} at {labels[i_max]}: the shrinkage the calibration undoes)."
     ]
     lines += [_scope_line(s, scope, i_max) for scope in SCOPES]
     obj = {scope: sh.objects[scope] for scope in SCOPES}
@@ -342,8 +345,12 @@ def _shifts_json(s: SubjectObjectStudy) -> dict[str, Any]:
         "scale": "calibrated: held-out objects average 0, held-out names 1",
         "inference": "jackknife over words (and families, for templates in general) with the "
         "axis refitted in every replicate; t with Satterthwaite's degrees of freedom",
-        "held_out_names_uncalibrated": _r(sh.held_out_names),
-        "held_out_objects_uncalibrated": _r(sh.held_out_objects),
+        "held_out_on_own_centroid_scale": {
+            "names": _r(sh.held_out_names),
+            "objects": _r(sh.held_out_objects),
+            "meaning": "each word's axis puts its own training centroids at 0 (objects) and "
+            "1 (names); no shrinkage would give names 1 and objects 0",
+        },
         **{
             key: {scope: _scoped_json(t) for scope, t in getattr(sh, key).items()}
             for key in ("objects", "names", "interaction")

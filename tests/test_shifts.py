@@ -25,11 +25,13 @@ def data():
 def _loop_estimates(x, is_name):
     """Objects' and names' calibrated shifts ``[layer]`` by a plain loop: each word's
     readings scored on the centroid axis of the other words (their readings averaged over
-    families and roles), the scale set by the held-out means."""
+    families and roles), the scale set by the held-out means; and the held-out means of
+    names and objects where each axis puts its own centroids at 0 and 1."""
     means = x.mean((2, 3))  # [layer, word, d]
     n_words = x.shape[1]
     raw_shift = x.new_empty(x.shape[0], n_words)
     held = x.new_empty(x.shape[0], n_words)
+    own = x.new_empty(x.shape[0], n_words)
     for k in range(n_words):
         others = torch.arange(n_words) != k
         c_name = means[:, others & is_name].mean(1)
@@ -38,14 +40,19 @@ def _loop_estimates(x, is_name):
         score = torch.einsum("lfrd,ld->lfr", x[:, k] - c_obj[:, None, None], axis)
         raw_shift[:, k] = (score[..., 0] - score[..., 1]).mean(-1)
         held[:, k] = score.mean((1, 2))
+        own[:, k] = held[:, k] / axis.pow(2).sum(-1)  # own centroids at 0 and 1
     gap = held[:, is_name].mean(1) - held[:, ~is_name].mean(1)
-    return raw_shift[:, ~is_name].mean(1) / gap, raw_shift[:, is_name].mean(1) / gap
+    shrunk = own[:, is_name].mean(1), own[:, ~is_name].mean(1)
+    return raw_shift[:, ~is_name].mean(1) / gap, raw_shift[:, is_name].mean(1) / gap, shrunk
 
 
 def test_estimates_equal_a_direct_recomputation(data):
     x, is_name = data
     res = role_shift_inference(x, is_name)
-    objects, names = _loop_estimates(x, is_name)
+    objects, names, (held_names, held_objects) = _loop_estimates(x, is_name)
+    torch.testing.assert_close(res.held_out_names, held_names)
+    torch.testing.assert_close(res.held_out_objects, held_objects)
+    assert bool((held_names < 1).all() and (held_objects > 0).all())  # the shrinkage
     for scope in SCOPES:
         torch.testing.assert_close(res.objects[scope].estimate, objects)
         torch.testing.assert_close(res.names[scope].estimate, names)
@@ -69,6 +76,10 @@ def test_closed_form_leave_one_out_equals_one_word_a_fold(data):
             torch.testing.assert_close(a.se, b.se)
     torch.testing.assert_close(closed.direction, folded.direction)
     torch.testing.assert_close(closed.offset, folded.offset)
+    torch.testing.assert_close(closed.held_out_names, folded.held_out_names)
+    torch.testing.assert_close(closed.held_out_objects, folded.held_out_objects)
+    probe = role_shift_inference(x, is_name, method="probe")
+    assert bool((probe.held_out_names < 1).all() and (probe.held_out_objects > 0).all())
 
 
 def _jackknife(values: list[torch.Tensor], n: int) -> torch.Tensor:

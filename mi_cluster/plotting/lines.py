@@ -41,6 +41,7 @@ def layer_bands(
     zero_line: bool = False,
     note: str = "",
     columns: int = 2,
+    shared_y: bool = False,
 ) -> go.Figure:
     """One panel per quantity, one line per series over layers, with shaded confidence
     bands, markers filled where a series is significant, and dashed reference lines.
@@ -55,6 +56,8 @@ def layer_bands(
         zero_line: draw y = 0 in every panel.
         note: a line under the title (e.g. what filled markers mean).
         columns: panels per row.
+        shared_y: one y range for every panel (panels that show one quantity at different
+            scopes, so their intervals compare at a glance).
     """
     names = list(dict.fromkeys(name for series in panels.values() for name in series))
     palette = dict(colors or {})
@@ -69,6 +72,7 @@ def layer_bands(
         subplot_titles=list(panels),
         horizontal_spacing=0.1,
         vertical_spacing=0.16,
+        shared_yaxes="all" if shared_y else False,
     )
     x = list(layer_labels)
     shown: set[str] = set()

@@ -64,6 +64,7 @@ def study_shift(study: SubjectObjectStudy) -> go.Figure:
         zero_line=True,
         note=note,
         columns=2,
+        shared_y=True,
     )
 
 

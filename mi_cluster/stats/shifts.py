@@ -99,12 +99,13 @@ class RoleShifts:
             the interaction within that family alone (on the common scale; words left
             out, "these templates"), as :class:`ScopedShift`.
         direction, offset: each word's axis on the data, ``[layer, word, d_model]`` and
-            ``[layer, word]`` (fitted without the word), raw score ``x . direction +
-            offset``; :meth:`score` puts it on the calibrated scale.
-        held_out_names, held_out_objects: ``Float[Tensor, "layer"]``, the mean held-out
-            score of names and of objects on the fitted axis before calibration (names 1
-            and objects 0 would mean no shrinkage); the calibrated scale divides by
-            their difference.
+            ``[layer, word]`` (fitted without the word), on the calibrated scale:
+            ``x . direction + offset`` averages 0 over held-out objects and 1 over
+            held-out names (:meth:`score`).
+        held_out_names, held_out_objects: ``Float[Tensor, "layer"]``, the shrinkage the
+            calibration undoes: the mean held-out score of names and of objects on the
+            scale where each word's axis puts its own training centroids at 0 (objects)
+            and 1 (names). No shrinkage would give 1 and 0.
         method: the axis (``"centroid"`` or ``"probe"``); n_folds: folds of words for the
             axis (None: each word left out alone).
         n_names, n_objects, n_families: the design's size.
@@ -125,16 +126,6 @@ class RoleShifts:
     n_objects: int
     n_families: int
 
-    def calibrated_axes(
-        self,
-    ) -> tuple[Float[Tensor, "layer word d_model"], Float[Tensor, "layer word"]]:
-        """``(direction, offset)`` of each word's axis (fitted without the word) on the
-        calibrated scale: ``x . direction + offset`` is 0 on average for held-out objects
-        and 1 for held-out names."""
-        gap = (self.held_out_names - self.held_out_objects)[:, None]
-        offset = (self.offset - self.held_out_objects[:, None]) / gap
-        return self.direction / gap[..., None], offset
-
     def score(
         self, x: Float[Tensor, "layer item d_model"], word: Int[Tensor, " item"]
     ) -> Float[Tensor, "layer item"]:
@@ -149,8 +140,7 @@ class RoleShifts:
             )
         if bool(((word < 0) | (word >= self.direction.shape[1])).any()):
             raise StatsInputError(f"word indices must lie in [0, {self.direction.shape[1]})")
-        direction, offset = self.calibrated_axes()
-        return (x * direction[:, word].to(x)).sum(-1) + offset[:, word].to(x)
+        return (x * self.direction[:, word].to(x)).sum(-1) + self.offset[:, word].to(x)
 
     def __repr__(self) -> str:
         return (
@@ -173,6 +163,7 @@ class _Replicates:
     held: Tensor
     direction: Tensor  # [layer, word, d]: the data's axis for each word (score = x . dir + off)
     offset: Tensor  # [layer, word]
+    own: Tensor  # [layer, word, 2]: that axis's scores of its training object, name centroids
 
 
 def _weights(n_words: int, n_families: int) -> tuple[Tensor, Tensor]:
@@ -191,7 +182,7 @@ def _lowo_centroid(x: Tensor, is_name: Tensor, ww: Tensor, fw: Tensor) -> _Repli
     other words and families (its readings averaged over roles)."""
     name = is_name.to(x.dtype)
     fwn = fw / fw.sum(-1, keepdim=True)  # [J, F]
-    cells_out, held_out, directions, offsets = [], [], [], []
+    cells_out, held_out, directions, offsets, owns = [], [], [], [], []
     for layer in range(x.shape[0]):  # one layer at a time: [J, word, d] intermediates
         xl = x[layer]  # [K, F, 2, d]
         mean = torch.einsum("kfrd,jf->jkd", xl, fwn) / 2  # each word over families, roles
@@ -208,9 +199,10 @@ def _lowo_centroid(x: Tensor, is_name: Tensor, ww: Tensor, fw: Tensor) -> _Repli
         cells_out.append(torch.einsum("kfd,jkd->jkf", diff, axis))
         directions.append(axis[0])
         offsets.append(-(c_obj[0] * directions[-1]).sum(-1))
+        owns.append(torch.stack([torch.zeros_like(offsets[-1]), axis[0].pow(2).sum(-1)], -1))
     return _Replicates(
         torch.stack(cells_out, 1), torch.stack(held_out, 1), torch.stack(directions),
-        torch.stack(offsets),
+        torch.stack(offsets), torch.stack(owns),
     )  # fmt: skip
 
 
@@ -236,6 +228,7 @@ def _folded(
     held = torch.empty(n_rep, n_layers, n_words, dtype=x.dtype, device=x.device)
     direction = torch.empty(n_layers, n_words, x.shape[-1], dtype=x.dtype, device=x.device)
     offset = torch.empty(n_layers, n_words, dtype=x.dtype, device=x.device)
+    own = torch.empty(n_layers, n_words, 2, dtype=x.dtype, device=x.device)
     label = is_name[:, None, None].expand(n_words, n_families, 2)
     for j in range(n_rep):
         fam = fw[j] > 0
@@ -249,7 +242,10 @@ def _folded(
             held[j, :, scored] = score[:, :, fam].mean((2, 3))
             if j == 0:
                 direction[:, scored], offset[:, scored] = w[:, None], b[:, None]
-    return _Replicates(cells, held, direction, offset)
+                lab = label[train][:, fam].reshape(-1)
+                centroids = torch.stack([rows[:, ~lab].mean(1), rows[:, lab].mean(1)], 1)
+                own[:, scored] = (torch.einsum("lcd,ld->lc", centroids, w) + b[:, None])[:, None]
+    return _Replicates(cells, held, direction, offset, own)
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,6 +480,8 @@ def role_shift_inference(
         )
     }  # fmt: skip
     fam_over = over["family_objects"] + over["family_names"]
+    zero, one = rep.own[..., 0], rep.own[..., 1]
+    held_own = (rep.held[0] - zero) / (one - zero)  # [layer, word]: own centroids 0 and 1
     return RoleShifts(
         objects=scoped["objects"],
         names=scoped["names"],
@@ -508,10 +506,10 @@ def role_shift_inference(
             )
             for f in range(n_families)
         ),  # fmt: skip
-        direction=rep.direction.to(cells.dtype),
-        offset=rep.offset.to(cells.dtype),
-        held_out_names=cal.held_names[0].to(cells.dtype),
-        held_out_objects=cal.held_objects[0].to(cells.dtype),
+        direction=(rep.direction / gap[:, None, None]).to(cells.dtype),
+        offset=((rep.offset - cal.held_objects[0][:, None]) / gap[:, None]).to(cells.dtype),
+        held_out_names=held_own[:, name].mean(1).to(cells.dtype),
+        held_out_objects=held_own[:, ~name].mean(1).to(cells.dtype),
         method=method,
         n_folds=n_folds,
         n_names=int(name.sum()),
