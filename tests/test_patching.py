@@ -675,3 +675,37 @@ def test_mlp_sites_of_an_attention_only_model_are_refused(toy):
         activation_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, "mlp_out_all", progress=False)
     with pytest.raises(PatchingError, match="no MLP output: it is attention-only"):
         attribution_patching(toy, TOY_CLEAN, TOY_CORRUPT, metric, ("head_out", "mlp_out"))
+
+
+def test_a_metric_of_several_numbers_equals_one_sweep_per_number(tiny64):
+    """An activation metric with ``shape=(3,)`` (a residual projected on three directions)
+    gives, in one sweep, what three scalar sweeps give, for activation and path patching;
+    attribution patching (one gradient) refuses it by name."""
+    clean, corrupt = tiny64.to_tokens(GPT_CLEAN), tiny64.to_tokens(GPT_CORRUPT)
+    dirs = torch.randn(64, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    name = hook_name("resid_post", 1)
+    several = activation_metric("3 projections", name, lambda a, p: a[:, -1] @ dirs, (3,))
+    ones = [
+        activation_metric(f"projection {k}", name, lambda a, p, k=k: a[:, -1] @ dirs[:, k])
+        for k in range(3)
+    ]
+    for site in ("head_out", "resid_pre"):
+        got = activation_patching(tiny64, clean, corrupt, several, site, progress=False)
+        assert got.values.shape[-2:] == (2, 3) and got.value_shape == (3,)
+        for k, metric in enumerate(ones):
+            want = activation_patching(tiny64, clean, corrupt, metric, site, progress=False)
+            torch.testing.assert_close(got.values[..., k], want.values, atol=1e-10, rtol=0)
+            torch.testing.assert_close(got.corrupted[:, k], want.corrupted)
+            torch.testing.assert_close(got.mean()[..., k], want.mean())
+            torch.testing.assert_close(got.normalised()[..., k], want.normalised())
+    got = path_patching(tiny64, clean, corrupt, several, [(1, 0, "q")], progress=False)
+    for k, metric in enumerate(ones):
+        want = path_patching(tiny64, clean, corrupt, metric, [(1, 0, "q")], progress=False)
+        torch.testing.assert_close(got.values[..., k], want.values, atol=1e-10, rtol=0)
+    with pytest.raises(PatchingError, match="one number per prompt"):
+        attribution_patching(tiny64, clean, corrupt, several, ("head_out",))
+    wrong = activation_metric("wrong", name, lambda a, p: a[:, -1] @ dirs, (4,))
+    with pytest.raises(PatchingError, match=r"shape \[2, 4\]\), got \(2, 3\)"):
+        activation_patching(tiny64, clean, corrupt, wrong, "head_out", progress=False)
+    with pytest.raises(PatchingError, match="shape must be positive ints"):
+        activation_metric("bad", name, lambda a, p: a[:, -1], (0,))

@@ -95,14 +95,17 @@ class PatchResult:
     """A patching sweep's metric at every site, per prompt.
 
     Fields:
-        values: ``Float[Tensor, "layer ... prompt"]``: the metric of the patched run, per
-            site (axes ``axes``) and prompt.
+        values: ``Float[Tensor, "layer ... prompt *value"]``: the metric of the patched
+            run, per site (axes ``axes``) and prompt (then the metric's own ``value_shape``
+            axes, none for a metric of one number).
         site: the site kind (a key of :data:`SITE_KINDS`, or ``"path"``/``"attribution"``).
         axes: the site axes, e.g. ``("layer", "head")``.
         labels: a label per index of each axis (positions with unique token labels).
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
         metric: the metric's name.
-        clean, corrupted: ``Float[Tensor, "prompt"]``, the metric on the unpatched runs.
+        clean, corrupted: ``Float[Tensor, "prompt *value"]``, the metric on the
+            unpatched runs.
+        value_shape: the metric's value per prompt (``()``: one number).
     """
 
     values: Float[Tensor, "..."]
@@ -113,10 +116,11 @@ class PatchResult:
     metric: str
     clean: Float[Tensor, " prompt"]
     corrupted: Float[Tensor, " prompt"]
+    value_shape: tuple[int, ...] = ()
 
     def mean(self) -> Float[Tensor, "..."]:
         """The metric averaged over prompts, per site."""
-        return self.values.mean(-1)
+        return self.values.mean(-1 - len(self.value_shape))
 
     def normalised(self) -> Float[Tensor, "..."]:
         """``(patched - base) / (source - base)`` of the prompt-averaged metric: for
@@ -127,12 +131,12 @@ class PatchResult:
             if self.direction == "denoise"
             else (self.clean, self.corrupted)
         )
-        gap = source.mean() - base.mean()
-        if float(gap.abs()) < 1e-12:
+        gap = source.mean(0) - base.mean(0)
+        if bool((gap.abs() < 1e-12).any()):
             raise PatchingError(
                 "the clean and corrupted runs give the same metric: nothing to normalise by"
             )
-        return (self.mean() - base.mean()) / gap
+        return (self.mean() - base.mean(0)) / gap
 
 
 @dataclass(frozen=True)
@@ -265,9 +269,11 @@ def activation_patching(
 
     sizes = {"head": site_heads(model, kind.act), "pos": pair.n_pos}
     shape = [len(layers)] + [sizes[a] for a in kind.axes]
-    values = torch.zeros((*shape, pair.batch), dtype=clean_value.dtype, device=clean_value.device)
+    values = torch.zeros(
+        (*shape, pair.batch, *metric.shape), dtype=clean_value.dtype, device=clean_value.device
+    )
     per_layer = int(torch.tensor(shape[1:]).prod())
-    flat_values = values.view(len(layers) * per_layer, pair.batch)
+    flat_values = values.view(len(layers) * per_layer, pair.batch, *metric.shape)
     layer_numbers = torch.tensor(layers)
     passes = my_share(plan_passes(len(layers) * per_layer, max(1, rows // pair.batch)))
     for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
@@ -294,7 +300,7 @@ def activation_patching(
         out = run_with_metric(
             runs, base, metric, prompt, row_start, patches, positions, clean_logits
         )
-        flat_values[flat] = out.view(len(flat), pair.batch)
+        flat_values[flat] = out.view(len(flat), pair.batch, *metric.shape)
     sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
     return PatchResult(
         values=values,
@@ -305,6 +311,7 @@ def activation_patching(
         metric=metric.name,
         clean=clean_value,
         corrupted=corrupted_value,
+        value_shape=metric.shape,
     )
 
 

@@ -72,6 +72,11 @@ def attribution_patching(
         raise PatchingError(f"attribution patching supports {ATTRIBUTION_SITES}, not {bad}")
     if direction not in ("denoise", "noise"):
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    if metric.shape:
+        raise PatchingError(
+            f"attribution patching needs a metric of one number per prompt (one gradient); "
+            f"{metric.name!r} gives shape {metric.shape}"
+        )
     pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     layers = range(model.cfg.n_layers)

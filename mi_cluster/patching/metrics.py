@@ -1,4 +1,5 @@
-"""Patching metrics: any function of a patched run, one value per prompt.
+"""Patching metrics: any function of a patched run, one value (or one fixed-shape tensor)
+per prompt.
 
 A :class:`Metric` says what it reads, so a patched run computes only that: logits at a few
 positions per prompt (``positions="last"``: each prompt's last real token; ``"all"``; or
@@ -60,18 +61,26 @@ class Metric:
 
     Fields:
         name: shown in results and figures.
-        fn: ``MetricInput -> Float[Tensor, "row"]``.
+        fn: ``MetricInput -> Float[Tensor, "row *shape"]``.
         positions: ``"last"``, ``"all"``, or an ``Int[Tensor, "prompt k"]`` of positions
             per prompt, whose logits ``fn`` reads; ``None`` when it reads no logits.
         reads: hook names whose activations ``fn`` reads.
+        shape: the shape of each prompt's value: ``()`` for one number, ``(k,)`` for ``k``
+            numbers at once (a residual's projections on ``k`` directions, so that one
+            sweep serves every direction); results then end in these axes.
     """
 
     name: str
     fn: Callable[[MetricInput], Tensor]
     positions: str | Tensor | None = "last"
     reads: tuple[str, ...] = field(default_factory=tuple)
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not all(isinstance(n, int) and n >= 1 for n in self.shape):
+            raise PatchingError(
+                f"metric {self.name!r}: shape must be positive ints, got {self.shape!r}"
+            )
         if self.positions is None and not self.reads:
             raise PatchingError(f"metric {self.name!r} reads neither logits nor activations")
         if isinstance(self.positions, str) and self.positions not in ("last", "all"):
@@ -142,10 +151,16 @@ def kl_to_clean(model: Any, positions: str | Tensor = "last") -> Metric:
     return Metric("KL(clean || patched)", fn, positions)
 
 
-def activation_metric(name: str, hook: str, score: Callable[[Tensor, Tensor], Tensor]) -> Metric:
+def activation_metric(
+    name: str,
+    hook: str,
+    score: Callable[[Tensor, Tensor], Tensor],
+    shape: tuple[int, ...] = (),
+) -> Metric:
     """A metric of one activation, e.g. the subjecthood of a word's residual at a layer:
-    ``score(activation [row, ...], prompt [row]) -> [row]``. Runs stop after that layer."""
-    return Metric(name, lambda inp: score(inp.activations[hook], inp.prompt), None, (hook,))
+    ``score(activation [row, ...], prompt [row]) -> [row, *shape]``. Runs stop after that
+    layer."""
+    return Metric(name, lambda inp: score(inp.activations[hook], inp.prompt), None, (hook,), shape)
 
 
 def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.dtype) -> None:
@@ -170,11 +185,12 @@ def _n_positions(positions: str | Tensor | None, n_pos: int) -> int:
 
 
 def _check_output(metric: Metric, out: Any, rows: int) -> None:
-    if not isinstance(out, Tensor) or out.shape != (rows,):
+    want = (rows, *metric.shape)
+    if not isinstance(out, Tensor) or tuple(out.shape) != want:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise PatchingError(
             f"metric {metric.name!r} must return one value per prompt (a tensor of shape "
-            f"[{rows}]), got {shape}"
+            f"[{', '.join(map(str, want))}]), got {shape}"
         )
 
 

@@ -136,11 +136,13 @@ def path_patching(
     source_z = [runs.cache(name, source) for name in z_names]
 
     values = torch.zeros(
-        (n_layers, n_heads, pair.batch), dtype=clean_value.dtype, device=clean_value.device
+        (n_layers, n_heads, pair.batch, *metric.shape),
+        dtype=clean_value.dtype,
+        device=clean_value.device,
     )
     k = _n_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
-    flat_values = values.view(n_layers * n_heads, pair.batch)
+    flat_values = values.view(n_layers * n_heads, pair.batch, *metric.shape)
     for first, stop in tqdm(
         my_share(plan_passes(n_layers * n_heads, max(1, rows // pair.batch))),
         desc="path patching",
@@ -172,7 +174,7 @@ def path_patching(
             out = _to_receivers(
                 runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
             )
-        flat_values[senders] = out.view(len(senders), pair.batch)
+        flat_values[senders] = out.view(len(senders), pair.batch, *metric.shape)
     sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
     return PatchResult(
         values=values,
@@ -185,6 +187,7 @@ def path_patching(
         metric=metric.name,
         clean=clean_value,
         corrupted=corrupted_value,
+        value_shape=metric.shape,
     )
 
 
