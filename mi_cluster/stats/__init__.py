@@ -11,6 +11,8 @@ on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Gener
 ``cross_fitted_subjecthood``       scores from an axis fitted without the scored word
 ``role_shift_inference``           role shifts on a name-object axis, the axis's error,
                                    two scopes (these templates / templates in general)
+``component_share_inference``      the share of a role shift each component carries,
+                                   the axis's error carried, two scopes
 ``paired_test``                    mean paired difference: sign-flip test + bootstrap CI
 ``crossed_ratio_interval``         ratio of sums, words x templates crossed bootstrap
 ``two_sample_test``                difference of means: label-permutation test + CI
@@ -33,6 +35,7 @@ from mi_cluster.stats.effects import (
     two_sample_test,
 )
 from mi_cluster.stats.inputs import StatsInputError
+from mi_cluster.stats.jackknife import word_variance
 from mi_cluster.stats.probe import ProbeResult, probe_accuracy, ridge_fit, unit_folds
 from mi_cluster.stats.resampling import (
     BootstrapInterval,
@@ -53,6 +56,7 @@ from mi_cluster.stats.separation import (
     silhouette,
     variance_ratio,
 )
+from mi_cluster.stats.shares import ComponentShares, component_share_inference, share_basis
 from mi_cluster.stats.shifts import SCOPES, RoleShifts, ScopedShift, role_shift_inference
 from mi_cluster.stats.subjecthood import (
     AXIS_METHODS,
@@ -67,6 +71,7 @@ __all__ = [
     "SCOPES",
     "STATISTICS",
     "BootstrapInterval",
+    "ComponentShares",
     "CrossFittedScores",
     "EffectTest",
     "ProbeResult",
@@ -77,6 +82,7 @@ __all__ = [
     "StatsInputError",
     "SubjecthoodAxis",
     "benjamini_hochberg",
+    "component_share_inference",
     "bootstrap_interval",
     "centroid_separation",
     "correlation_test",
@@ -94,9 +100,11 @@ __all__ = [
     "ridge_fit",
     "role_shift_inference",
     "separation_test",
+    "share_basis",
     "sign_flips",
     "silhouette",
     "two_sample_test",
     "unit_folds",
     "variance_ratio",
+    "word_variance",
 ]

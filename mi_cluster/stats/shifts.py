@@ -45,47 +45,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mi_cluster.stats.corrections import benjamini_hochberg, holm
 from mi_cluster.stats.inputs import StatsInputError
+from mi_cluster.stats.jackknife import SCOPES, ScopedShift, jackknife_scopes, replicate_weights
 from mi_cluster.stats.probe import ridge_fit, unit_folds
 from mi_cluster.stats.resampling import Seed
-from mi_cluster.stats.student_t import t_quantile, t_two_sided_p
 
 __all__ = ["SCOPES", "RoleShifts", "ScopedShift", "role_shift_inference"]
 
-SCOPES: tuple[str, ...] = ("these templates", "templates in general")
 Cells = Float[Tensor, "layer word family role d_model"]  # role 0: subject, 1: object
-
-
-@dataclass(frozen=True)
-class ScopedShift:
-    """A shift (or a difference of shifts) at every layer, with its inference in one scope.
-
-    Fields:
-        scope: ``"these templates"`` (families fixed) or ``"templates in general"``
-            (families a random sample, crossed with words).
-        estimate: ``Float[Tensor, "layer"]`` on the calibrated scale (held-out objects 0,
-            held-out names 1).
-        se: its jackknife standard error; df: Satterthwaite's degrees of freedom.
-        low, high: the ``confidence`` interval ``estimate -/+ t_df se``.
-        p_value: two-sided, of the t statistic ``estimate / se``; p_holm, p_bh: corrected
-            across layers.
-        confidence: the interval's level.
-    """
-
-    scope: str
-    estimate: Float[Tensor, " layer"]
-    se: Float[Tensor, " layer"]
-    df: Float[Tensor, " layer"]
-    low: Float[Tensor, " layer"]
-    high: Float[Tensor, " layer"]
-    p_value: Float[Tensor, " layer"]
-    p_holm: Float[Tensor, " layer"]
-    p_bh: Float[Tensor, " layer"]
-    confidence: float
-
-    def __repr__(self) -> str:
-        return f"ScopedShift({self.scope!r}, {self.estimate.shape[0]} layers)"
 
 
 @dataclass(frozen=True)
@@ -164,16 +131,6 @@ class _Replicates:
     direction: Tensor  # [layer, word, d]: the data's axis for each word (score = x . dir + off)
     offset: Tensor  # [layer, word]
     own: Tensor  # [layer, word, 2]: that axis's scores of its training object, name centroids
-
-
-def _weights(n_words: int, n_families: int) -> tuple[Tensor, Tensor]:
-    """Word and family weights of the replicates: all ones, then each word left out, then
-    each family left out: ``([J, word], [J, family])``."""
-    words = torch.ones(1 + n_words + n_families, n_words, dtype=torch.float64)
-    words[1 : 1 + n_words].fill_diagonal_(0)
-    fams = torch.ones(1 + n_words + n_families, n_families, dtype=torch.float64)
-    fams[1 + n_words :].fill_diagonal_(0)
-    return words, fams
 
 
 def _lowo_centroid(x: Tensor, is_name: Tensor, ww: Tensor, fw: Tensor) -> _Replicates:
@@ -287,19 +244,6 @@ def _calibrate(rep: _Replicates, is_name: Tensor, ww: Tensor, fw: Tensor) -> _Ca
     )
 
 
-def _word_variance(values: Tensor, is_name: Tensor) -> tuple[Tensor, Tensor]:
-    """Jackknife variance of an estimate from its delete-one-word replicates ``[word,
-    layer]``, stratified by word type, and the denominator of Satterthwaite's degrees of
-    freedom (each type's part over its ``n - 1``)."""
-    variance = torch.zeros_like(values[0])
-    df_den = torch.zeros_like(values[0])
-    for member in (is_name, ~is_name):
-        v, n = values[member], int(member.sum())
-        part = (n - 1) / n * (v - v.mean(0)).pow(2).sum(0)
-        variance, df_den = variance + part, df_den + part.pow(2) / (n - 1)
-    return variance, df_den
-
-
 def _axis_overlap(x: Tensor, is_name: Tensor) -> dict[str, Tensor]:
     """What the word jackknife counts twice of a centroid axis's noise, in raw units.
 
@@ -369,47 +313,6 @@ def _influences(
     return out
 
 
-def _scoped(
-    values: Tensor,
-    is_name: Tensor,
-    n_families: int,
-    residual: Tensor,
-    overlap: Tensor,
-    confidence: float,
-    dtype: torch.dtype,
-) -> dict[str, ScopedShift]:
-    """Both scopes' inference of one estimate from its replicates ``[J, layer]`` (data,
-    words left out, families left out); ``overlap`` is what the word jackknife counts twice
-    (:func:`_axis_overlap`, calibrated), subtracted but never below a quarter of it. The
-    results come in ``dtype`` (the cells')."""
-    n_words = is_name.shape[0]
-    estimate = values[0]
-    v_words, df_den = _word_variance(values[1 : 1 + n_words], is_name)
-    kept = (v_words - overlap).clamp_min(v_words / 4) / v_words.clamp_min(1e-300)
-    v_words, df_den = v_words * kept, df_den * kept.pow(2)
-    fam = values[1 + n_words :]
-    v_fam = (n_families - 1) / n_families * (fam - fam.mean(0)).pow(2).sum(0)
-    # The double count comes off the word part (many words: stable), not the family
-    # part (a handful of families: subtracting from it would often leave nothing).
-    words_own = (v_words - residual).clamp_min(0) / v_words.clamp_min(1e-300)
-    crossed = v_words * words_own + v_fam
-    crossed_den = df_den * words_own.pow(2) + v_fam.pow(2) / (n_families - 1)
-    out = {}
-    for scope, variance, den in ((SCOPES[0], v_words, df_den), (SCOPES[1], crossed, crossed_den)):
-        se = variance.sqrt()
-        # On the calibrated scale (unit 1), replicates equal to 1e-9 are rounding: the
-        # layer cannot see role (the embedding, say), and its estimate is 0 or exact.
-        flat = se < 1e-9
-        df = torch.where(flat, n_words - 2.0, variance.pow(2) / den.clamp_min(1e-300))
-        t = torch.where(flat, (estimate.abs() >= 1e-9) * torch.inf, estimate / se)
-        p = t_two_sided_p(t.nan_to_num(0.0), df).to(estimate)
-        half = (t_quantile((1 + confidence) / 2, df) * se).to(estimate)
-        fields = (estimate, se, df, estimate - half, estimate + half, p, holm(p),
-                  benjamini_hochberg(p))  # fmt: skip
-        out[scope] = ScopedShift(scope, *(f.to(dtype) for f in fields), confidence)
-    return out
-
-
 def _word_scoped(
     values: Tensor, is_name: Tensor, overlap: Tensor, confidence: float, dtype: torch.dtype
 ) -> ScopedShift:
@@ -418,7 +321,7 @@ def _word_scoped(
     dummy = torch.zeros(n_families, values.shape[1], dtype=values.dtype, device=values.device)
     full = torch.cat([values[: 1 + is_name.shape[0]], dummy])
     zero = torch.zeros_like(values[0])
-    return _scoped(full, is_name, n_families, zero, overlap, confidence, dtype)[SCOPES[0]]
+    return jackknife_scopes(full, is_name, n_families, zero, overlap, confidence, dtype)[SCOPES[0]]
 
 
 def role_shift_inference(
@@ -447,7 +350,7 @@ def role_shift_inference(
     """
     x, name = _check_cells(cells, is_name)
     n_layers, n_words, n_families = x.shape[:3]
-    ww, fw = _weights(n_words, n_families)
+    ww, fw = replicate_weights(n_words, n_families)
     if method not in ("centroid", "probe"):
         raise StatsInputError(f"method must be 'centroid' or 'probe', got {method!r}")
     if method == "probe" and n_folds is None:
@@ -471,7 +374,7 @@ def role_shift_inference(
         over = {"objects": zero[:, 0], "names": zero[:, 0]}
         over |= {"family_objects": zero[:, 1:], "family_names": zero[:, 1:]}
     scoped = {
-        key: _scoped(values, name, n_families, res_v, over_v, confidence, cells.dtype)
+        key: jackknife_scopes(values, name, n_families, res_v, over_v, confidence, cells.dtype)
         for key, values, res_v, over_v in (
             ("objects", cal.objects, res["objects"], over["objects"]),
             ("names", cal.names, res["names"], over["names"]),
