@@ -11,8 +11,9 @@ subjecthood axis (each word's fitted without it) (``mi_cluster/role_shift.py``):
    on the data), each head's output (all positions and one position), each
    MLP's output (models with MLPs) and the residual stream at each position is patched
    from the subject form into the object form of every word and family; the fraction of
-   the shift each carries, with words x families and words-only bootstrap intervals and a
-   Holm-corrected sign-flip test over words; attribution patching's correlation with the
+   the shift each carries, with intervals and Holm-corrected tests for these templates and
+   for templates in general that carry the axis's error (every axis refitted in a jackknife
+   over words and families; conservative); attribution patching's correlation with the
    exact patches; path patching into the heads that carry the most.
 2. **Paired-prompt divergence.** Each object in a family's subject form against the same
    prompt with a name in its place ("X had fun. Lamp went to the store." / "X had fun.
@@ -117,8 +118,6 @@ def run(
         layer=layer,
         sites=sites or DEFAULT_SITES,
         n_receivers=n_receivers,
-        n_resamples=n_bootstrap,
-        n_permutations=n_permutations,
         progress=progress,
     )
 

@@ -11,14 +11,17 @@ code path for it):
   at the same token index in both (checked), and the prompts may differ in length after it
   (``lengths="pad"``);
 - the metric is the read word's subjecthood at the read layer, on the axis cross-fitted
-  without the word (the axis of the word's fold);
+  without the word, on the calibrated scale (held-out objects 0, names 1);
 - each component (a head's output, an MLP's output, over all positions or at one
   position relative to the read word; the whole residual stream at one position) is
   patched from the subject form into the object form, and its effect per pair is
   ``patched - object form``; the fraction of the shift it carries is ``sum(effect) /
-  sum(shift)`` over words and families, with a crossed (words x families) bootstrap
-  interval, a words-only interval (these families held fixed) and a sign-flip test over
-  words, Holm-corrected over the components of a kind;
+  sum(shift)`` over words and families, with intervals and tests for these templates
+  (words jackknifed) and for templates in general (words and families), Holm-corrected
+  over the components of a kind. They carry the axis's error: one sweep measures each
+  component's effect projected on every word's per-family mean reading, from which every
+  jackknife replicate's refitted axes score it
+  (:func:`~mi_cluster.stats.component_share_inference`; conservative);
 - attribution patching of the same metric, with its correlation to exact patching;
 - path patching from every upstream head to the heads that carry the most (through their
   queries, keys and values together): which heads write the shift that a carrier reads.
@@ -45,6 +48,7 @@ from mi_cluster.models import has_mlps, model_info
 from mi_cluster.patching import (
     ATTRIBUTION_SITES,
     Metric,
+    MetricInput,
     PatchResult,
     activation_metric,
     activation_patching,
@@ -56,9 +60,9 @@ from mi_cluster.prompts import tokenize_prompt, word_positions
 from mi_cluster.stats import (
     SCOPES,
     RoleShifts,
-    crossed_ratio_interval,
-    paired_test,
+    component_share_inference,
     role_shift_inference,
+    share_basis,
 )
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "RolePairs",
     "RoleShiftAttribution",
     "attribute_role_shift",
+    "projection_metric",
     "role_pairs",
     "subjecthood_metric",
 ]
@@ -166,6 +171,24 @@ def subjecthood_metric(
     return activation_metric(f"{name} at L{layer}", hook_name("resid_post", layer), score)
 
 
+def projection_metric(
+    shifts: RoleShifts, layer: int, pairs: RolePairs, basis: Float[Tensor, "row d_model"]
+) -> Metric:
+    """The read word's subjecthood (as :func:`subjecthood_metric`), then its residual
+    projected on each row of ``basis`` (:func:`~mi_cluster.stats.share_basis`): one
+    sweep gives a component's share and what every refitted axis would score."""
+    scalar = subjecthood_metric(shifts, layer, pairs)
+    name, pos = scalar.reads[0], pairs.read_position
+
+    def fn(inp: MetricInput) -> Tensor:
+        act = inp.activations[name]
+        rows = torch.arange(len(inp.prompt), device=act.device)
+        x = act[rows, pos[inp.prompt.cpu()].to(act.device)]
+        return torch.cat([scalar.fn(inp)[:, None], x @ basis.to(x).T], 1)
+
+    return Metric(scalar.name, fn, None, (name,), (1 + basis.shape[0],))
+
+
 @dataclass(frozen=True)
 class ComponentShare:
     """The fraction of the shift carried by each component of one kind.
@@ -175,12 +198,15 @@ class ComponentShare:
         axes: the component axes, e.g. ``("layer", "head")``; ``"offset"`` is a position
             relative to the read word (0 = the word).
         labels: a label per index of each axis.
-        fraction, low, high: ``sum(effect) / sum(shift)`` and its 95% crossed bootstrap
-            interval (words and families resampled), shaped by ``axes``.
-        low_words, high_words: the 95% interval with words resampled and the families
-            held fixed (inference about these templates; narrower where families differ).
-        p_value, p_holm: sign-flip test of the mean effect over words (each word's effect
-            averaged over families), and Holm's correction over the components.
+        fraction: ``sum(effect) / sum(shift)``, shaped by ``axes``.
+        low, high: its 95% interval for templates in general (words and families
+            jackknifed, every axis refitted: :func:`~mi_cluster.stats.component_share_inference`).
+        low_words, high_words: the 95% interval for these templates (words jackknifed,
+            families fixed).
+        p_value, p_holm: the test of fraction 0 for these templates, and Holm's
+            correction over the components of the kind; p_value_general,
+            p_holm_general: the same for templates in general. Both carry the axis's
+            error and are conservative.
         attribution_r: Pearson r of attribution patching with exact patching over these
             components (None when not run).
     """
@@ -195,6 +221,8 @@ class ComponentShare:
     high_words: Tensor
     p_value: Tensor
     p_holm: Tensor
+    p_value_general: Tensor
+    p_holm_general: Tensor
     attribution_r: float | None = None
 
     def component_labels(self) -> list[str]:
@@ -249,14 +277,15 @@ class RoleShiftAttribution:
         self, share: ComponentShare, interval: str = "crossed"
     ) -> list[tuple[str, float, float, float, float]]:
         """``(component, fraction, low, high, Holm p)`` of the components whose effect is
-        significant (Holm p < alpha) and whose interval (``"crossed"``: words x families;
-        ``"words"``: words only, these families) excludes 0, largest first."""
+        significant (Holm p < alpha) and whose interval excludes 0, in one scope
+        (``"crossed"``: templates in general; ``"words"``: these templates), largest
+        first."""
         if interval not in ("crossed", "words"):
             raise ValueError(f"interval must be 'crossed' or 'words', got {interval!r}")
-        low, high = (
-            (share.low, share.high)
+        low, high, p_holm = (
+            (share.low, share.high, share.p_holm_general)
             if interval == "crossed"
-            else (share.low_words, share.high_words)
+            else (share.low_words, share.high_words, share.p_holm)
         )
         out = []
         flat = zip(
@@ -264,7 +293,7 @@ class RoleShiftAttribution:
             share.fraction.flatten().tolist(),
             low.flatten().tolist(),
             high.flatten().tolist(),
-            share.p_holm.flatten().tolist(),
+            p_holm.flatten().tolist(),
             strict=True,
         )
         for label, f, lo, hi, p in flat:
@@ -304,41 +333,45 @@ def _share(
     result: PatchResult,
     values: Tensor,
     pairs: RolePairs,
-    shift: Tensor,
     axes: tuple[str, ...],
     labels: dict[str, list[str]],
-    *,
-    n_resamples: int,
-    n_permutations: int,
-    seed: int,
+    cells: Tensor,
+    is_name: Tensor,
     attribution: Tensor | None = None,
 ) -> ComponentShare:
-    """Fractions, intervals and tests from patched values ``[..., pair]``."""
-    effect = values - result.corrupted  # [..., pair]
-    shape = effect.shape[:-1]
-    flat = effect.reshape(-1, effect.shape[-1]).double().cpu()
-    table = pairs.table(flat)  # [k, word, family]
-    total = pairs.table(shift.double().cpu())
-    ratio = crossed_ratio_interval(table, total, n_resamples=n_resamples, seed=seed)
-    by_words = crossed_ratio_interval(
-        table, total, resample="rows", n_resamples=n_resamples, seed=seed
-    )
-    test = paired_test(table.mean(-1), n_permutations=n_permutations, n_bootstrap=100, seed=seed)
+    """Fractions, intervals and tests from patched values ``[..., pair, 1 + basis]``
+    (:func:`projection_metric`): the subjecthood for the fraction, the projections for
+    the inference (:func:`~mi_cluster.stats.component_share_inference` on ``cells``, the
+    read layer's readings)."""
+    effect = values - result.corrupted  # [..., pair, 1 + basis]
+    shape = effect.shape[:-2]
+    shift = result.clean[:, 0] - result.corrupted[:, 0]
+    flat = effect.reshape(-1, *effect.shape[-2:]).double().cpu()
+    fraction = flat[..., 0].sum(-1) / shift.double().cpu().sum()
+    shares = component_share_inference(
+        cells, is_name, flat[..., 1:], pairs.unit, pairs.family_index
+    ).share
+    these, general = (shares[scope] for scope in SCOPES)
     r = None
     if attribution is not None:
-        exact = dataclasses.replace(result, values=values)
-        r = correlation_with(dataclasses.replace(result, values=attribution), exact)
+        scalar = dataclasses.replace(
+            result, values=values[..., 0], clean=result.clean[:, 0],
+            corrupted=result.corrupted[:, 0], value_shape=(),
+        )  # fmt: skip
+        r = correlation_with(dataclasses.replace(scalar, values=attribution), scalar)
     return ComponentShare(
         site=site,
         axes=axes,
         labels=labels,
-        fraction=ratio.estimate.reshape(shape),
-        low=ratio.low.reshape(shape),
-        high=ratio.high.reshape(shape),
-        low_words=by_words.low.reshape(shape),
-        high_words=by_words.high.reshape(shape),
-        p_value=test.p_value.reshape(shape),
-        p_holm=test.p_holm.reshape(shape),
+        fraction=fraction.reshape(shape),
+        low=general.low.reshape(shape),
+        high=general.high.reshape(shape),
+        low_words=these.low.reshape(shape),
+        high_words=these.high.reshape(shape),
+        p_value=these.p_value.reshape(shape),
+        p_holm=these.p_holm.reshape(shape),
+        p_value_general=general.p_value.reshape(shape),
+        p_holm_general=general.p_holm.reshape(shape),
         attribution_r=r,
     )
 
@@ -360,10 +393,7 @@ def attribute_role_shift(
     sites: Sequence[str] = DEFAULT_SITES,
     n_receivers: int = 3,
     attribution: bool = True,
-    n_resamples: int = 10_000,
-    n_permutations: int = 10_000,
     alpha: float = 0.05,
-    seed: int = 0,
     max_batch_size: int | None = None,
     progress: bool = True,
 ) -> RoleShiftAttribution:
@@ -380,8 +410,6 @@ def attribute_role_shift(
         n_receivers: path patching into this many heads, those carrying the largest
             positive fraction (at layers 1 .. ``layer``); 0 for none.
         attribution: also run attribution patching and report its correlation.
-        n_resamples, n_permutations: crossed bootstrap resamples and sign flips.
-        seed: every resample.
         alpha: significance level.
         max_batch_size, progress: patching settings.
     """
@@ -416,8 +444,11 @@ def attribute_role_shift(
         layer = int(total[SCOPES[0]].estimate[1:].argmax())
     elif layer is None:
         layer = n_layers - 1
-    metric = subjecthood_metric(shifts, layer, pairs)
-    common = dict(n_resamples=n_resamples, n_permutations=n_permutations, seed=seed)
+    metric = subjecthood_metric(shifts, layer, pairs)  # attribution: one gradient
+    is_name = torch.arange(len(design.words)) < len(design.names)
+    cells = _role_cells(acts.tensor, design, in_context)[layer + 1]
+    vector = projection_metric(shifts, layer, pairs, share_basis(cells))
+    common = dict(cells=cells, is_name=is_name)
     kw = dict(lengths="pad", max_batch_size=max_batch_size, progress=progress)
     layers = list(range(layer + 1))
     read = pairs.read_position
@@ -435,21 +466,19 @@ def attribute_role_shift(
     components: dict[str, ComponentShare] = {}
     for site in sites:
         res = activation_patching(
-            model, pairs.subject, pairs.object, metric, site, layers=layers, **kw
+            model, pairs.subject, pairs.object, vector, site, layers=layers, **kw
         )
-        shift = res.clean - res.corrupted
+        shift = res.clean[:, 0] - res.corrupted[:, 0]
         values, axes_, labels = res.values, res.axes, dict(res.labels)
         a = att[site].values[: layer + 1] if site in att else None
         if "pos" in res.axes:
             p_axis = res.axes.index("pos")
-            values = _offsets(values, p_axis, read, span)
+            values = _offsets(values.movedim(-1, 0), p_axis + 1, read, span).movedim(0, -1)
             a = None if a is None else _offsets(a, p_axis, read, span)
             axes_ = tuple("offset" if x == "pos" else x for x in res.axes)
             labels = {("offset" if k == "pos" else k): v for k, v in labels.items()}
             labels["offset"] = offset_labels
-        components[site] = _share(
-            site, res, values, pairs, shift, axes_, labels, attribution=a, **common
-        )
+        components[site] = _share(site, res, values, pairs, axes_, labels, attribution=a, **common)
     paths = {}
     heads = components.get("head_out")
     if heads is not None and n_receivers > 0 and layer >= 1:
@@ -462,12 +491,12 @@ def attribute_role_shift(
                 continue
             recv = [(rl, rh, w) for w in ("q", "k", "v")]
             res = path_patching(
-                model, pairs.subject, pairs.object, metric, recv, direction="denoise", **kw
+                model, pairs.subject, pairs.object, vector, recv, direction="denoise", **kw
             )
             values = res.values[:rl]
             labels = {"layer": res.labels["layer"][:rl], "head": res.labels["head"]}
             paths[f"L{rl}H{rh}"] = _share(
-                f"path to L{rl}H{rh}", res, values, pairs, shift, res.axes, labels, **common
+                f"path to L{rl}H{rh}", res, values, pairs, res.axes, labels, **common
             )
     return RoleShiftAttribution(
         model_name=model_info(model).name,
@@ -500,7 +529,7 @@ def _pct(f: float, lo: float, hi: float) -> str:
 def _listed(
     rows: list[tuple[str, float, float, float, float]], n: int = 4, interval: str = "crossed"
 ) -> str:
-    tag = " words only" if interval == "words" else ""
+    tag = " (these templates)" if interval == "words" else ""
     shown = ", ".join(f"{r[0]} {_pct(*r[1:4])}{tag}" for r in rows[:n])
     return shown + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
@@ -535,8 +564,8 @@ def _answer(a: RoleShiftAttribution) -> str:
     elif a.shift(SCOPES[1])["p"] >= a.alpha:
         lines.append(
             "The shift does not hold for templates in general (its test there is not "
-            "significant), so every fraction's words x families interval is wide; the "
-            "words-only intervals speak for these families alone."
+            "significant), so every fraction's interval for templates in general is wide; "
+            "the intervals for these templates speak for these families alone."
         )
     found = []
     for site, share in a.components.items():
@@ -551,15 +580,15 @@ def _answer(a: RoleShiftAttribution) -> str:
         if rows:
             found.append(site)
             lines.append(
-                f"{kind.capitalize()} carrying a reliable share (Holm p < {a.alpha}, words x "
-                f"families interval above 0): {_listed(rows)}{r_txt}."
+                f"{kind.capitalize()} carrying a reliable share for templates in general "
+                f"(Holm p < {a.alpha}): {_listed(rows)}{r_txt}."
             )
         elif local:
             found.append(site)
             lines.append(
-                f"Among {kind}, none carries a share that holds across template families; "
-                f"within these {n_f} families (words-only interval above 0, Holm p < "
-                f"{a.alpha}): {_listed(local, interval='words')}{r_txt}."
+                f"Among {kind}, none carries a share that holds for templates in general; "
+                f"for these {n_f} templates (Holm p < {a.alpha}): "
+                f"{_listed(local, interval='words')}{r_txt}."
             )
         else:
             best = int(share.fraction.flatten().argmax())
@@ -579,17 +608,17 @@ def _answer(a: RoleShiftAttribution) -> str:
             )
         elif local:
             lines.append(
-                f"Within these families, {receiver} reads its share from "
+                f"For these templates, {receiver} reads its share from "
                 f"{_listed(local, interval='words')}."
             )
         else:
             lines.append(f"No single upstream head reliably writes what {receiver} reads.")
     lines.append(
-        "Fractions are sum(effect) / sum(shift) over words and families, with words x "
-        "families (crossed) intervals unless marked; one component at a time, so they need "
-        "not add to 100%. Components' tests and intervals hold the fitted axis fixed: they "
-        "say what moves the word along this axis, and a component that moves words off the "
-        "name-object direction can register through the axis's estimation error."
+        "Fractions are sum(effect) / sum(shift) over words and families, with 95% intervals "
+        "for templates in general unless marked; one component at a time, so they need not "
+        "add to 100%. Every interval and test carries the axis's estimation error (each "
+        "jackknife replicate refits every axis), so a component that moves words off the "
+        "name-object direction does not register; they are conservative."
     )
     return " ".join(lines)
 
@@ -603,17 +632,25 @@ def _share_json(a: RoleShiftAttribution, share: ComponentShare) -> dict[str, Any
         "axes": list(share.axes),
         "labels": share.labels,
         "fraction": _nested(share.fraction),
-        "ci95": [_nested(share.low), _nested(share.high)],
-        "ci95_words_only": [_nested(share.low_words), _nested(share.high_words)],
-        "p": _nested(share.p_value),
-        "p_holm": _nested(share.p_holm),
+        "inference": "jackknife over words (these templates) and words and families "
+        "(templates in general), every axis refitted; conservative",
+        "these_templates": {
+            "ci95": [_nested(share.low_words), _nested(share.high_words)],
+            "p": _nested(share.p_value),
+            "p_holm": _nested(share.p_holm),
+        },
+        "templates_in_general": {
+            "ci95": [_nested(share.low), _nested(share.high)],
+            "p": _nested(share.p_value_general),
+            "p_holm": _nested(share.p_holm_general),
+        },
         "attribution_r": share.attribution_r,
         "reliable": [
             {"component": r[0], "fraction": r[1], "ci95": [r[2], r[3]], "p_holm": r[4]}
             for r in a.reliable(share)
         ],
         "reliable_within_these_families": [
-            {"component": r[0], "fraction": r[1], "ci95_words_only": [r[2], r[3]], "p_holm": r[4]}
+            {"component": r[0], "fraction": r[1], "ci95": [r[2], r[3]], "p_holm": r[4]}
             for r in a.reliable(share, "words")
         ],
     }

@@ -96,8 +96,8 @@ def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
 
 
 _STATES = (
-    ("across", "reliable across families (Holm p < {alpha}, words x families interval excludes 0)"),
-    ("within", "reliable within these families only (words-only interval excludes 0)"),
+    ("across", "reliable for templates in general (Holm p < {alpha})"),
+    ("within", "reliable for these templates only (Holm p < {alpha})"),
     ("none", "not reliable"),
 )
 
@@ -112,6 +112,7 @@ def _rows(a: RoleShiftAttribution, share: ComponentShare, kind: str) -> list[dic
             "label": f"{kind}: {label}",
             "f": flat[0][i], "low": flat[1][i], "high": flat[2][i],
             "wlow": words[0][i], "whigh": words[1][i], "p": share.p_holm.flatten()[i].item(),
+            "p_general": share.p_holm_general.flatten()[i].item(),
             "state": "across" if label in across else "within" if label in within else "none",
         }
         for i, label in enumerate(share.component_labels())
@@ -130,9 +131,9 @@ def _bars(rows: list[dict], low: str, high: str, color: str, thickness: int, wid
 
 def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
     """The ``top`` components by |fraction| over every site kind and path, each with its
-    words-only 95% interval (thick: these families) and its words x families interval
-    (thin; clipped at the axis, which spans the words-only intervals); filled where
-    reliable across families, half-filled where reliable within these families only."""
+    95% interval for these templates (thick) and for templates in general (thin; clipped
+    at the axis, which spans the thick intervals), both carrying the axis's error; filled
+    where reliable for templates in general, half-filled where for these templates only."""
     rows = []
     for site, share in a.components.items():
         rows += _rows(a, share, _TITLE_KINDS.get(site, site))
@@ -168,9 +169,9 @@ def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
                 },
                 name=name.format(alpha=a.alpha),
                 hovertext=[
-                    f"{r['label']}: {r['f']:.3f}, words only [{r['wlow']:.3f}, "
-                    f"{r['whigh']:.3f}], words x families [{r['low']:.3f}, {r['high']:.3f}], "
-                    f"Holm p = {r['p']:.3g}"
+                    f"{r['label']}: {r['f']:.3f}, these templates [{r['wlow']:.3f}, "
+                    f"{r['whigh']:.3f}] (Holm p = {r['p']:.3g}), templates in general "
+                    f"[{r['low']:.3f}, {r['high']:.3f}] (Holm p = {r['p_general']:.3g})"
                     for r in sub
                 ],
                 hoverinfo="text",
@@ -188,7 +189,7 @@ def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
     )
     title = _subtitle(a).replace(
         "</sup>",
-        "<br>thick: words only (these families); thin: words x families, clipped at the axis</sup>",
+        "<br>thick: these templates; thin: templates in general, clipped at the axis</sup>",
     )
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"},
