@@ -15,8 +15,11 @@ import warnings
 from pathlib import Path
 
 
-def study_parser(description: str, offline_models: tuple[str, ...]) -> argparse.ArgumentParser:
-    """The options both studies take; a script adds its own before parsing."""
+def study_parser(
+    description: str, offline_models: tuple[str, ...], resamples: bool = True
+) -> argparse.ArgumentParser:
+    """The options both studies take (``--n-permutations``/``--n-bootstrap`` only where
+    the study ``resamples``); a script adds its own before parsing."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--models",
@@ -26,8 +29,9 @@ def study_parser(description: str, offline_models: tuple[str, ...]) -> argparse.
         help=f"models (default: {' '.join(offline_models)}, offline; e.g. gpt2 with network)",
     )
     parser.add_argument("--out", type=Path, default=Path("figures"))
-    parser.add_argument("--n-permutations", type=int, default=10_000)
-    parser.add_argument("--n-bootstrap", type=int, default=10_000)
+    if resamples:
+        parser.add_argument("--n-permutations", type=int, default=10_000)
+        parser.add_argument("--n-bootstrap", type=int, default=10_000)
     parser.add_argument(
         "--words", type=int, default=None, help="use only the first N names and objects"
     )

@@ -82,8 +82,6 @@ def _paired_answer(c, heat, labels, key: str) -> str:
 def run(
     model_name: str,
     out: Path,
-    n_permutations: int = 10_000,
-    n_bootstrap: int = 10_000,
     png: bool = True,
     words: int | None = None,
     layer: int | str | None = None,
@@ -185,9 +183,7 @@ def run(
             "answer": head_text,
         },
         "settings": {
-            "n_permutations": n_permutations,
-            "n_bootstrap": n_bootstrap,
-            "seed": 0,
+            "inference": "jackknife (no resamples); paired comparison: seed 0",
             "layer": layer,
             "sites": list(attribution.components),
         },
@@ -229,7 +225,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = study_parser(__doc__.splitlines()[0], OFFLINE_MODELS)
+    parser = study_parser(__doc__.splitlines()[0], OFFLINE_MODELS, resamples=False)
     parser.add_argument(
         "--layer",
         default="last",
@@ -245,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         record = run(
             name,
             args.out,
-            args.n_permutations,
-            args.n_bootstrap,
             png=not args.no_png,
             words=args.words,
             layer=layer,

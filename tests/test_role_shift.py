@@ -363,11 +363,8 @@ def test_object_to_subject_experiment_runs_offline(tmp_path, capsys):
     from _experiments import experiment
 
     exp = experiment("object_to_subject_circuit")
-    args = ["--models", "toy-ioi", "--words", "6", "--n-permutations", "500"]
-    assert (
-        exp.main(args + ["--n-bootstrap", "500", "--out", str(tmp_path), "--no-png", "--quiet"])
-        == 0
-    )
+    args = ["--models", "toy-ioi", "--words", "6"]
+    assert exp.main(args + ["--out", str(tmp_path), "--no-png", "--quiet"]) == 0
     record = json.loads((tmp_path / "object_to_subject_circuit_toy-ioi.json").read_text())
     assert record["answer"].startswith("Model toy-ioi, read layer L2 (the last block)")
     assert record["role_shift"]["n_pairs"] == 6 * len(FAMILIES)
@@ -382,7 +379,7 @@ def test_object_to_subject_experiment_runs_offline(tmp_path, capsys):
     assert "== toy-ioi ==" in capsys.readouterr().out
     # MiniLM: bidirectional, MLPs, no real logits (cosine and CKA only)
     rec = exp.run(
-        "minilm", tmp_path, n_permutations=200, n_bootstrap=200, png=False, words=4,
+        "minilm", tmp_path, png=False, words=4,
         sites=("head_out", "mlp_out_all"), n_receivers=1, progress=False,
     )  # fmt: skip
     assert set(rec["role_shift"]["components"]) == {"head_out", "mlp_out_all"}
