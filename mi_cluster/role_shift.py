@@ -433,10 +433,9 @@ def attribute_role_shift(
     acts = collect(
         model, texts, "resid_post", Positions.word(words, subtoken="last"), progress=progress
     )
-    shifts = role_shift_inference(
-        _role_cells(acts.tensor, design, in_context),
-        torch.arange(len(design.words)) < len(design.names),
-    )
+    is_name = torch.arange(len(design.words)) < len(design.names)
+    all_cells = _role_cells(acts.tensor, design, in_context)  # [layer, word, family, role, d]
+    shifts = role_shift_inference(all_cells, is_name)
     pairs = role_pairs(model, design, word_type)
     chosen = "last" if layer is None else "peak" if layer == "peak" else "given"
     if layer == "peak":  # the block with the largest mean shift (index 0: the embedding)
@@ -445,8 +444,7 @@ def attribute_role_shift(
     elif layer is None:
         layer = n_layers - 1
     metric = subjecthood_metric(shifts, layer, pairs)  # attribution: one gradient
-    is_name = torch.arange(len(design.words)) < len(design.names)
-    cells = _role_cells(acts.tensor, design, in_context)[layer + 1]
+    cells = all_cells[layer + 1]
     vector = projection_metric(shifts, layer, pairs, share_basis(cells))
     common = dict(cells=cells, is_name=is_name)
     kw = dict(lengths="pad", max_batch_size=max_batch_size, progress=progress)
