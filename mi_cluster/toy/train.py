@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 
 from mi_cluster.ioi import IOIPrompt
+from mi_cluster.outputs import check_output_dir, fresh_path, install_dir
 from mi_cluster.toy.data import eval_examples, training_sequences, vocabulary
+
+COMMAND = "mi-cluster train-toy"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,22 @@ class TrainConfig:
     answer_weight: float = 5.0
     seed: int = 0
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        counts = ("n_layers", "n_heads", "d_model", "n_ctx", "steps", "batch_size", "threads")
+        bad = [f"{k}={getattr(self, k)!r}" for k in counts if not _positive_int(getattr(self, k))]
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            bad.append(f"seed={self.seed!r}")
+        if bad:
+            raise ValueError(f"the toy model's settings must be positive integers: {bad}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.warmup >= self.steps:
+            raise ValueError(f"steps ({self.steps}) must exceed the warmup ({self.warmup})")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, bos_id: int):
@@ -94,10 +113,19 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = _log) -> dict:
-    """Train and write ``out_dir`` (model, tokenizer, ``training.json``); return metrics."""
+def train(
+    cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = _log, force: bool = False
+) -> dict:
+    """Train and write ``out_dir`` (model, tokenizer, ``training.json``); return metrics.
+
+    ``out_dir`` must be new, empty or an earlier output of this command (only its files
+    are replaced); ``force`` allows any directory of the user's, still replacing only the
+    files written here. The package's shipped model is never a target
+    (:mod:`mi_cluster.outputs`)."""
     from mi_cluster.models import build_word_tokenizer
 
+    out_dir = check_output_dir(out_dir, COMMAND, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tmp = Path(tempfile.mkdtemp(prefix=".toy-ioi-", dir=out_dir.parent))
@@ -169,9 +197,7 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = _log) ->
 
         record = {"config": asdict(cfg), "train_seconds": round(seconds, 1), "metrics": metrics}
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        install_dir(tmp, out_dir, COMMAND)
         return record
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,27 +205,36 @@ def train(cfg: TrainConfig, out_dir: Path, log: Callable[[str], None] = _log) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mi_cluster.toy import TOY_IOI_DIR
-
-    parser = argparse.ArgumentParser(
-        prog="mi-cluster train-toy", description=__doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory: new, empty or an earlier train-toy output (default: a new "
+        "toy-ioi-trained[-N] in the current directory; the shipped model is read-only)",
     )
-    parser.add_argument("--out", type=Path, default=TOY_IOI_DIR, help="output directory")
+    parser.add_argument(
+        "--force", action="store_true", help="write into a non-empty directory of yours"
+    )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--layers", type=int, default=TrainConfig.n_layers)
     parser.add_argument("--heads", type=int, default=TrainConfig.n_heads)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     args = parser.parse_args(argv)
-    cfg = TrainConfig(
-        steps=args.steps,
-        seed=args.seed,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        threads=args.threads,
-    )
-    record = train(cfg, args.out)
-    print(f"wrote {args.out} in {record['train_seconds']} s: {record['metrics']}")
+    try:
+        cfg = TrainConfig(
+            steps=args.steps,
+            seed=args.seed,
+            n_layers=args.layers,
+            n_heads=args.heads,
+            threads=args.threads,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    out = args.out or fresh_path(Path.cwd() / "toy-ioi-trained")
+    check_output_dir(out, COMMAND, args.force)
+    record = train(cfg, out, force=args.force)
+    print(f"wrote {out} in {record['train_seconds']} s: {record['metrics']}")
     return 0
 
 
