@@ -2,12 +2,11 @@
 
 Sites are mi_cluster's names for activations (``resid_post``, ``z``, ...); each maps to
 the compatibility-mode hook of a block, which every architecture the bridge loads exposes
-under the same name.
+under the same name. Importing this module imports nothing heavy, so the command line
+checks a site before it loads torch.
 """
 
 from __future__ import annotations
-
-from transformer_lens.utilities import get_act_name
 
 __all__ = ["FINAL_SCALE", "SITES", "hook_name", "post_attention_scale"]
 
@@ -29,6 +28,8 @@ FINAL_SCALE = "ln_final.hook_scale"
 
 def hook_name(site: str, layer: int) -> str:
     """The TransformerLens hook name of ``site`` at ``layer``."""
+    from transformer_lens.utilities import get_act_name  # here: SITES is read before torch
+
     if site not in SITES and site not in _ATTENTION_ONLY:
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
     return get_act_name("post" if site == "mlp_post" else site, layer)

@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
 from mi_cluster.hooks import hook_name
+from mi_cluster.sources import (
+    ENTRY_POINT_GROUP,
+    ModelUnavailableError,
+    cached_snapshot,
+    check_directory,
+    check_model_source,
+    hub_offline,
+    hub_reachable,
+    hub_unavailable,
+)
 from mi_cluster.tiny import TinyConfig, build_word_tokenizer, save_hf_model, save_tiny_pretrained
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "LogitsUnavailableError",
     "ModelInfo",
     "architecture_name",
+    "as_dtype",
     "has_mlps",
     "site_heads",
     "ModelUnavailableError",
@@ -55,12 +63,6 @@ __all__ = [
     "save_gpt2_shaped",
     "save_tiny_pretrained",
 ]
-
-_HUB_PROBE_TIMEOUT_S = 2.0
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model could not be loaded (not cached and the hub cannot be reached, ...)."""
 
 
 class LogitsUnavailableError(RuntimeError):
@@ -148,9 +150,42 @@ def module_device(module: Any, default: torch.device) -> torch.device:
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device (e.g. 'cpu', 'cuda:0')") from None
+    available = {
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: torch.backends.mps.is_available(),
+    }.get(dev.type, lambda: True)
+    if not available():
+        raise ValueError(f"device {device!r} was asked for, but this machine has no {dev.type}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPUs")
+    return dev
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating dtype, from a ``torch.dtype`` or its name (``"float16"``,
+    ``"torch.bfloat16"``)."""
+    if isinstance(dtype, str):
+        key = dtype.removeprefix("torch.")
+        if key not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        return DTYPES[key]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype or its name, got {dtype!r}")
+    return dtype
 
 
 PROCESSING = ("transformer_lens", "hf")
@@ -288,7 +323,6 @@ class RegisteredModel:
     description: str
 
 
-ENTRY_POINT_GROUP = "mi_cluster.models"
 _REGISTRY: dict[str, RegisteredModel] = {}
 _DISCOVERY: dict[str, Exception] = {}  # entry point name -> the error that broke it
 
@@ -322,50 +356,6 @@ def registered_models() -> dict[str, RegisteredModel]:
 # Hub names and local directories.
 
 
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face endpoint resolves and accepts a connection within
-    ``timeout`` seconds (run in a thread: DNS lookups ignore socket timeouts)."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
-    result: dict[str, bool] = {}
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                result["ok"] = True
-        except OSError:
-            result["ok"] = False
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return result.get("ok", False)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _cached_snapshot(name: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(name, "config.json")
-    except Exception:
-        return None
-    return Path(hit).parent if isinstance(hit, str) else None
-
-
-def _unavailable(name: str, why: str) -> ModelUnavailableError:
-    return ModelUnavailableError(
-        f"could not fetch model {name!r} from the Hugging Face hub: {why}. To run offline, "
-        f"save it where you have network (`AutoModelForCausalLM.from_pretrained({name!r})"
-        ".save_pretrained(DIR)` and the same for its tokenizer) and call "
-        "load_model('DIR'); or use an offline model: "
-        + ", ".join(repr(m) for m in registered_models())
-        + ", or TinyConfig(...)"
-    )
-
-
 def load_directory(
     path: str | os.PathLike,
     info: ModelInfo,
@@ -377,7 +367,15 @@ def load_directory(
     """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge;
     ``placement``: ``device_map``, ``n_devices``, ``max_memory`` for the bridge (then
     ``device`` is None)."""
-    bridge = _bridge_class().boot_transformers(str(path), device=device, dtype=dtype, **placement)
+    check_directory(path)
+    try:
+        bridge = _bridge_class().boot_transformers(
+            str(path), device=device, dtype=dtype, **placement
+        )
+    except Exception as err:  # SafetensorError, OSError, a config transformers rejects
+        raise ModelUnavailableError(
+            f"{path} could not be loaded: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
     return prepare_bridge(bridge, info, compatibility_mode)
 
 
@@ -388,28 +386,29 @@ def _load_pretrained(
     compat: bool | str,
     **placement: Any,
 ) -> Any:
-    local = Path(source).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelUnavailableError(
-                f"{local} is a directory but has no config.json: expected a "
-                "save_pretrained directory holding the model and its tokenizer"
-            )
+    if check_model_source(source, registered_models()) == "directory":
+        local = Path(source).expanduser()
         info = ModelInfo(local.name, str(local))
         return load_directory(local, info, device, dtype, compat, **placement)
-    if _hub_offline():
-        if _cached_snapshot(source) is None:
-            raise _unavailable(source, "HF_HUB_OFFLINE is set and it is not in the local cache")
-    elif not _hub_reachable():
-        snapshot = _cached_snapshot(source)
+    if hub_offline():
+        if cached_snapshot(source) is None:
+            raise hub_unavailable(
+                source,
+                "HF_HUB_OFFLINE is set and it is not in the local cache",
+                registered_models(),
+            )
+    elif not hub_reachable():
+        snapshot = cached_snapshot(source)
         if snapshot is None:
-            raise _unavailable(source, "the hub cannot be reached and it is not cached")
+            raise hub_unavailable(
+                source, "the hub cannot be reached and it is not cached", registered_models()
+            )
         info = ModelInfo(source, str(snapshot))
         return load_directory(snapshot, info, device, dtype, compat, **placement)
     try:
         bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype, **placement)
     except OSError as exc:
-        raise _unavailable(source, str(exc).splitlines()[0]) from exc
+        raise hub_unavailable(source, str(exc).splitlines()[0], registered_models()) from exc
     return prepare_bridge(bridge, ModelInfo(name=source, source="hub"), compat)
 
 
@@ -417,7 +416,7 @@ def load_model(
     source: str | os.PathLike | TinyConfig,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     compatibility_mode: bool = True,
     processing: str = "transformer_lens",
     device_map: str | dict | None = None,
@@ -438,7 +437,7 @@ def load_model(
               project's trained IOI model, see its card), or a name another package
               registers.
         device: defaults to CUDA when available, else CPU.
-        dtype: parameter dtype.
+        dtype: parameter dtype, a ``torch.dtype`` or its name (``"float16"``).
         compatibility_mode: HookedTransformer-equivalent hook names and weight processing
             (every mi_cluster function expects it).
         processing: what compatibility mode does to the weights:
@@ -470,6 +469,7 @@ def load_model(
         raise ValueError("give either device or device_map / n_devices, not both")
     if processing not in PROCESSING:
         raise ValueError(f"processing must be one of {PROCESSING}, got {processing!r}")
+    dtype = as_dtype(dtype)
     # loaders take what prepare_bridge takes: True for the default, as before "hf" existed
     compat = (processing == "transformer_lens" or processing) if compatibility_mode else False
     dev = None if placement else _default_device(device)

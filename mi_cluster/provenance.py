@@ -10,7 +10,6 @@ give the same record.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mi_cluster.digests import prompt_set_hash
 from mi_cluster.models import model_info
 
 __all__ = ["Provenance", "prompt_set_hash", "provenance", "weights_hash"]
@@ -48,11 +48,6 @@ def weights_hash(model: Any) -> str:
     except AttributeError:  # a model that refuses new attributes: no caching
         pass
     return digest
-
-
-def prompt_set_hash(prompts: Sequence[str]) -> str:
-    """SHA-256 of the prompts, in order (JSON-encoded, so no two sets collide by joining)."""
-    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
 
 
 def _version(package: str) -> str:

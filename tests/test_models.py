@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from mi_cluster import models
+from mi_cluster import models, sources
 from mi_cluster.models import (
     LogitsUnavailableError,
     ModelUnavailableError,
@@ -75,8 +75,8 @@ def test_hub_name_offline_fails_fast_and_clearly():
 
 def test_hub_name_unreachable_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)
-    monkeypatch.setattr(models, "_cached_snapshot", lambda name: None)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(models, "cached_snapshot", lambda name: None)
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         load_model("some-org/some-model", device="cpu")
 
@@ -87,9 +87,9 @@ def test_hub_probe_times_out(monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(10)
 
-    monkeypatch.setattr(models.socket, "create_connection", hang)
+    monkeypatch.setattr(sources.socket, "create_connection", hang)
     start = time.perf_counter()
-    assert models._hub_reachable(timeout=0.3) is False
+    assert sources.hub_reachable(timeout=0.3) is False
     assert time.perf_counter() - start < 1.0
 
 
