@@ -29,6 +29,7 @@ from mi_cluster.writes import RESID_MID_REFUSAL, HeadWriter, NotAdditiveError, i
 
 __all__ = [
     "Activations",
+    "CollectionPlan",
     "Positions",
     "SITES",
     "as_positions",
@@ -36,6 +37,7 @@ __all__ = [
     "collect_many",
     "hook_name",
     "pad_tokens",
+    "plan_collection",
     "site_hooks",
 ]
 
@@ -460,10 +462,9 @@ def collect_many(
 ) -> dict[str, Activations]:
     """Run ``prompts`` through ``model`` once and keep several sites, each reduced to
     ``positions``. See :func:`collect`."""
-    spec = _check_collect(model, prompts, sites, positions, batch_size, padding_side)
+    checked = plan_collection(model, prompts, sites, positions, batch_size, padding_side)
+    spec, tokenized, rows = checked.positions, checked.tokenized, checked.rows
     dev = torch.device(device) if device is not None else model_device(model)
-    tokenized = [tokenize_prompt(model, p) for p in prompts]
-    rows = spec.rows(tokenized)
     rows_of_prompt: list[list[int]] = [[] for _ in tokenized]
     for r, (i, _) in enumerate(rows):
         rows_of_prompt[i].append(r)
@@ -498,6 +499,40 @@ def collect_many(
         )
         for site in sites
     }
+
+
+@dataclass(frozen=True)
+class CollectionPlan:
+    """What a collection will read, known before any forward pass.
+
+    Fields:
+        positions: the position rule.
+        tokenized: every prompt as the model tokenizes it.
+        rows: ``(prompt index, positions averaged into the row)`` of every output row.
+    """
+
+    positions: Positions
+    tokenized: tuple[TokenizedPrompt, ...]
+    rows: tuple[tuple[int, tuple[int, ...]], ...]
+
+    def __repr__(self) -> str:
+        return f"CollectionPlan({len(self.tokenized)} prompts, {len(self.rows)} rows)"
+
+
+def plan_collection(
+    model: Any,
+    prompts: Sequence[str],
+    sites: Sequence[str] = ("resid_post",),
+    positions: Positions | str = "last",
+    batch_size: int = 32,
+    padding_side: str = "right",
+) -> CollectionPlan:
+    """Check every argument and every prompt (each a non-empty string that fits the
+    context, each word it names present) and return what will be read: a bad prompt is
+    named before the first forward pass, however many prompts come before it."""
+    spec = _check_collect(model, prompts, sites, positions, batch_size, padding_side)
+    tokenized = tuple(tokenize_prompt(model, p) for p in prompts)
+    return CollectionPlan(spec, tokenized, tuple(spec.rows(tokenized)))
 
 
 def _check_collect(

@@ -5,27 +5,34 @@ A store holds one site at every layer for a prompt set, reduced to positions, as
 :func:`~mi_cluster.activations.collect` does in memory. Its directory holds:
 
 - ``spec.json``: what the store is for (model and weights hash, site, positions, prompt-set
-  hash, prompts per shard, storage dtype), written first; a later run that asks for
-  anything else is refused, naming the difference, instead of appending to it;
+  hash, prompts per shard, storage dtype), written first, after every argument and every
+  prompt has been checked; a later run that asks for anything else is refused, naming the
+  difference, instead of appending to it;
 - ``shard-00000.safetensors`` ...: shard ``k`` holds prompts ``[k * shard_size, (k + 1) *
   shard_size)``: the activations ``[layer, row, ...]`` in the storage dtype, each row's
-  prompt index, and in its header the rows' positions and tokens;
-- ``shard-00000.json`` ...: written after its shard, with the shard's SHA-256, size, row
-  count and the storage dtype's rounding error. A shard counts as done only when its
-  sidecar exists and matches it; so a run that dies at any point is resumed by redoing
-  exactly the shards without a valid sidecar (no row lost, none written twice);
+  prompt index, and in its header the rows' positions and tokens and the shard's binding
+  (its number, prompt range and the spec's hash);
+- ``shard-00000.json`` ...: written after its shard, with the same binding, the shard's
+  SHA-256, size, row count and the storage dtype's rounding error. A shard counts as done
+  only when its sidecar is bound to this store and matches it; so a run that dies at any
+  point is resumed by redoing exactly the shards without a valid sidecar (no row lost,
+  none written twice), and a shard or sidecar from another store is never taken for one
+  of this store's;
 - ``index.json``: written once every shard is done: the spec, layer labels and hook
-  names, every shard's rows and checksum, and the total rounding error.
+  names, every shard's sidecar, and the total rounding error; checked against the spec
+  and the sidecars each time the store is opened.
 
-Every file is written atomically (:mod:`mi_cluster.atomic`). Under ``torch.distributed``
+The rules binding these files are in :mod:`mi_cluster.store_files`. One process writes a
+store at a time (it holds the store's lock). Every file is written atomically
+(:mod:`mi_cluster.atomic`). Under ``torch.distributed``
 (``torchrun``, ``srun``) each rank takes the shards ``k`` with ``k % world_size == rank``,
 writes them, and rank 0 writes the index after a barrier; see :func:`collect_to_store`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -39,11 +46,25 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_cluster.activations import Activations, Positions, as_positions, collect
+from mi_cluster.activations import Activations, Positions, as_positions, collect, plan_collection
 from mi_cluster.atomic import atomic_path, atomic_write_text
+from mi_cluster.digests import file_sha256
 from mi_cluster.distributed import barrier, distributed_rank, my_share
 from mi_cluster.models import model_info
 from mi_cluster.provenance import prompt_set_hash, weights_hash
+from mi_cluster.store_files import (
+    FORMAT,
+    STORAGE_DTYPE_NAMES,
+    StoreError,
+    StoreSpec,
+    done_shard,
+    read_index,
+    shard_binding,
+    shard_problem,
+    sidecar_name,
+    store_lock,
+    write_or_check_spec,
+)
 
 __all__ = [
     "ActivationStore",
@@ -52,110 +73,16 @@ __all__ = [
     "collect_to_store",
 ]
 
-FORMAT = "mi_cluster.store/1"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+assert tuple(STORAGE_DTYPES) == STORAGE_DTYPE_NAMES
 
 
-class StoreError(ValueError):
-    """A store that cannot be used as asked: a mismatch, a missing or corrupted shard."""
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    """What a store holds; a run must match it to add shards.
-
-    Fields:
-        model_name, weights_sha256: the model and the hash of its weights.
-        site: the site (``"resid_post"``, ...); positions: the position rule, described.
-        prompts_sha256, n_prompts: the prompt set's hash and size.
-        shard_size: prompts per shard.
-        dtype: the storage dtype (``"float32"``, ``"float16"``, ``"bfloat16"``).
-    """
-
-    model_name: str
-    weights_sha256: str
-    site: str
-    positions: str
-    prompts_sha256: str
-    n_prompts: int
-    shard_size: int
-    dtype: str
-
-    @property
-    def n_shards(self) -> int:
-        return math.ceil(self.n_prompts / self.shard_size)
-
-    def prompt_range(self, shard: int) -> range:
-        return range(shard * self.shard_size, min(self.n_prompts, (shard + 1) * self.shard_size))
-
-
-def _shard_name(k: int) -> str:
-    return f"shard-{k:05d}.safetensors"
-
-
-def _sidecar_name(k: int) -> str:
-    return f"shard-{k:05d}.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check_spec(directory: Path, spec: StoreSpec) -> None:
-    """Write ``spec.json`` if absent; else refuse a spec that differs, naming the fields."""
-    path = directory / "spec.json"
-    if not path.exists():
-        atomic_write_text(path, json.dumps({"format": FORMAT, **asdict(spec)}, indent=1) + "\n")
-        return
-    have = json.loads(path.read_text())
-    diff = [
-        f"{k}: the store has {have.get(k)!r}, this run {v!r}"
-        for k, v in asdict(spec).items()
-        if have.get(k) != v
-    ]
-    if diff:
-        raise StoreError(
-            f"{directory} holds another collection, so it cannot be appended to ("
-            + "; ".join(diff)
-            + "): use a new directory"
-        )
-
-
-def _shard_problem(shard: Path, meta: dict, checksum: bool = True) -> str | None:
-    """What is wrong with a shard against its sidecar or index entry (None: nothing):
-    missing, another size, and with ``checksum`` another SHA-256 (which reads it all)."""
-    if not shard.exists():
-        return f"shard {shard} is missing"
-    size = shard.stat().st_size
-    if size != meta["bytes"]:
-        return (
-            f"shard {shard} is truncated or extended: {size} bytes, the index says {meta['bytes']}"
-        )
-    if checksum and _sha256(shard) != meta["sha256"]:
-        return f"shard {shard} is corrupted: its SHA-256 does not match"
-    return None
-
-
-def _done(directory: Path, k: int, checksum: bool = True) -> dict | None:
-    """Shard ``k``'s sidecar if the shard is complete and matches it
-    (:func:`_shard_problem`)."""
-    side = directory / _sidecar_name(k)
-    if not side.exists():
-        return None
-    meta = json.loads(side.read_text())
-    return None if _shard_problem(directory / _shard_name(k), meta, checksum) else meta
-
-
-def _write_shard(
-    directory: Path, k: int, acts: Activations, offset: int, dtype: torch.dtype, rank: int
-) -> dict:
-    """Shard ``k`` (prompts from ``offset``) and then its sidecar, each atomically."""
+def _write_shard(directory: Path, spec: StoreSpec, k: int, acts: Activations, rank: int) -> dict:
+    """Shard ``k`` and then its sidecar, each atomically, both bound to ``spec``."""
     from safetensors.torch import save_file
 
+    binding = shard_binding(spec, k)
+    offset, dtype = binding["prompts"][0], STORAGE_DTYPES[spec.dtype]
     x = acts.tensor
     stored = x.to(dtype).contiguous()
     err = (stored.double() - x.double()).abs()
@@ -165,6 +92,7 @@ def _write_shard(
     meta = {
         "mi_cluster": json.dumps(
             {
+                **binding,
                 "positions": acts.positions,
                 "tokens": acts.tokens,
                 "layer_labels": acts.layer_labels,
@@ -177,22 +105,20 @@ def _write_shard(
         "activations": stored,
         "prompt_index": torch.tensor(acts.prompt_index, dtype=torch.int64) + offset,
     }
-    target = directory / _shard_name(k)
+    target = directory / binding["file"]
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     side = {
-        "shard": k,
-        "file": target.name,
-        "prompts": [offset, offset + len(acts.prompts)],
+        **binding,
         "rows": int(x.shape[1]),
         "bytes": target.stat().st_size,
-        "sha256": _sha256(target),
+        "sha256": file_sha256(target),
         "rank": rank,
         "cast_max_abs_error": float(err.max()) if err.numel() else 0.0,
         "cast_squared_error": float(err.pow(2).sum()),
         "squared_norm": float(scale**2),
     }
-    atomic_write_text(directory / _sidecar_name(k), json.dumps(side, indent=1) + "\n")
+    atomic_write_text(directory / sidecar_name(k), json.dumps(side, indent=1) + "\n")
     return side
 
 
@@ -200,13 +126,13 @@ def _write_index(directory: Path, spec: StoreSpec) -> None:
     """The index, from every shard's sidecar (all must be done)."""
     shards = []
     for k in range(spec.n_shards):
-        meta = _done(directory, k)
+        meta = done_shard(directory, spec, k)
         if meta is None:
-            raise StoreError(f"shard {_shard_name(k)} in {directory} is missing or corrupted")
+            raise StoreError(f"shard {k} in {directory} is missing or corrupted")
         shards.append(meta)
     from safetensors import safe_open
 
-    with safe_open(str(directory / _shard_name(0)), framework="pt") as f:
+    with safe_open(str(directory / shards[0]["file"]), framework="pt") as f:
         layers = json.loads(f.metadata()["mi_cluster"])
     index = {
         "format": FORMAT,
@@ -258,6 +184,7 @@ def collect_to_store(
     batch_size: int = 32,
     max_shards: int | None = None,
     progress: bool = True,
+    wait: float = 0.0,
 ) -> StoreRun:
     """Collect ``site`` for ``prompts`` into a store at ``out``, shard by shard.
 
@@ -278,16 +205,68 @@ def collect_to_store(
         max_shards: write at most this many shards in this run (a time budget, e.g. a
             job's wall-clock limit); the store completes on a later run.
         progress: a progress bar over this rank's shards.
+        wait: seconds to wait for another process writing the same store to finish (then
+            a :class:`StoreError` names it).
     """
-    if isinstance(prompts, str) or not prompts:
-        raise StoreError("prompts must be a non-empty list of strings")
-    if shard_size < 1:
-        raise StoreError(f"shard_size must be positive, got {shard_size}")
-    if dtype not in STORAGE_DTYPES:
-        raise StoreError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    spec = _checked_spec(model, prompts, site, positions, shard_size, dtype, batch_size)
     directory = Path(out)
     rank, world = distributed_rank()
-    spec = StoreSpec(
+    # rank 0 holds the lock for the whole job; the others write only their own shards
+    held = store_lock(_made(directory), wait) if rank == 0 else contextlib.nullcontext()
+    with held:
+        if rank == 0:
+            write_or_check_spec(directory, spec)
+        barrier()
+        if rank != 0:
+            write_or_check_spec(directory, spec)
+        mine = list(my_share(range(spec.n_shards)))
+        pending = [k for k in mine if done_shard(directory, spec, k) is None]
+        skipped = tuple(k for k in mine if k not in pending)
+        todo = pending if max_shards is None else pending[:max_shards]
+        if todo:  # the index no longer describes the shards
+            (directory / "index.json").unlink(missing_ok=True)
+        bar = tqdm(todo, desc=f"rank {rank} shards", unit="shard", disable=not progress)
+        for k in bar:
+            span = spec.prompt_range(k)
+            words = _positions_slice(positions, span)
+            acts = collect(model, [prompts[i] for i in span], site, words,
+                           batch_size=batch_size, progress=False)  # fmt: skip
+            _write_shard(directory, spec, k, acts, rank)
+        barrier()
+        # every rank checked its own shards' checksums above; rank 0 checks all of them
+        # again as it writes the index, so here sizes and bindings suffice
+        shards = range(spec.n_shards)
+        complete = all(done_shard(directory, spec, k, checksum=False) for k in shards)
+        if rank == 0 and complete:
+            _write_index(directory, spec)
+        barrier()
+    return StoreRun(directory, rank, world, tuple(todo), skipped, complete)
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _checked_spec(
+    model: Any,
+    prompts: Sequence[str],
+    site: str,
+    positions: Positions | str,
+    shard_size: int,
+    dtype: str,
+    batch_size: int,
+) -> StoreSpec:
+    """The spec of this collection, once every argument and every prompt is checked:
+    nothing is written for a collection that would fail on its 1,000th prompt."""
+    if isinstance(prompts, str) or not prompts:
+        raise StoreError("prompts must be a non-empty list of strings")
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        raise StoreError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if dtype not in STORAGE_DTYPES:
+        raise StoreError(f"dtype must be one of {STORAGE_DTYPE_NAMES}, got {dtype!r}")
+    plan_collection(model, prompts, (site,), positions, batch_size)
+    return StoreSpec(
         model_name=model_info(model).name,
         weights_sha256=weights_hash(model),
         site=site,
@@ -297,40 +276,6 @@ def collect_to_store(
         shard_size=shard_size,
         dtype=dtype,
     )
-    if rank == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        _check_spec(directory, spec)
-    barrier()
-    if rank != 0:
-        _check_spec(directory, spec)
-    mine = my_share(range(spec.n_shards))
-    written, skipped = [], []
-    bar = tqdm(mine, desc=f"rank {rank} shards", unit="shard", disable=not progress)
-    for k in bar:
-        if _done(directory, k) is not None:
-            skipped.append(k)
-            continue
-        if max_shards is not None and len(written) >= max_shards:
-            break
-        span = spec.prompt_range(k)
-        acts = collect(
-            model,
-            [prompts[i] for i in span],
-            site,
-            _positions_slice(positions, span),
-            batch_size=batch_size,
-            progress=False,
-        )
-        _write_shard(directory, k, acts, span.start, STORAGE_DTYPES[dtype], rank)
-        written.append(k)
-    barrier()
-    # every rank checked its own shards' checksums above; rank 0 checks all of them again
-    # as it writes the index, so here sizes suffice
-    complete = all(_done(directory, k, checksum=False) is not None for k in range(spec.n_shards))
-    if rank == 0 and complete:
-        _write_index(directory, spec)
-    barrier()
-    return StoreRun(directory, rank, world, tuple(written), tuple(skipped), complete)
 
 
 def _describe(positions: Positions | str) -> str:
@@ -365,17 +310,7 @@ class ActivationStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        index_path = self.path / "index.json"
-        if not index_path.exists():
-            raise StoreError(
-                f"{self.path} has no index.json: the collection is incomplete (run it again "
-                "to complete the missing shards) or this is not a store"
-            )
-        index = json.loads(index_path.read_text())
-        if index.get("format") != FORMAT:
-            raise StoreError(f"{index_path} is not a {FORMAT} index")
-        fields = StoreSpec.__dataclass_fields__
-        self.spec = StoreSpec(**{k: index[k] for k in fields})
+        self.spec, index = read_index(self.path)
         self.layer_labels = tuple(index["layer_labels"])
         self.hook_names = tuple(index["hook_names"])
         self._layers = tuple(range(len(self.layer_labels)))  # stored layer of each layer
@@ -385,10 +320,10 @@ class ActivationStore:
         self.cast_relative_error = float(index["cast_relative_error"])
 
     def verify(self) -> None:
-        """Check every shard's size and SHA-256 against the index; a shard that fails is
-        named in the error."""
+        """Check every shard against the index: its size, SHA-256, and its header's binding
+        to this store, its place and its row count; a shard that fails is named."""
         for meta in self.shards:
-            problem = _shard_problem(self.path / meta["file"], meta)
+            problem = shard_problem(self.path, self.spec, meta)
             if problem:
                 raise StoreError(problem)
 
@@ -435,8 +370,9 @@ class ActivationStore:
         from safetensors import safe_open
 
         shard = self.path / meta["file"]
-        if not shard.exists():
-            raise StoreError(f"shard {shard} is missing")
+        problem = shard_problem(self.path, self.spec, meta, checksum=False)
+        if problem:  # a shard replaced since the store was opened
+            raise StoreError(problem)
         try:
             return safe_open(str(shard), framework="pt")
         except Exception as err:  # a damaged header

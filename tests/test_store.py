@@ -179,7 +179,9 @@ def test_a_killed_run_resumes_to_the_same_store(tmp_path, examples, ranks):
     assert not (out / "index.json").exists()
     before = {p.name for p in out.glob("shard-*.json")}
     assert 0 < len(before) < 100
-    done = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True, timeout=600)
+    # the killed job's workers may outlive it by a moment: wait for its lock
+    resume = _cli(*args, "--wait", "120")
+    done = subprocess.run(resume, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     skipped = int(done.stderr.split("shards, ")[1].split(" already")[0])
     assert skipped >= len(before) - 1  # a shard whose sidecar was cut off is redone
