@@ -1,13 +1,69 @@
-"""The ``mi-cluster`` command line."""
+"""The ``mi-cluster`` command line.
+
+Every command checks its arguments and files first (model source, prompts file, output
+path, site), with light modules only, and then imports torch and loads the model: a bad
+argument is reported in well under a second. An error prints one line, ``mi-cluster:
+error: ...``, and exits with status 1 (2 for a usage error); ``--debug`` (or
+``MI_CLUSTER_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "run_demo"]
+from mi_cluster.hooks import SITES
+from mi_cluster.sources import check_model_source
+
+__all__ = ["CommandError", "main", "read_prompts", "read_text_file", "run_demo"]
+
+
+class CommandError(ValueError):
+    """A command's arguments or input files cannot be used; the message says why."""
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content, or a :class:`CommandError` naming what is wrong
+    (missing, a directory, unreadable, not UTF-8)."""
+    p = Path(path)
+    if not p.exists():
+        raise CommandError(f"{path} does not exist")
+    if p.is_dir():
+        raise CommandError(f"{path} is a directory, not a file")
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise CommandError(f"{path} cannot be read: {err.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CommandError(
+            f"{path} is not UTF-8 (byte {err.start} is {data[err.start]:#04x}); convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path}`"
+        ) from None
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise CommandError(f"{flag} must be a positive integer, got {value}")
+
+
+def _check_out_dir(path: str | os.PathLike) -> None:
+    """Refuse an output directory that cannot be written (a file, no permission)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CommandError(f"--out {path} is a file, not a directory")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {path}: {probe} is not writable")
 
 
 def run_demo(
@@ -60,6 +116,8 @@ def run_demo(
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_model_source(args.model)
+    _check_out_dir(args.out)
     s = run_demo(args.model, args.out, progress=not args.quiet, static=args.static)
     words = f"{s['n_names']} names, {s['n_objects']} objects"
     print(f"model {s['model']}: {s['n_prompts']} prompts ({words})")
@@ -85,27 +143,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lens_texts(args: argparse.Namespace) -> list[str] | None:
+    """The corpus from ``--texts`` (checked now, before any import), or None for toy-ioi's
+    own training distribution."""
+    if args.texts:
+        texts = [t for t in read_text_file(args.texts).splitlines() if t.strip()]
+        if not texts:
+            raise CommandError(f"{args.texts} holds no texts (one text a line)")
+        return texts
+    if args.model != "toy-ioi":
+        raise CommandError("--texts FILE (one text a line) is needed for models other than toy-ioi")
+    return None
+
+
+def _is_tuned_lens(path: Path) -> bool:
+    from mi_cluster.tuned_lens import TunedLens
+
+    try:
+        TunedLens.load(path)
+    except Exception:  # anything that does not read as a lens is someone else's file
+        return False
+    return True
+
+
 def _cmd_train_lens(args: argparse.Namespace) -> int:
+    from mi_cluster.outputs import check_output_file, fresh_path
+
+    _positive(args, "steps", "n_texts")
+    texts = _lens_texts(args)
+    check_model_source(args.model)
+    stem = args.model.rstrip("/").replace("/", "--")
+    out = Path(args.out) if args.out else fresh_path(f"tuned-lens-{stem}.safetensors")
+    check_output_file(out, "mi-cluster train-lens", _is_tuned_lens, args.force)
+
     import torch
 
     from mi_cluster.models import load_model
-    from mi_cluster.toy import TOY_TUNED_LENS
     from mi_cluster.toy.data import training_texts
     from mi_cluster.tuned_lens import train_tuned_lens
 
     torch.set_num_threads(1)  # one thread: the same lens, to the bit, on every machine
     model = load_model(args.model)
-    if args.texts:
-        texts = [t for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
-    elif args.model == "toy-ioi":
+    if texts is None:
         texts = training_texts(args.n_texts, args.seed + 101, model.cfg.n_ctx, model.tokenizer)
-    else:
-        print("--texts FILE (one text a line) is needed for models other than toy-ioi")
-        return 2
-    out = Path(args.out) if args.out else TOY_TUNED_LENS if args.model == "toy-ioi" else None
-    if out is None:
-        print("--out PATH is needed for models other than toy-ioi")
-        return 2
     print(f"training a tuned lens for {args.model} on {len(texts)} texts, {args.steps} steps")
     lens = train_tuned_lens(
         model, texts, steps=args.steps, seed=args.seed, progress=not args.quiet, log=print
@@ -215,29 +295,38 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def read_prompts(path: str | Path, field: str = "prompt", word_field: str | None = None):
     """Prompts from a JSONL file: each line a JSON string, or an object with ``field``
-    (and ``word_field``, a word to read in that prompt). Returns ``(prompts, words)``."""
+    (and ``word_field``, a word to read in that prompt), each a non-empty string (a
+    ``null`` or a number is refused, not read as ``"None"`` or ``"42"``). Returns
+    ``(prompts, words)``; a :class:`CommandError` names the file and line of a bad one."""
     import json
 
     prompts, words = [], []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}, line {n}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
+            raise CommandError(f"{where}: not JSON ({err.msg})") from None
         if isinstance(row, str) and word_field is None:
-            prompts.append(row)
+            prompts.append(_text(row, where, "the prompt"))
             continue
         if not isinstance(row, dict) or field not in row or (word_field and word_field not in row):
             want = f"{field!r}" + (f" and {word_field!r}" if word_field else "")
-            raise ValueError(f"{path}, line {n}: expected an object with {want}")
-        prompts.append(str(row[field]))
+            raise CommandError(f"{where}: expected an object with {want}")
+        prompts.append(_text(row[field], where, repr(field)))
         if word_field:
-            words.append(str(row[word_field]))
+            words.append(_text(row[word_field], where, repr(word_field)))
     if not prompts:
-        raise ValueError(f"{path} holds no prompts")
+        raise CommandError(f"{path} holds no prompts")
     return prompts, (words or None)
+
+
+def _text(value: object, where: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CommandError(f"{where}: {what} must be a non-empty string, got {value!r}")
+    return value
 
 
 def _init_distributed() -> tuple[int, int, int]:
@@ -261,13 +350,20 @@ def _init_distributed() -> tuple[int, int, int]:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    _positive(args, "shard_size", "batch_size", "max_shards")
+    check_model_source(args.model)
+    _check_out_dir(args.out)
+    from mi_cluster.store_files import check_store_request
+
+    prompts, words = read_prompts(args.prompts, args.field, args.word_field)
+    check_store_request(args.out, prompts, args.site, args.shard_size, args.dtype, args.wait)
+
     import torch
 
     from mi_cluster.activations import Positions
     from mi_cluster.models import load_model
     from mi_cluster.store import ActivationStore, collect_to_store
 
-    prompts, words = read_prompts(args.prompts, args.field, args.word_field)
     positions = Positions.word(words) if words else args.positions
     rank, world, local = _init_distributed()
     device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
@@ -276,7 +372,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         run = collect_to_store(
             model, prompts, args.out, args.site, positions, shard_size=args.shard_size,
             dtype=args.dtype, batch_size=args.batch_size, max_shards=args.max_shards,
-            progress=not args.quiet,
+            progress=not args.quiet, wait=args.wait,
         )  # fmt: skip
     finally:
         if world > 1:
@@ -328,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         metavar="NAME",
+        choices=[n for n, _ in FIGURE_JOBS],
         help=f"run only these jobs: {[n for n, _ in FIGURE_JOBS]}",
     )
     figures.set_defaults(func=_cmd_figures)
@@ -340,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--prompts", required=True, help="JSONL: a string or an object a line")
     col.add_argument("--field", default="prompt", help="the prompt's key in JSONL objects")
     col.add_argument("--word-field", help="a per-prompt word to read (positions: that word)")
-    col.add_argument("--site", default="resid_post")
+    col.add_argument("--site", default="resid_post", choices=SITES)
     col.add_argument("--positions", default="last", choices=["last", "mean", "all"])
     col.add_argument("--out", required=True, help="the store's directory")
     col.add_argument("--shard-size", type=int, default=256, help="prompts per shard")
@@ -348,12 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--batch-size", type=int, default=32)
     col.add_argument("--max-shards", type=int, help="write at most this many shards per rank")
     col.add_argument("--device", help="default: cuda:LOCAL_RANK when a GPU exists, else cpu")
+    col.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process writing the same store (default: refuse)",
+    )
     col.add_argument("--quiet", action="store_true", help="no progress bar")
     col.set_defaults(func=_cmd_collect)
     lens = sub.add_parser(
         "train-lens",
         help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "
-        "its training distribution, written where the package ships it",
+        "its training distribution. Writes a new file (the shipped lens is read-only)",
     )
     lens.add_argument("--model", default="toy-ioi", help="model (default: toy-ioi)")
     lens.add_argument(
@@ -363,7 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--n-texts", type=int, default=3000, help="toy-ioi corpus size")
     lens.add_argument("--steps", type=int, default=400)
     lens.add_argument("--seed", type=int, default=0)
-    lens.add_argument("--out", help="where to write the lens (.safetensors)")
+    lens.add_argument(
+        "--out",
+        help="where to write the lens (.safetensors); default: a new "
+        "tuned-lens-MODEL[-N].safetensors in the current directory",
+    )
+    lens.add_argument("--force", action="store_true", help="replace an existing file")
     lens.add_argument("--quiet", action="store_true", help="no progress bar")
     lens.set_defaults(func=_cmd_train_lens)
     train = sub.add_parser(
@@ -375,14 +483,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-toy"]:
-        from mi_cluster.toy.train import main as train_main
+DEBUG_ENV = "MI_CLUSTER_DEBUG"
 
-        return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an error is one line on stderr and a non-zero status (the
+    traceback with ``--debug`` or ``MI_CLUSTER_DEBUG=1``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        if argv[:1] == ["train-toy"]:
+            from mi_cluster.toy.train import main as train_main
+
+            return train_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("mi-cluster: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        print(f"mi-cluster: error: {message}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
