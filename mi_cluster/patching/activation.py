@@ -41,7 +41,13 @@ from mi_cluster.activations import hook_name
 from mi_cluster.distributed import my_share, sum_across_ranks
 from mi_cluster.models import architecture_name, has_mlps, model_device, site_heads
 from mi_cluster.patching.inputs import PromptPair, prepare_pair, resolve_positions
-from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, _n_positions, validate
+from mi_cluster.patching.metrics import (
+    Metric,
+    MetricInput,
+    _n_positions,
+    check_metric_output,
+    validate,
+)
 from mi_cluster.patching.runner import LayerRunner, PatchingError, plan_passes, rows_per_pass
 from mi_cluster.writes import RESID_MID_REFUSAL, is_additive
 
@@ -186,7 +192,7 @@ def metric_on_run(
     acts = {name: runs.cache(name, which) for name in metric.reads}
     prompt = torch.arange(runs.batch)
     out = metric.fn(MetricInput(prompt, runs.logits(which, positions), acts, clean_logits))
-    _check_output(metric, out, runs.batch)
+    check_metric_output(metric, out, runs.batch)
     return out.detach()
 
 
@@ -376,7 +382,7 @@ def run_with_metric(
     for name, value in kept.items():  # the rows that reached the hook: a prefix
         acts[name][: value.shape[0]] = value
     out = metric.fn(MetricInput(prompt, logits, acts, clean_logits))
-    _check_output(metric, out, len(prompt))
+    check_metric_output(metric, out, len(prompt))
     return out.detach()
 
 

@@ -24,7 +24,7 @@ from mi_cluster.patching.activation import (
     axis_labels,
 )
 from mi_cluster.patching.inputs import prepare_pair, resolve_positions
-from mi_cluster.patching.metrics import Metric, MetricInput, _check_output, validate
+from mi_cluster.patching.metrics import Metric, MetricInput, check_metric_output, validate
 from mi_cluster.patching.runner import PatchingError
 
 __all__ = ["ATTRIBUTION_SITES", "attribution_patching", "correlation_with"]
@@ -130,7 +130,7 @@ def attribution_patching(
         clean_at = source_at if direction == "denoise" else at(base_logits.detach())
         reads = {n: kept[n] for n in metric.reads}
         value = metric.fn(MetricInput(prompt, base_at, reads, clean_at))
-        _check_output(metric, value, pair.batch)
+        check_metric_output(metric, value, pair.batch)
         grads = torch.autograd.grad(value.sum(), [kept[n] for n in wanted], allow_unused=True)
     grad = {
         n: torch.zeros_like(kept[n]) if g is None else g  # a site after what the metric reads

@@ -31,6 +31,7 @@ __all__ = [
     "MetricInput",
     "activation_metric",
     "answer_ids",
+    "check_metric_output",
     "answer_probability",
     "kl_to_clean",
     "logit_difference",
@@ -68,6 +69,8 @@ class Metric:
         shape: the shape of each prompt's value: ``()`` for one number, ``(k,)`` for ``k``
             numbers at once (a residual's projections on ``k`` directions, so that one
             sweep serves every direction); results then end in these axes.
+        n_prompts: how many prompts the metric holds data for (one answer pair each),
+            checked against the prompts patched; None when it holds none.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Metric:
     positions: str | Tensor | None = "last"
     reads: tuple[str, ...] = field(default_factory=tuple)
     shape: tuple[int, ...] = ()
+    n_prompts: int | None = None
 
     def __post_init__(self) -> None:
         if not all(isinstance(n, int) and n >= 1 for n in self.shape):
@@ -94,20 +98,50 @@ def answer_ids(
     model: Any, answers: Sequence[Sequence[str | int]] | Tensor
 ) -> Int[Tensor, "prompt n"]:
     """Answer token ids per prompt: words (each must be one token, as the model would
-    predict it mid-sentence) or ids; an error names any word that is not one token."""
+    predict it mid-sentence, and not the tokenizer's unknown token) or ids in the
+    vocabulary; an error names any that is not."""
     if isinstance(answers, Tensor):
-        return answers.long()
+        if answers.ndim != 2 or answers.is_floating_point() or answers.is_complex():
+            raise PatchingError(
+                f"answers must be an integer tensor [prompt, n], got {answers.dtype} of shape "
+                f"{tuple(answers.shape)}"
+            )
+        return _in_vocabulary(model, answers.long())
+    if isinstance(answers, str) or not len(answers):
+        raise PatchingError("answers must be a non-empty list, one (correct, wrong) per prompt")
     rows = []
     for k, row in enumerate(answers):
         if isinstance(row, str):
             raise PatchingError(f"answers[{k}] is one string; give (correct, wrong) per prompt")
         try:
-            rows.append([a if isinstance(a, int) else single_token_id(model, a) for a in row])
+            rows.append([_answer_id(model, a) for a in row])
         except ValueError as err:
             raise PatchingError(f"answers[{k}]: {err}") from None
     if len({len(r) for r in rows}) > 1:
         raise PatchingError("every prompt needs the same number of answers")
-    return torch.tensor(rows)
+    return _in_vocabulary(model, torch.tensor(rows))
+
+
+def _answer_id(model: Any, answer: str | int) -> int:
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise PatchingError(f"an answer must be a word or a token id, got {answer!r}")
+    if isinstance(answer, int):
+        return answer
+    token = single_token_id(model, answer)
+    if token == getattr(getattr(model, "tokenizer", None), "unk_token_id", None):
+        raise PatchingError(f"answer {answer!r} is not in the vocabulary (it reads as unknown)")
+    return token
+
+
+def _in_vocabulary(model: Any, ids: Tensor) -> Tensor:
+    d_vocab = model.cfg.d_vocab
+    bad = ((ids < 0) | (ids >= d_vocab)).nonzero().tolist()
+    if bad:
+        (k, j), value = bad[0], int(ids[bad[0][0], bad[0][1]])
+        raise PatchingError(
+            f"answer id {value} (answers[{k}][{j}]) is outside the vocabulary [0, {d_vocab})"
+        )
+    return ids
 
 
 def _at(logits: Tensor, prompt: Tensor, ids: Tensor, column: int) -> Tensor:
@@ -123,7 +157,7 @@ def logit_difference(model: Any, answers: Sequence[Sequence[str | int]] | Tensor
     def fn(inp: MetricInput) -> Tensor:
         return _at(inp.logits, inp.prompt, ids, 0) - _at(inp.logits, inp.prompt, ids, 1)
 
-    return Metric("logit difference", fn, "last")
+    return Metric("logit difference", fn, "last", n_prompts=len(ids))
 
 
 def answer_probability(model: Any, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
@@ -135,7 +169,7 @@ def answer_probability(model: Any, answers: Sequence[Sequence[str | int]] | Tens
         probs = inp.logits[:, 0].float().softmax(-1).to(inp.logits.dtype)
         return probs.gather(1, ids[inp.prompt.cpu(), 0].to(probs.device)[:, None])[:, 0]
 
-    return Metric("answer probability", fn, "last")
+    return Metric("answer probability", fn, "last", n_prompts=len(ids))
 
 
 def kl_to_clean(model: Any, positions: str | Tensor = "last") -> Metric:
@@ -165,7 +199,13 @@ def activation_metric(
 
 def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.dtype) -> None:
     """Call the metric on zeros shaped like a real batch before any forward pass, so a
-    metric that does not return one value per prompt fails at once, by name."""
+    metric that does not return one value per prompt, or holds answers for another number
+    of prompts, fails at once, by name."""
+    if metric.n_prompts is not None and metric.n_prompts != batch:
+        raise PatchingError(
+            f"metric {metric.name!r} holds answers for {metric.n_prompts} prompts, but "
+            f"{batch} are patched: give one answer pair per prompt"
+        )
     k = _n_positions(metric.positions, n_pos)
     prompt = torch.arange(batch)
     logits = None if metric.positions is None else torch.zeros(batch, k, d_vocab, dtype=dtype)
@@ -173,7 +213,12 @@ def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.
         out = metric.fn(MetricInput(prompt, logits, _FakeActivations(batch), logits))
     except _NeedsRealActivations:
         return  # activation metrics are checked on the first real batch
-    _check_output(metric, out, batch)
+    except Exception as err:
+        raise PatchingError(
+            f"metric {metric.name!r} fails on a batch shaped like the real one "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    check_metric_output(metric, out, batch, finite=False)
 
 
 def _n_positions(positions: str | Tensor | None, n_pos: int) -> int:
@@ -184,13 +229,22 @@ def _n_positions(positions: str | Tensor | None, n_pos: int) -> int:
     return positions.shape[1]
 
 
-def _check_output(metric: Metric, out: Any, rows: int) -> None:
+def check_metric_output(metric: Metric, out: Any, rows: int, finite: bool = True) -> None:
+    """Refuse a metric's output that is not one value per row (``[rows, *shape]``) or,
+    with ``finite``, holds NaN or infinity (a result built on it would be silently
+    wrong)."""
     want = (rows, *metric.shape)
     if not isinstance(out, Tensor) or tuple(out.shape) != want:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise PatchingError(
             f"metric {metric.name!r} must return one value per prompt (a tensor of shape "
             f"[{', '.join(map(str, want))}]), got {shape}"
+        )
+    if finite and not bool(torch.isfinite(out).all()):
+        rows_bad = (~torch.isfinite(out)).reshape(rows, -1).any(1).nonzero().flatten()
+        raise PatchingError(
+            f"metric {metric.name!r} returned NaN or infinity for {len(rows_bad)} of {rows} "
+            f"rows (the first: row {int(rows_bad[0])}); check the metric and its inputs"
         )
 
 

@@ -7,9 +7,11 @@
 - :func:`pwcca` (Morcos et al. 2018): canonical correlations weighted by how much of ``x``
   each canonical direction accounts for.
 
-Unregularised CCA needs more samples than neurons: with n <= d the centred data span
-every direction and all canonical correlations are trivially 1, so that raises an error
-instead of returning a meaningless 1. Canonical correlations are computed as the singular
+Unregularised CCA needs more samples than directions: centring leaves ``n - 1`` degrees
+of freedom, and two column spaces of ranks ``r_x`` and ``r_y`` inside them share at least
+``r_x + r_y - (n - 1)`` directions, each a canonical correlation of exactly 1 whatever the
+data. So a CCA with ``r_x + r_y > n - 1`` (SVCCA: of the kept directions) raises an error
+naming the count instead of returning those 1s. Canonical correlations are computed as the singular
 values of ``Qx^T Qy`` for orthonormal bases of the centred inputs (no covariance inverse,
 so float32 stays accurate).
 """
@@ -93,11 +95,31 @@ def _result(rho: Tensor, dims_x: int, dims_y: int) -> CCAResult:
     return CCAResult(rho, rho.mean(), rho.pow(2).mean(), dims_x, dims_y)
 
 
+def require_joint_rank(ax: Tensor, ay: Tensor, metric: str, hint: str) -> None:
+    """Refuse bases whose ranks force canonical correlations of 1 (see the module)."""
+    n, rx, ry = ax.shape[0], ax.shape[1], ay.shape[1]
+    forced = rx + ry - (n - 1)
+    if forced > 0:
+        raise SimilarityInputError(
+            f"{metric} is degenerate here: x spans {rx} and y {ry} directions among the "
+            f"{n - 1} that {n} centred samples allow, so {forced} canonical correlation(s) "
+            f"are exactly 1 whatever the data; {hint}"
+        )
+
+
+def _bases(x: Tensor, y: Tensor, ridge: float, metric: str, hint: str) -> tuple[Tensor, Tensor]:
+    ax, ay = whitened_basis(x, ridge), whitened_basis(y, ridge)
+    if ridge == 0:
+        require_joint_rank(ax, ay, metric, hint)
+    return ax, ay
+
+
 def cca(x: Tensor, y: Tensor, ridge: float = 0.0) -> CCAResult:
     """All canonical correlations between ``x`` (n, d1) and ``y`` (n, d2). Invariant to
-    any invertible linear map of either input (``ridge=0``)."""
+    any invertible linear map of either input (``ridge=0``). Unregularised, it needs
+    ``rank(x) + rank(y) <= n - 1`` (else correlations of 1 are forced: refused)."""
     x, y = _checked(x, y, ridge, "CCA")
-    ax, ay = whitened_basis(x, ridge), whitened_basis(y, ridge)
+    ax, ay = _bases(x, y, ridge, "CCA", "use more samples, svcca with fewer dims, or ridge > 0")
     return _result(torch.linalg.svdvals(ax.T @ ay), ax.shape[1], ay.shape[1])
 
 
@@ -127,7 +149,9 @@ def svcca(x: Tensor, y: Tensor, variance: float = 0.99, dims: int | None = None)
     xr, yr = svd_reduce(x, variance, dims), svd_reduce(y, variance, dims)
     require_cca_samples(xr, "x after the SVD step", "SVCCA")
     require_cca_samples(yr, "y after the SVD step", "SVCCA")
-    return cca(xr, yr)
+    hint = "keep fewer directions (a lower variance or dims) or use more samples"
+    ax, ay = _bases(xr, yr, 0.0, "SVCCA", hint)
+    return _result(torch.linalg.svdvals(ax.T @ ay), ax.shape[1], ay.shape[1])
 
 
 def pwcca_from_bases(
@@ -147,4 +171,5 @@ def pwcca(x: Tensor, y: Tensor, ridge: float = 0.0) -> Float[Tensor, ""]:
     ``alpha_i`` proportional to ``sum_j |<h_i, x_j>|``, the canonical variates ``h_i`` of
     ``x`` against its centred neurons ``x_j``. Asymmetric: the weights come from ``x``."""
     x, y = _checked(x, y, ridge, "PWCCA")
-    return pwcca_from_bases(x, whitened_basis(x, ridge), whitened_basis(y, ridge))
+    ax, ay = _bases(x, y, ridge, "PWCCA", "use more samples or pass ridge > 0")
+    return pwcca_from_bases(x, ax, ay)

@@ -17,7 +17,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.similarity.inputs import SimilarityInputError, center, check_matrix, check_pair
+from mi_cluster.similarity.inputs import (
+    SimilarityInputError,
+    center,
+    check_matrix,
+    check_pair,
+    require_variation,
+)
 
 
 def linear_hsic_terms(
@@ -55,6 +61,8 @@ def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Float[Tensor, ""
     estimator (needs n >= 4). Invariant to orthogonal transforms and isotropic scaling of
     either input; 1 when ``x`` and ``y`` are equal."""
     x, y = check_pair(x, y, min_rows=4 if debiased else 2)
+    require_variation(x, "x")
+    require_variation(y, "y")
     xc, yc = center(x), center(y)
     xy = linear_hsic_terms(xc, yc, debiased)
     xx = linear_hsic_terms(xc, xc, debiased)

@@ -26,8 +26,12 @@ def check_matrix(x: Tensor, name: str = "x", min_rows: int = 2) -> Float[Tensor,
         raise SimilarityInputError(
             f"{name} must be 2-D (n samples, d neurons), got shape {tuple(x.shape)}"
         )
+    if x.is_complex():
+        raise SimilarityInputError(f"{name} is complex; similarity metrics take real tensors")
     if not x.is_floating_point():
         x = x.double()
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half precision overflows in Gram products: computed in float32
     if x.shape[0] < min_rows:
         raise SimilarityInputError(
             f"{name} has {x.shape[0]} samples (rows); this metric needs at least {min_rows}"
@@ -75,6 +79,22 @@ def require_more_samples_than_features(x: Tensor, name: str, metric: str, hint: 
             f"d={d} neurons (rows are samples). With n <= d every canonical correlation is "
             f"trivially 1. If your matrix is (neurons, samples), transpose it; otherwise "
             f"{hint}."
+        )
+
+
+def no_variation(centred_sq: Tensor, raw_sq: Tensor, dtype: torch.dtype) -> Tensor:
+    """Which inputs are constant across samples: their centred squared norm is rounding
+    noise (below ``(64 eps)^2``) beside their raw squared norm (all zeros counts too)."""
+    return centred_sq <= (64 * torch.finfo(dtype).eps) ** 2 * raw_sq
+
+
+def require_variation(x: Float[Tensor, "n d"], name: str) -> None:
+    """Refuse an input that is the same for every sample (a metric of its geometry is
+    undefined: 0/0), naming it."""
+    if bool(no_variation(center(x).pow(2).sum(), x.pow(2).sum(), x.dtype)):
+        raise SimilarityInputError(
+            f"{name} has no variance across samples (every row the same): similarity to it "
+            "is undefined"
         )
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from mi_cluster.similarity.cca import (
     pwcca_from_bases,
     require_cca_samples,
+    require_joint_rank,
     svd_reduce,
     whitened_basis,
 )
@@ -39,6 +40,7 @@ from mi_cluster.similarity.inputs import (
     SimilarityInputError,
     center,
     check_matrix,
+    require_variation,
 )
 from mi_cluster.similarity.rsa import average_ranks, rdm
 
@@ -88,6 +90,8 @@ def _layers(stack: Stack, name: str) -> list[Tensor]:
     layers = [check_matrix(x, f"{name}[{i}]") for i, x in enumerate(stack)]
     if not layers:
         raise SimilarityInputError(f"{name} has no layers")
+    for i, x in enumerate(layers):
+        require_variation(x, f"{name}[{i}]")
     n = layers[0].shape[0]
     for i, x in enumerate(layers):
         if x.shape[0] != n:
@@ -340,15 +344,14 @@ def pairwise(
                     require_cca_samples(x, where, metric.upper())
         bx = [(x, whitened_basis(x, ridge)) for x in lx]
         by = None if ly is None else [(y, whitened_basis(y, ridge)) for y in ly]
-        if metric == "pwcca":
+        hint = "use more samples, fewer kept dims or ridge > 0"
 
-            def comp(a, b):
+        def comp(a, b):
+            if ridge == 0:
+                require_joint_rank(a[1], b[1], metric.upper(), hint)
+            if metric == "pwcca":
                 return pwcca_from_bases(a[0], a[1], b[1])
-
-        else:
-
-            def comp(a, b):
-                return torch.linalg.svdvals(a[1].T @ b[1]).clamp(0, 1).mean()
+            return torch.linalg.svdvals(a[1].T @ b[1]).clamp(0, 1).mean()
 
         values = _pair_loop(bx, by, comp, metric in SYMMETRIC, progress)
     values = values.to(dtype=dtype, device=lx[0].device)

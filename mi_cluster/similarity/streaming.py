@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.similarity.inputs import SimilarityInputError
+from mi_cluster.similarity.inputs import SimilarityInputError, no_variation
 
 __all__ = ["StreamingLinearCKA", "store_linear_cka"]
 
@@ -62,7 +62,16 @@ class StreamingLinearCKA:
             raise SimilarityInputError("linear CKA needs at least 2 rows")
         n_layers, d = self._shape
         cov = self._zz - torch.outer(self._z, self._z) / self.n  # centred cross-products
-        hsic = cov.reshape(n_layers, d, n_layers, d).pow(2).sum((1, 3))  # [layer, layer]
+        blocks = cov.reshape(n_layers, d, n_layers, d)
+        centred = cov.diagonal().reshape(n_layers, d).sum(1)
+        raw = self._zz.diagonal().reshape(n_layers, d).sum(1)
+        flat = no_variation(centred, raw, cov.dtype).nonzero().flatten().tolist()
+        if flat:
+            raise SimilarityInputError(
+                f"layer(s) {flat} (of those streamed) have no variance across rows: CKA "
+                "with them is undefined"
+            )
+        hsic = blocks.pow(2).sum((1, 3))  # [layer, layer]
         self_h = hsic.diagonal()
         return hsic / (self_h[:, None] * self_h[None, :]).clamp_min(0).sqrt()
 
