@@ -343,7 +343,7 @@ def role_design(
     first_pos: dict[tuple[str, str, str], int] = {}  # (word, family, role) -> first position
     for item in _build(names, objects, families, capitalize, alone):
         tp = tokenize_prompt(tokenizer, item.text)
-        span = word_positions(tp, item.word)
+        span = word_positions(tp, item.word, allow_unknown=True)  # dropped below, named
         unknown = unknown_tokens(tokenizer, tp)
         outside = [t for p, t in unknown if p not in span]
         if outside:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mi_cluster.activations import Positions, collect
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
-from mi_cluster.prompts import get_tokenizer
+from mi_cluster.prompts import get_tokenizer, one_token_id
 from mi_cluster.readout import check_readout, residual_logits
 from mi_cluster.similarity.distances import kl_from_log_probs
 
@@ -63,11 +63,7 @@ def token_id(model_or_tokenizer: Any, token: int | str) -> int:
         if not 0 <= token < len(tokenizer):
             raise ValueError(f"token id {token} is outside the vocabulary (size {len(tokenizer)})")
         return token
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"{token!r} is {len(ids)} tokens {pieces}, not one; give a token id")
-    return int(ids[0])
+    return one_token_id(tokenizer, token)
 
 
 @dataclass(frozen=True)

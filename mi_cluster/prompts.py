@@ -15,9 +15,11 @@ from typing import Any
 __all__ = [
     "NotSingleTokenError",
     "TokenizedPrompt",
+    "UnknownWordError",
     "WordNotFoundError",
     "WordTokenization",
     "get_tokenizer",
+    "one_token_id",
     "single_token_id",
     "tokenize_prompt",
     "unique_token_labels",
@@ -33,6 +35,11 @@ class WordNotFoundError(ValueError):
 
 class NotSingleTokenError(ValueError):
     """An analysis needs a word to be one token and it is not."""
+
+
+class UnknownWordError(ValueError):
+    """A word the tokenizer does not know: it reads as the unknown token (``<unk>``,
+    ``[UNK]``), so every such word would give the same vector or logit."""
 
 
 def get_tokenizer(model_or_tokenizer: Any) -> Any:
@@ -60,6 +67,8 @@ class TokenizedPrompt:
         offsets: for each token, the ``(start, end)`` character span it covers in ``text``;
             ``(0, 0)`` for special tokens.
         special: for each token, whether it is a special token (BOS, CLS, SEP, ...).
+        unknown: for each token, whether it is the tokenizer's unknown token standing for
+            text it does not know (empty when the tokenizer has none).
     """
 
     text: str
@@ -67,6 +76,7 @@ class TokenizedPrompt:
     str_tokens: tuple[str, ...]
     offsets: tuple[tuple[int, int], ...]
     special: tuple[bool, ...]
+    unknown: tuple[bool, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,12 +135,19 @@ def tokenize_prompt(
             offsets.insert(0, (0, 0))
             special.insert(0, True)
     str_tokens = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unknown = (
+        ()
+        if unk is None
+        else tuple(i == unk and not sp for i, sp in zip(ids, special, strict=True))
+    )
     return TokenizedPrompt(
         text=text,
         ids=tuple(ids),
         str_tokens=tuple(str_tokens),
         offsets=tuple(offsets),  # type: ignore[arg-type]
         special=tuple(special),
+        unknown=unknown,
     )
 
 
@@ -162,8 +179,14 @@ def word_positions(
     word: str,
     occurrence: int = 0,
     case_sensitive: bool = True,
+    *,
+    allow_unknown: bool = False,
 ) -> tuple[int, ...]:
     """Token positions of ``word`` in a tokenized prompt: all of its sub-tokens, in order.
+
+    A word the tokenizer reads as its unknown token raises :class:`UnknownWordError`
+    (every unknown word would give the same vector), unless ``allow_unknown`` (for a
+    caller that drops such words itself, as :func:`~mi_cluster.designs.role_design` does).
 
     Positions count from the start of ``prompt.ids``, so a prepended BOS is position 0.
     The word is matched as a whole word (``"Ann"`` does not match inside ``"Anna"``); a
@@ -193,6 +216,12 @@ def word_positions(
     if not positions:  # pragma: no cover - a tokenizer whose offsets skip the word
         raise WordNotFoundError(
             f"word {word.strip()!r} is in prompt {prompt.text!r} but no token covers it"
+        )
+    if not allow_unknown and prompt.unknown and any(prompt.unknown[p] for p in positions):
+        raise UnknownWordError(
+            f"word {word.strip()!r} in prompt {prompt.text!r} is not in the tokenizer's "
+            "vocabulary (it reads as the unknown token, like every other unknown word): "
+            "choose a word the model knows"
         )
     return positions
 
@@ -238,22 +267,43 @@ def word_token_table(model_or_tokenizer: Any, words: Sequence[str]) -> list[Word
     ]
 
 
+def one_token_id(
+    model_or_tokenizer: Any, text: str, hint: str = "give a token id", name: str | None = None
+) -> int:
+    """The id of ``text`` (exactly as given, spaces included) as one known token: a
+    :class:`NotSingleTokenError` if it is several, an :class:`UnknownWordError` if it is
+    the tokenizer's unknown token (messages call it ``name``, by default ``text``)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a token must be a non-empty string, got {text!r}")
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    ids, strs = _bare_tokens(tokenizer, text)
+    name = repr(text) if name is None else name
+    if len(ids) != 1:
+        raise NotSingleTokenError(
+            f"{name} is not a single token: it tokenizes as {strs!r} (ids {ids}); {hint}"
+        )
+    if ids[0] == getattr(tokenizer, "unk_token_id", None):
+        raise UnknownWordError(
+            f"{name} is not in the tokenizer's vocabulary (it reads as the unknown token "
+            f"{strs[0]!r}, as every unknown word does)"
+        )
+    return ids[0]
+
+
 def single_token_id(model_or_tokenizer: Any, word: str, leading_space: bool = True) -> int:
-    """The id of ``word`` as one token, or a :class:`NotSingleTokenError` naming it.
+    """The id of ``word`` as one known token (:func:`one_token_id`), or an error naming
+    it.
 
     ``leading_space=True`` asks for the mid-sentence form (``" Mary"``), which is what a
     model predicts after ``"... gave it to"``.
     """
-    tokenizer = get_tokenizer(model_or_tokenizer)
+    if not isinstance(word, str):
+        raise ValueError(f"a word must be a string, got {word!r}")
     text = (" " + word.strip()) if leading_space else word.strip()
-    ids, strs = _bare_tokens(tokenizer, text)
-    if len(ids) != 1:
-        form = "with a leading space" if leading_space else "without a leading space"
-        raise NotSingleTokenError(
-            f"word {word.strip()!r} is not a single token {form}: it tokenizes as {strs!r} "
-            f"(ids {ids}); choose another word or set leading_space={not leading_space}"
-        )
-    return ids[0]
+    form = "with a leading space" if leading_space else "without a leading space"
+    hint = f"choose another word or set leading_space={not leading_space}"
+    name = f"word {word.strip()!r} ({form})"
+    return one_token_id(model_or_tokenizer, text, hint, name)
 
 
 def unknown_tokens(model_or_tokenizer: Any, prompt: TokenizedPrompt) -> list[tuple[int, str]]:

@@ -121,7 +121,7 @@ def test_batched_lens_equals_each_prompt_alone(toy, side):
 def test_bad_input_is_refused(toy, minilm):
     with pytest.raises(LogitsUnavailableError, match="real logits"):
         logit_lens(minilm, ["The cat sat"], progress=False)
-    with pytest.raises(ValueError, match="not one"):
+    with pytest.raises(ValueError, match="not a single token"):
         logit_lens(toy, PROMPTS[:1], watch=["Mary went"], progress=False)
     with pytest.raises(ValueError, match="single token positions"):
         logit_lens(toy, PROMPTS[:1], "mean", progress=False)

@@ -580,7 +580,10 @@ def test_bad_inputs_fail_before_any_forward_pass(tiny):
             ["When Mary and John went to the big store, Adam gave a book to", GPT_CORRUPT[1]],
             metric,
         )
-    with pytest.raises(PatchingError, match=r"answers\[1\]: word 'Zyxwv' is not a single token"):
+    with pytest.raises(
+        PatchingError,
+        match=r"answers\[1\]: word .Zyxwv. \(with a leading space\) is not a single token",
+    ):
         logit_difference(tiny, [("Mary", "John"), ("Zyxwv", "John")])
     scalar = Metric("mean only", lambda inp: inp.logits[:, 0, 0].mean(), "last")
     with pytest.raises(
