@@ -124,7 +124,23 @@ class Positions:
     ) -> Positions:
         if subtoken not in ("first", "last", "mean"):
             raise ValueError(f"subtoken must be 'first', 'last' or 'mean', got {subtoken!r}")
-        w = words if isinstance(words, str) else tuple(words)
+        if isinstance(occurrence, bool) or not isinstance(occurrence, int):
+            raise ValueError(
+                f"occurrence must be an int (0 the first mention, -1 the last), got {occurrence!r}"
+            )
+        if isinstance(words, str):
+            w: str | tuple[str, ...] = words
+        elif isinstance(words, Sequence) and words:
+            w = tuple(words)
+        else:
+            raise ValueError(f"Positions.word needs a word or one word per prompt, got {words!r}")
+        bad = [
+            x for x in ([w] if isinstance(w, str) else w) if not isinstance(x, str) or not x.strip()
+        ]
+        if bad:
+            raise ValueError(
+                f"Positions.word: every word must be a non-empty string, got {bad[:3]}"
+            )
         return cls("word", w, subtoken, occurrence, case_sensitive=case_sensitive)
 
     def describe(self) -> str:

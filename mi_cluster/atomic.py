@@ -31,8 +31,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     and ``path`` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent
+        )
+    except OSError as err:
+        raise OSError(
+            err.errno, f"cannot write {target}: {err.strerror} ({err.filename or target.parent})"
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -23,6 +23,7 @@ from torch import Tensor
 from mi_cluster.activations import hook_name, pad_tokens
 from mi_cluster.models import architecture_name, model_device, model_info
 from mi_cluster.prompts import get_tokenizer, tokenize_prompt, unique_token_labels
+from mi_cluster.stats.resampling import make_generator
 
 __all__ = [
     "AttentionPatterns",
@@ -280,7 +281,7 @@ def repeated_tokens(
     ordinary = torch.tensor(sorted(set(pool) - set(tokenizer.all_special_ids)))
     if len(ordinary) < 2:
         raise ValueError("repeated sequences need at least two ordinary tokens to draw from")
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     rand = ordinary[torch.randint(len(ordinary), (n_prompts, seq_len), generator=gen)]
     # The special tokens around a text, read off a one-token text.
     wrapped = tokenize_prompt(model, "a")

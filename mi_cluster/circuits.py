@@ -38,6 +38,7 @@ from mi_cluster.head_claims import (
 from mi_cluster.heads import _logit_difference
 from mi_cluster.ioi import IOIPrompt
 from mi_cluster.models import require_meaningful_logits
+from mi_cluster.stats.resampling import make_generator
 
 __all__ = ["CircuitEvaluation", "evaluate_circuit"]
 
@@ -126,7 +127,7 @@ def evaluate_circuit(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     every = tuple((a, b) for a in range(n_layers) for b in range(n_heads))
     prep, replace = ablation_setup(model, prompts, reference, method, seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
 
     def outside(kept: Sequence[Head]) -> tuple[Head, ...]:
         keep = set(kept)

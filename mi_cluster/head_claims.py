@@ -45,7 +45,7 @@ from mi_cluster.ioi import IOIPrompt
 from mi_cluster.models import require_meaningful_logits
 from mi_cluster.prompts import tokenize_prompt
 from mi_cluster.stats import paired_test
-from mi_cluster.stats.resampling import Alternative
+from mi_cluster.stats.resampling import Alternative, make_generator
 
 __all__ = [
     "HeadClaim",
@@ -148,7 +148,7 @@ def random_head_sets(
     if total <= n:
         per_group = [itertools.combinations(g, k) for g, k in zip(groups, counts, strict=True)]
         return [sum(combo, ()) for combo in itertools.product(*per_group)], True
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     out = []
     for _ in range(n):
         chosen: list[Head] = []
@@ -279,7 +279,7 @@ def _replacements(
         return {layer: token_mean(z, ref.mask) for layer, z in zs.items()}
     if method != "resample":
         raise ValueError(f"method must be 'mean' or 'resample', got {method!r}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     lengths, ref_lengths = prep.mask.sum(1), ref.mask.sum(1)
     chosen = []
     for i, n in enumerate(lengths.tolist()):

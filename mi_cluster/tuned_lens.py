@@ -33,6 +33,7 @@ from mi_cluster.atomic import atomic_path
 from mi_cluster.models import model_device, model_info, require_meaningful_logits
 from mi_cluster.readout import check_readout, residual_logits
 from mi_cluster.similarity.distances import kl_from_log_probs
+from mi_cluster.stats.resampling import make_generator
 
 __all__ = ["TunedLens", "train_tuned_lens"]
 
@@ -179,7 +180,7 @@ def train_tuned_lens(
     bias = torch.zeros((n_tr, d_model), dtype=dtype, device=dev, requires_grad=True)
     opt = torch.optim.Adam([weight, bias], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     losses = torch.zeros(n_tr)
     with _frozen(model):
         for step in tqdm(range(steps), desc="tuned lens", unit="step", disable=not progress):

@@ -174,7 +174,7 @@ def test_figures_command_is_deterministic_and_reports_failures(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode != 0 and "unknown figure job" in bad.stderr
+    assert bad.returncode != 0 and "invalid choice: 'nonsense'" in bad.stderr
 
 
 # -- a real browser --------------------------------------------------------------------------

@@ -170,8 +170,14 @@ def save_figure(
     target = Path(target)
     if formats is None:
         suffix = target.suffix.lstrip(".")
-        if suffix in ("html", *STATIC_FORMATS):
-            formats, target = (suffix,), target.with_suffix("")
+        if suffix.lower() in ("html", *STATIC_FORMATS):
+            formats, target = (suffix.lower(),), target.with_suffix("")
+        elif suffix.isalpha() and len(suffix) <= 4:  # a file type, not part of a stem
+            raise ValueError(
+                f"{target} ends in .{suffix}, which is not a format a figure is written in "
+                f"(html or {', '.join(STATIC_FORMATS)}): give one of those, or a stem "
+                "without a suffix for the default formats"
+            )
         else:
             formats = DEFAULT_FORMATS
     formats = [f.lstrip(".").lower() for f in formats]

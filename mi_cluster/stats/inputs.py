@@ -31,8 +31,12 @@ def check_layered(x: Tensor, name: str, ndim: int) -> Tensor:
     if x.ndim != ndim:
         want = "[layer, row, d_model]" if ndim == 3 else "[layer, row]"
         raise StatsInputError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if x.is_complex():
+        raise StatsInputError(f"{name} is complex; statistics take real tensors")
     if not x.is_floating_point():
         x = x.double()
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half precision lacks the ops and the range: computed in float32
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         where = tuple(int(i) for i in bad.nonzero()[0])

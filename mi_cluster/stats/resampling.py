@@ -50,13 +50,18 @@ DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of intermediate tensors per chunk of r
 
 
 def make_generator(seed: Seed) -> torch.Generator:
-    """A CPU generator: ``seed`` itself if it is one, else seeded with ``seed`` (0 if None)."""
+    """A CPU generator: ``seed`` itself if it is one, else seeded with ``seed`` (0 if None);
+    anything else (``"abc"``, ``1.5``, ``True``, a negative int) is refused by name."""
     if isinstance(seed, torch.Generator):
         if seed.device.type != "cpu":
             raise StatsInputError("pass a CPU torch.Generator (patterns are drawn on the CPU)")
         return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise StatsInputError(
+            f"seed must be a non-negative int, None or a CPU torch.Generator, got {seed!r}"
+        )
     gen = torch.Generator()
-    gen.manual_seed(0 if seed is None else int(seed))
+    gen.manual_seed(0 if seed is None else seed)
     return gen
 
 
