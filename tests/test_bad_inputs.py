@@ -399,3 +399,45 @@ def test_collect_refuses_a_store_of_other_inputs_before_loading_the_model(tmp_pa
     res = _cli("collect", "--model", "toy-ioi", "--prompts", str(jsonl), "--out", str(out))
     assert res.returncode == 1 and "prompts_sha256" in res.stderr
     assert res.stdout.strip().endswith("NO-TORCH")
+
+
+# -- memory: resampling patterns are made a chunk at a time ----------------------------------
+
+
+def test_resampling_draws_are_chunked_and_the_same_whatever_the_chunk():
+    from mi_cluster.stats.resampling import (
+        label_permutation_draws,
+        permutation_draws,
+        sign_flip_draws,
+    )
+
+    lab = torch.zeros(12, dtype=torch.bool)
+    lab[:5] = True
+    makers = [
+        lambda g: sign_flip_draws(12, 3000, g),  # random (2**12 > 3000)
+        lambda g: sign_flip_draws(6, 3000, g),  # exact
+        lambda g: label_permutation_draws(lab, 3000, g),
+        lambda g: label_permutation_draws(lab[:6], 3000, g),
+        lambda g: permutation_draws(9, 3000, g),
+        lambda g: permutation_draws(5, 3000, g),
+    ]
+    for make in makers:
+        gen = make_generator(7)
+        draws = make(gen)
+        after = torch.rand(3, generator=gen)  # the generator moved past the draws
+        whole = draws.materialise()
+        assert whole.shape[0] == draws.n_resamples
+        for rows in (1, 7, 1000, 10**6):
+            assert torch.equal(torch.cat(list(draws.chunks(rows))), whole)
+        if not draws.exact:  # as if drawn all at once: the next draws are the same
+            ref = make_generator(7)
+            make(ref).materialise()
+            assert torch.equal(torch.rand(3, generator=ref), after)
+
+
+def test_a_million_permutations_in_one_mebibyte_give_the_same_test():
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 20, generator=gen), torch.randn(2, 20, generator=gen)
+    small = two_sample_test(a, b, n_permutations=10**6, n_bootstrap=50, max_memory=2**20)
+    large = two_sample_test(a, b, n_permutations=10**6, n_bootstrap=50, max_memory=2**30)
+    assert torch.equal(small.p_value, large.p_value) and small.n_permutations == 10**6

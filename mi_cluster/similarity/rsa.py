@@ -139,10 +139,10 @@ def mantel_test(
     items of ``b`` (its rows and columns permuted together). Either argument may be a stack
     ``[layer, n, n]``; the same relabellings serve every layer."""
     from mi_cluster.stats.resampling import (
-        chunked,
+        chunk_rows,
         make_generator,
+        permutation_draws,
         permutation_p_value,
-        permutations,
     )
 
     if method not in COMPARISONS:
@@ -171,12 +171,13 @@ def mantel_test(
     full = torch.zeros_like(b)
     full[:, iu[0], iu[1]] = vb
     full = full + full.transpose(1, 2)
-    orders, exact = permutations(n, n_permutations, make_generator(seed))
-    orders = torch.cat([torch.arange(n)[None], orders]).to(a.device)
+    orders = permutation_draws(n, n_permutations, make_generator(seed))
+    exact = orders.exact
     item = torch.finfo(dtype).bits // 8
+    rows = chunk_rows(iu.shape[1] * full.shape[0] * item * 4 + n * 8, max_memory)
     out = []
-    for sl in chunked(orders.shape[0], iu.shape[1] * full.shape[0] * item * 4, max_memory):
-        o = orders[sl]
+    for k, chunk in enumerate(orders.chunks(rows)):
+        o = (torch.cat([torch.arange(n)[None], chunk]) if k == 0 else chunk).to(a.device)
         perm_b = full[:, o[:, iu[0]], o[:, iu[1]]]  # [layer_b, R, pair]
         zb = perm_b - perm_b.mean(-1, keepdim=True)
         zb = zb / zb.norm(dim=-1, keepdim=True)

@@ -19,6 +19,7 @@ in chunks bounded by ``max_memory``; p-values are corrected across layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,14 +32,15 @@ from mi_cluster.stats.resampling import (
     DEFAULT_MAX_MEMORY,
     Alternative,
     BootstrapInterval,
+    Draws,
     Seed,
     bootstrap_interval,
-    chunked,
-    label_permutations,
+    chunk_rows,
+    label_permutation_draws,
     make_generator,
+    permutation_draws,
     permutation_p_value,
-    permutations,
-    sign_flips,
+    sign_flip_draws,
 )
 
 __all__ = [
@@ -85,22 +87,28 @@ class EffectTest:
 
 
 def _observed_and_null(
-    values: Tensor, identity: Tensor, patterns: Tensor, max_memory: int
+    values: Tensor,
+    identity: Tensor,
+    draws: Draws,
+    weights: Callable[[Tensor], Tensor],
+    max_memory: int,
 ) -> tuple[Tensor, Tensor]:
-    """Each pattern (``[resample, unit]`` weights) applied to the units' values
-    (``[layer, unit]``) by one matrix product per chunk: ``(observed [layer], null
-    [resample, layer])``. The observed statistic goes through the same product (the
-    identity pattern first), so it ties exactly with the identity among the resamples."""
+    """Each pattern, made a chunk at a time and turned into ``[resample, unit]`` weights
+    by ``weights``, applied to the units' values (``[layer, unit]``) by one matrix product
+    per chunk: ``(observed [layer], null [resample, layer])``. The observed statistic goes
+    through the first chunk's product (the identity weights first), so it ties exactly
+    with the identity among the resamples."""
     item = torch.finfo(values.dtype).bits // 8
-    bytes_per = (patterns.shape[1] + values.shape[0]) * item * 2
-    rows = torch.cat([identity[None].to(patterns.dtype), patterns])
-    out = torch.cat(
-        [
-            rows[sl].to(device=values.device, dtype=values.dtype) @ values.T
-            for sl in chunked(rows.shape[0], bytes_per, max_memory)
-        ]
-    )
-    return out[0], out[1:]
+    width = identity.numel()
+    bytes_per = (width + values.shape[0]) * item * 2 + width * 8  # weights, products, draws
+    out = []
+    for k, chunk in enumerate(draws.chunks(chunk_rows(bytes_per, max_memory))):
+        rows = weights(chunk).to(device=values.device, dtype=values.dtype)
+        if k == 0:
+            rows = torch.cat([identity[None].to(rows), rows])
+        out.append(rows @ values.T)
+    null = torch.cat(out)
+    return null[0], null[1:]
 
 
 def _result(kind, estimate, interval, size, p, alternative, n_perm, exact, n) -> EffectTest:
@@ -136,10 +144,10 @@ def paired_test(
     if n < 2:
         raise StatsInputError(f"a paired test needs at least 2 units, got {n}")
     gen = make_generator(seed)
-    flips, exact = sign_flips(n, n_permutations, gen)
+    flips = sign_flip_draws(n, n_permutations, gen)
     estimate = d.mean(-1)
-    observed, null = _observed_and_null(d / n, torch.ones(n), flips, max_memory)
-    p = permutation_p_value(null, observed, alternative, exact)
+    observed, null = _observed_and_null(d / n, torch.ones(n), flips, lambda f: f, max_memory)
+    p = permutation_p_value(null, observed, alternative, flips.exact)
     interval = bootstrap_interval(
         lambda w: (d @ w.T) / w.sum(-1),
         torch.zeros(n, dtype=torch.long),
@@ -153,7 +161,8 @@ def paired_test(
     )
     sd = d.std(-1)
     size = torch.where(sd > 0, estimate / sd, torch.full_like(sd, float("nan")))
-    return _result("paired", estimate, interval, size, p, alternative, flips.shape[0], exact, (n,))
+    n_flips, exact = flips.n_resamples, flips.exact
+    return _result("paired", estimate, interval, size, p, alternative, n_flips, exact, (n,))
 
 
 def two_sample_test(
@@ -181,11 +190,14 @@ def two_sample_test(
     pooled = torch.cat([a, b], dim=1).to(dtype)
     in_a = torch.cat([torch.ones(na, dtype=torch.bool), torch.zeros(nb, dtype=torch.bool)])
     gen = make_generator(seed)
-    labels, exact = label_permutations(in_a, n_permutations, gen)
-    weights = torch.where(labels, 1.0 / na, -1.0 / nb).to(torch.float64)
+    labels = label_permutation_draws(in_a, n_permutations, gen)
+    exact = labels.exact
+
+    def weights(lab: Tensor) -> Tensor:
+        return torch.where(lab, 1.0 / na, -1.0 / nb).to(torch.float64)
+
     estimate = a.mean(-1).to(dtype) - b.mean(-1).to(dtype)
-    identity = torch.where(in_a, 1.0 / na, -1.0 / nb).to(torch.float64)
-    observed, null = _observed_and_null(pooled, identity, weights, max_memory)
+    observed, null = _observed_and_null(pooled, weights(in_a), labels, weights, max_memory)
     p = permutation_p_value(null, observed, alternative, exact)
     in_a_d = in_a.to(pooled.device)
 
@@ -207,7 +219,7 @@ def two_sample_test(
     pooled_var = ((na - 1) * a.var(-1) + (nb - 1) * b.var(-1)) / (na + nb - 2)
     sd = pooled_var.sqrt().to(dtype)
     size = torch.where(sd > 0, estimate / sd, torch.full_like(sd, float("nan")))
-    n_perm = labels.shape[0]
+    n_perm = labels.n_resamples
     return _result("two-sample", estimate, interval, size, p, alternative, n_perm, exact, (na, nb))
 
 
@@ -244,10 +256,14 @@ def correlation_test(
                 f"{name} is constant (at layer {int(flat.nonzero()[0])}): r is undefined"
             )
     gen = make_generator(seed)
-    orders, exact = permutations(n, n_permutations, gen)
+    orders = permutation_draws(n, n_permutations, gen)
+    exact = orders.exact
     zy = _standardise(y)
-    patterns = zy[orders.to(x.device)]  # [P, unit]: the standardised covariate, shuffled
-    observed, null = _observed_and_null(_standardise(x), zy, patterns, max_memory)
+
+    def shuffled(order: Tensor) -> Tensor:  # [P, unit]: the standardised covariate, shuffled
+        return zy[order.to(x.device)]
+
+    observed, null = _observed_and_null(_standardise(x), zy, orders, shuffled, max_memory)
     p = permutation_p_value(null, observed, alternative, exact)
 
     def stat(w: Tensor) -> Tensor:  # weighted Pearson r, [layer, R]
@@ -270,7 +286,7 @@ def correlation_test(
         device=x.device,
     )
     return _result(
-        "correlation", observed, interval, observed, p, alternative, orders.shape[0], exact, (n,)
+        "correlation", observed, interval, observed, p, alternative, orders.n_resamples, exact, (n,)
     )
 
 
@@ -294,18 +310,21 @@ def correspondence_test(
     n = sim.shape[1]
     if n < 3:
         raise StatsInputError(f"a correspondence test needs at least 3 items, got {n}")
-    orders, exact = permutations(n, n_permutations, make_generator(seed))
+    orders = permutation_draws(n, n_permutations, make_generator(seed))
+    exact = orders.exact
     # a pairing is a permutation matrix; its mean similarity is a linear map of sim
     flat = sim.reshape(sim.shape[0], n * n) / n - sim.mean((1, 2))[:, None] / n
     rows = torch.arange(n)
-    patterns = torch.zeros((orders.shape[0], n * n), dtype=torch.float64)
-    patterns[torch.arange(orders.shape[0])[:, None], rows * n + orders] = 1.0
-    identity = torch.zeros(n * n, dtype=torch.float64)
-    identity[rows * n + rows] = 1.0
-    observed, null = _observed_and_null(flat, identity, patterns, max_memory)
+
+    def pairing(order: Tensor) -> Tensor:  # [P, n * n] permutation matrices, flattened
+        patterns = torch.zeros((order.shape[0], n * n), dtype=torch.float64)
+        patterns[torch.arange(order.shape[0])[:, None], rows * n + order] = 1.0
+        return patterns
+
+    observed, null = _observed_and_null(flat, pairing(rows[None])[0], orders, pairing, max_memory)
     p = permutation_p_value(null, observed, "greater", exact)
     interval = BootstrapInterval(observed, observed, observed, observed, observed, 0.0, 0)
     size = torch.full_like(observed, float("nan"))
     return _result(
-        "correspondence", observed, interval, size, p, "greater", orders.shape[0], exact, (n,)
+        "correspondence", observed, interval, size, p, "greater", orders.n_resamples, exact, (n,)
     )

@@ -30,16 +30,21 @@ from mi_cluster.stats.inputs import StatsInputError
 __all__ = [
     "DEFAULT_MAX_MEMORY",
     "Alternative",
+    "Draws",
     "BootstrapInterval",
     "Seed",
     "bootstrap_interval",
     "RatioInterval",
+    "chunk_rows",
     "chunked",
     "crossed_ratio_interval",
+    "label_permutation_draws",
     "label_permutations",
     "make_generator",
     "permutation_p_value",
+    "permutation_draws",
     "permutations",
+    "sign_flip_draws",
     "sign_flips",
     "stratified_bootstrap_counts",
 ]
@@ -72,53 +77,149 @@ def _check_count(n_resamples: int, what: str) -> None:
 
 def chunked(total: int, bytes_per_item: int, max_memory: int) -> Iterator[slice]:
     """Slices of ``range(total)`` whose items fit ``max_memory`` bytes (at least one)."""
-    if max_memory <= 0:
-        raise StatsInputError(f"max_memory must be positive, got {max_memory}")
-    step = max(1, int(max_memory // max(1, bytes_per_item)))
+    step = chunk_rows(bytes_per_item, max_memory)
     for start in range(0, total, step):
         yield slice(start, min(total, start + step))
 
 
-def sign_flips(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "resample n"], bool]:
-    """``±1`` patterns for a sign-flip test of ``n`` paired differences: all ``2**n`` (the
-    exact test, identity included) when that is at most ``n_resamples``, else
-    ``n_resamples`` random ones. Returns ``(patterns int8, exact)``."""
+DRAW_ROWS = 4096  # rows drawn at a time when a generator is advanced past a draw
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Resampling patterns ``[resample, n]``, made a chunk at a time and never all at once,
+    so their memory follows ``max_memory`` whatever their number.
+
+    Exact enumerations are computed by index; random ones are replayed from the state the
+    generator had when they were drawn (the generator itself is moved on past them, as a
+    full draw would), and since a CPU generator's stream is the same however it is cut,
+    every chunk size gives the same rows.
+
+    Fields:
+        n_resamples: how many patterns.
+        exact: whether they enumerate every distinct pattern (the identity included).
+        make: ``(generator or None, start, stop) -> rows [stop - start, n]``, called on
+            consecutive ranges.
+        state: the generator's state at the first row (None for exact enumerations).
+    """
+
+    n_resamples: int
+    exact: bool
+    make: Callable[[torch.Generator | None, int, int], Tensor]
+    state: Tensor | None
+
+    def __repr__(self) -> str:
+        return f"Draws({self.n_resamples} {'exact' if self.exact else 'random'})"
+
+    def chunks(self, rows: int) -> Iterator[Tensor]:
+        """The patterns in order, ``rows`` at a time (the last chunk may be smaller)."""
+        gen = None
+        if self.state is not None:
+            gen = torch.Generator()
+            gen.set_state(self.state)
+        for start in range(0, self.n_resamples, max(1, rows)):
+            yield self.make(gen, start, min(self.n_resamples, start + rows))
+
+    def materialise(self) -> Tensor:
+        return torch.cat(list(self.chunks(DRAW_ROWS)))
+
+
+def _random_draws(n_resamples: int, gen: torch.Generator, make) -> Draws:
+    """Random draws replayed from ``gen``'s state, ``gen`` advanced past them."""
+    state = gen.get_state()
+    for start in range(0, n_resamples, DRAW_ROWS):
+        make(gen, start, min(n_resamples, start + DRAW_ROWS))
+    return Draws(n_resamples, False, make, state)
+
+
+def sign_flip_draws(n: int, n_resamples: int, seed: Seed) -> Draws:
+    """``±1`` patterns (int8) for a sign-flip test of ``n`` paired differences: all
+    ``2**n`` (the exact test, identity included) when that is at most ``n_resamples``,
+    else ``n_resamples`` random ones."""
     _check_count(n_resamples, "n_resamples")
     if 2**n <= n_resamples:
-        bits = torch.arange(2**n).unsqueeze(1) >> torch.arange(n)
-        return (1 - 2 * (bits & 1)).to(torch.int8), True
-    gen = make_generator(seed)
-    draws = torch.randint(0, 2, (n_resamples, n), generator=gen, dtype=torch.int8)
-    return (1 - 2 * draws).to(torch.int8), False
+
+        def enumerate_(gen, start, stop):
+            bits = torch.arange(start, stop).unsqueeze(1) >> torch.arange(n)
+            return (1 - 2 * (bits & 1)).to(torch.int8)
+
+        return Draws(2**n, True, enumerate_, None)
+
+    def draw(gen, start, stop):
+        flips = torch.randint(0, 2, (stop - start, n), generator=gen, dtype=torch.int8)
+        return (1 - 2 * flips).to(torch.int8)
+
+    return _random_draws(n_resamples, make_generator(seed), draw)
+
+
+def label_permutation_draws(
+    unit_labels: Bool[Tensor, " unit"], n_resamples: int, seed: Seed
+) -> Draws:
+    """Group labels of the units, shuffled (bool): every distinct assignment (exact,
+    identity included) when there are at most ``n_resamples``, else ``n_resamples``
+    random permutations."""
+    _check_count(n_resamples, "n_resamples")
+    n, k = unit_labels.shape[0], int(unit_labels.sum())
+    if math.comb(n, k) <= n_resamples:
+
+        def enumerate_(gen, start, stop):
+            out = torch.zeros((stop - start, n), dtype=torch.bool)
+            chosen = itertools.islice(itertools.combinations(range(n), k), start, stop)
+            for row, c in enumerate(chosen):
+                out[row, list(c)] = True
+            return out
+
+        return Draws(math.comb(n, k), True, enumerate_, None)
+
+    def draw(gen, start, stop):
+        return unit_labels[torch.rand((stop - start, n), generator=gen).argsort(dim=1)]
+
+    return _random_draws(n_resamples, make_generator(seed), draw)
+
+
+def permutation_draws(n: int, n_resamples: int, seed: Seed) -> Draws:
+    """Orderings of ``n`` items (int64): all ``n!`` (exact, identity included) when that is
+    at most ``n_resamples``, else ``n_resamples`` uniformly random ones."""
+    _check_count(n_resamples, "n_resamples")
+    if math.factorial(n) <= n_resamples:
+
+        def enumerate_(gen, start, stop):
+            orders = itertools.islice(itertools.permutations(range(n)), start, stop)
+            return torch.tensor(list(orders), dtype=torch.long).reshape(stop - start, n)
+
+        return Draws(math.factorial(n), True, enumerate_, None)
+
+    def draw(gen, start, stop):
+        return torch.rand((stop - start, n), generator=gen).argsort(dim=1)
+
+    return _random_draws(n_resamples, make_generator(seed), draw)
+
+
+def sign_flips(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "resample n"], bool]:
+    """:func:`sign_flip_draws`, all in memory: ``(patterns int8, exact)``."""
+    draws = sign_flip_draws(n, n_resamples, seed)
+    return draws.materialise(), draws.exact
 
 
 def label_permutations(
     unit_labels: Bool[Tensor, " unit"], n_resamples: int, seed: Seed
 ) -> tuple[Bool[Tensor, "resample unit"], bool]:
-    """Group labels of the units, shuffled: every distinct assignment (exact, identity
-    included) when there are at most ``n_resamples``, else ``n_resamples`` random
-    permutations. Returns ``(labels, exact)``."""
-    _check_count(n_resamples, "n_resamples")
-    n, k = unit_labels.shape[0], int(unit_labels.sum())
-    if math.comb(n, k) <= n_resamples:
-        out = torch.zeros((math.comb(n, k), n), dtype=torch.bool)
-        for row, chosen in enumerate(itertools.combinations(range(n), k)):
-            out[row, list(chosen)] = True
-        return out, True
-    gen = make_generator(seed)
-    perm = torch.rand((n_resamples, n), generator=gen).argsort(dim=1)
-    return unit_labels[perm], False
+    """:func:`label_permutation_draws`, all in memory: ``(labels, exact)``."""
+    draws = label_permutation_draws(unit_labels, n_resamples, seed)
+    return draws.materialise(), draws.exact
 
 
 def permutations(n: int, n_resamples: int, seed: Seed) -> tuple[Int[Tensor, "resample n"], bool]:
-    """Orderings of ``n`` items: all ``n!`` (exact, identity included) when that is at
-    most ``n_resamples``, else ``n_resamples`` uniformly random ones. Returns
-    ``(indices, exact)``."""
-    _check_count(n_resamples, "n_resamples")
-    if math.factorial(n) <= n_resamples:
-        return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long), True
-    gen = make_generator(seed)
-    return torch.rand((n_resamples, n), generator=gen).argsort(dim=1), False
+    """:func:`permutation_draws`, all in memory: ``(indices, exact)``."""
+    draws = permutation_draws(n, n_resamples, seed)
+    return draws.materialise(), draws.exact
+
+
+def chunk_rows(bytes_per_item: int, max_memory: int) -> int:
+    """How many items of ``bytes_per_item`` fit ``max_memory`` bytes (at least one)."""
+    if max_memory <= 0:
+        raise StatsInputError(f"max_memory must be positive, got {max_memory}")
+    return max(1, int(max_memory // max(1, bytes_per_item)))
 
 
 def stratified_bootstrap_counts(

@@ -35,8 +35,8 @@ from mi_cluster.stats.resampling import (
     BootstrapInterval,
     Seed,
     bootstrap_interval,
-    chunked,
-    label_permutations,
+    chunk_rows,
+    label_permutation_draws,
     make_generator,
     permutation_p_value,
 )
@@ -248,7 +248,8 @@ def separation_test(
     n_units = unit_label.shape[0]
     row_unit_d = row_unit.to(dev)
     item = torch.finfo(dt).bits // 8
-    perms, exact = label_permutations(unit_label, n_permutations, gen)
+    perms = label_permutation_draws(unit_label, n_permutations, gen)
+    exact = perms.exact
 
     if statistic == "probe":
         folds = unit_folds(unit_label, n_folds, gen)
@@ -285,13 +286,11 @@ def separation_test(
 
     # The observed labels go first through the same computation as the permutations, so
     # the observed statistic ties exactly with the identity permutation.
-    labellings = torch.cat([unit_label[None], perms])
-    stats = torch.cat(
-        [
-            perm_stat(labellings[sl].to(dev)).T
-            for sl in chunked(labellings.shape[0], bytes_per, max_memory)
-        ]
-    )  # [1 + P, layer]
+    parts = []
+    for k, chunk in enumerate(perms.chunks(chunk_rows(bytes_per + n_units, max_memory))):
+        labellings = torch.cat([unit_label[None], chunk]) if k == 0 else chunk
+        parts.append(perm_stat(labellings.to(dev)).T)
+    stats = torch.cat(parts)  # [1 + P, layer]
     observed, null = stats[0], stats[1:]
     p = permutation_p_value(null, observed, "greater", exact)
     interval = bootstrap_interval(
@@ -316,7 +315,7 @@ def separation_test(
         p_value=p,
         p_holm=holm(p),
         p_bh=benjamini_hochberg(p),
-        n_permutations=perms.shape[0],
+        n_permutations=perms.n_resamples,
         exact=exact,
         n_units=(int(unit_label.sum()), int((~unit_label).sum())),
     )
