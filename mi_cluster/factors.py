@@ -88,6 +88,8 @@ def nmf(
     runs on X's device and dtype)."""
     if X.ndim != 2:
         raise ValueError(f"NMF needs a matrix, got shape {tuple(X.shape)}")
+    if X.is_complex() or not X.is_floating_point():
+        raise ValueError(f"NMF needs a real floating matrix, got {X.dtype}")
     if not torch.isfinite(X).all():
         raise ValueError("NMF input has NaN or infinite values")
     if (X < 0).any():

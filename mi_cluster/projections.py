@@ -28,6 +28,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.stats.inputs import check_layered
+
 __all__ = [
     "BASES",
     "HeadDirections",
@@ -71,14 +73,8 @@ class LayerProjection:
 
 
 def _check(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"expected [layer, prompt, d_model], got shape {shape}")
-    if not x.is_floating_point():
-        x = x.double()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("activations contain NaN or inf")
-    return x
+    """Real, finite ``[layer, prompt, d_model]`` (half precision computed in float32)."""
+    return check_layered(x, "activations", 3)
 
 
 def _finish(centred: Tensor, comps: Tensor, mean: Tensor, basis: str, labels) -> LayerProjection:

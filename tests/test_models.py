@@ -86,6 +86,7 @@ def test_hub_probe_times_out(monkeypatch):
 
     def hang(*args, **kwargs):
         time.sleep(10)
+        raise TimeoutError("timed out")  # as a real connection attempt ends
 
     monkeypatch.setattr(sources.socket, "create_connection", hang)
     start = time.perf_counter()

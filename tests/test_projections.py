@@ -152,7 +152,7 @@ def test_head_circuit_directions_equal_a_dense_svd(tiny):
 
 
 def test_pca_errors():
-    with pytest.raises(ValueError, match="layer, prompt, d_model"):
+    with pytest.raises(ValueError, match=r"\[layer, row, d_model\]"):
         pca_by_layer(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="NaN or inf"):
         pca_by_layer(torch.full((1, 4, 4), float("nan")))

@@ -339,7 +339,7 @@ def test_errors_name_the_problem():
     with pytest.raises(SimilarityInputError, match="no variance"):
         S.linear_cka(torch.ones(10, 3), t(y[:10]))
     const = torch.stack([t(x), torch.ones(100, 10, dtype=torch.float64)])
-    with pytest.raises(SimilarityInputError, match=r"xs\[1\] is constant"):
+    with pytest.raises(SimilarityInputError, match=r"xs\[1\] has no variance"):
         S.pairwise(const, metric="procrustes")
 
 
