@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,bert,figures]"
+	$(PY) -m pip install -q -e ".[test,lint,bert,figures]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,8 +41,10 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 
+# ruff, then the layers (a module imports only its own layer and those below; no cycles)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def prompts(n: int) -> list[str]:
-    from mi_cluster.designs import NAMES, OBJECTS
+    from mi_cluster.studies.subject_object.design import NAMES, OBJECTS
 
     out = []
     for i in range(n):
@@ -82,8 +82,9 @@ def run_children(script: str, methods: tuple[str, ...], args: argparse.Namespace
 def child(method: str, args: argparse.Namespace) -> None:
     import torch
 
-    from mi_cluster.activations import collect, hook_name
-    from mi_cluster.models import TinyConfig, load_model
+    from mi_cluster.collection.activations import collect, hook_name
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.models.tiny import TinyConfig
 
     torch.set_num_threads(args.threads)
     cfg = TinyConfig(

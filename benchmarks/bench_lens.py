@@ -1,4 +1,4 @@
-"""The logit lens over many prompts: mi_cluster.lens.logit_lens vs TransformerLens 4's own
+"""The logit lens over many prompts: mi_cluster's ``logit_lens`` vs TransformerLens 4's own
 ``transformer_lens.tools.analysis.logit_lens`` (the peer), on a GPT-2-small-shaped model
 with GPT-2's real 50,257-token vocabulary (random weights; offline).
 
@@ -32,8 +32,8 @@ from bench_collect import PeakRSS, prompts, run_children  # noqa: E402
 def child(method: str, args: argparse.Namespace) -> None:
     import torch
 
-    from mi_cluster.lens import logit_lens
-    from mi_cluster.models import load_model
+    from mi_cluster.methods.lens.logit import logit_lens
+    from mi_cluster.models.loading import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model_dir, device="cpu")
@@ -103,7 +103,7 @@ def main() -> None:
         return
     import torch
 
-    from mi_cluster.models import save_gpt2_shaped
+    from mi_cluster.models.gpt2 import save_gpt2_shaped
 
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir = str(save_gpt2_shaped(tmp))

@@ -45,7 +45,7 @@ OBJECTS = ["drink", "book", "ball", "bag", "key", "ring", "phone", "cup", "hat",
 
 
 def ioi_prompts(model, n: int = 20, seed: int = 0):
-    from mi_cluster.prompts import single_token_id
+    from mi_cluster.core.prompts import single_token_id
 
     rng = random.Random(seed)
     clean, corrupted, answers = [], [], []
@@ -82,8 +82,8 @@ SHAPES = {  # --arch -> a TinyConfig's shape (GPT-2's real tokenizer is shipped 
 
 def build(arch: str, directory: str):
     """Write the random model of ``arch`` with GPT-2's real tokenizer to ``directory``."""
-    from mi_cluster.models import gpt2_tokenizer, save_gpt2_shaped
-    from mi_cluster.tiny import TinyConfig, save_tiny_pretrained
+    from mi_cluster.models.gpt2 import gpt2_tokenizer, save_gpt2_shaped
+    from mi_cluster.models.tiny import TinyConfig, save_tiny_pretrained
 
     if arch == "gpt2-small":
         return save_gpt2_shaped(directory, "small")
@@ -108,8 +108,8 @@ def floor_ratio(cfg, n_pos: int) -> float:
 def setup(arch: str, dev: torch.device):
     """The model, the clean and corrupted tokens, the metric for mi_cluster and for
     TransformerLens, and the time of one forward pass of the 20 prompts."""
-    from mi_cluster.models import load_model
-    from mi_cluster.patching import logit_difference
+    from mi_cluster.methods.patching import logit_difference
+    from mi_cluster.models.loading import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         build(arch, tmp)
@@ -136,7 +136,7 @@ def compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync):
     """Each sweep by TransformerLens and by mi_cluster: times, ratio, floor, difference."""
     import transformer_lens.patching as TLP
 
-    from mi_cluster.patching import activation_patching
+    from mi_cluster.methods.patching import activation_patching
 
     tl_fns = {
         "head_out": TLP.get_act_patch_attn_head_out_all_pos,
@@ -168,7 +168,7 @@ def compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync):
 
 
 def path_and_attribution(model, ct, xt, metric, fwd, exact, sync) -> None:
-    from mi_cluster.patching import attribution_patching, correlation_with, path_patching
+    from mi_cluster.methods.patching import attribution_patching, correlation_with, path_patching
 
     path, t_path = timed(
         lambda: path_patching(model, ct, xt, metric, "logits", progress=False), sync

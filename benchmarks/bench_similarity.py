@@ -23,7 +23,7 @@ import scipy.spatial
 import scipy.stats
 import torch
 
-import mi_cluster.similarity as S
+import mi_cluster.methods.similarity as S
 
 
 def timed(fn, repeat: int = 1, sync=lambda: None) -> tuple[float, object]:
@@ -189,7 +189,7 @@ def matmul_gflops(n: int, d: int, dtype, device: str, sync) -> float:
 def pairwise_flops(layers: int, n: int, d: int) -> float:
     """Flops of the symmetric Gram-block algorithm: each layer's Gram built from row blocks
     (off-diagonal blocks once), then one product per block for all layer pairs."""
-    from mi_cluster.similarity.matrices import BLOCK_ROWS
+    from mi_cluster.methods.similarity.matrices import BLOCK_ROWS
 
     blocks = -(-n // BLOCK_ROWS)
     packed = n * n * (blocks + 1) / (2 * blocks)

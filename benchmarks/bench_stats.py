@@ -1,7 +1,7 @@
 """Permutation tests, vectorised vs a Python loop over permutations, in one run.
 
 10,000 permutations x 13 layers x 60 words (30 names, 30 objects) x 384 dims (MiniLM's
-width, BERT-base's depth). For each separation statistic, ``mi_cluster.stats.
+width, BERT-base's depth). For each separation statistic, ``mi_cluster.methods.stats.
 separation_test`` (one batched pass per chunk of permutations, all layers at once) against
 a loop that applies the *same* label permutations one at a time, each computing the
 statistic for all 13 layers with plain torch; and the paired sign-flip test likewise. Both
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from mi_cluster.stats import paired_test, separation_test
-from mi_cluster.stats.resampling import label_permutations, make_generator, sign_flips
+from mi_cluster.methods.stats import paired_test, separation_test
+from mi_cluster.methods.stats.resampling import label_permutations, make_generator, sign_flips
 
 
 def centroid_stat(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _model(args: argparse.Namespace):
-    from mi_cluster.models import TinyConfig, load_model
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.models.tiny import TinyConfig
 
     cfg = TinyConfig(
         n_layers=args.layers, d_model=args.d_model, n_heads=args.d_model // 64,
@@ -39,8 +40,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from mi_cluster.similarity import pairwise
-    from mi_cluster.store import ActivationStore, collect_to_store
+    from mi_cluster.collection.store import ActivationStore, collect_to_store
+    from mi_cluster.methods.similarity import pairwise
 
     if args.child == "collect":
         if "RANK" in os.environ:
@@ -57,7 +58,7 @@ def child(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
         print(json.dumps({"collect_s": seconds}))
         return
-    from mi_cluster.stats import separation_test
+    from mi_cluster.methods.stats import separation_test
 
     store = ActivationStore(args.out)
     peak = PeakRSS()
@@ -111,7 +112,7 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, me: list, common: list, env: dict, tmp: Path) -> None:
-    from mi_cluster.store import ActivationStore
+    from mi_cluster.collection.store import ActivationStore
 
     runs = {}
     for name, launcher, threads, dtype in (

@@ -28,16 +28,16 @@ PASSAGE = Path(__file__).parent / "data" / "underground.txt"  # shared with laye
 def run(out: Path, n_components: int, png: bool) -> dict:
     from sklearn.decomposition import NMF
 
-    from mi_cluster.activations import Positions, collect
-    from mi_cluster.factors import activation_factors
-    from mi_cluster.models import load_model
+    from mi_cluster.collection.activations import Positions, collect
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.factors import activation_factors
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.factors import (
         plot_factor_heatmap,
         plot_factor_text,
         plot_factor_top_tokens,
     )
-    from mi_cluster.provenance import provenance
 
     model = load_model("minilm")
     text = PASSAGE.read_text(encoding="utf-8").strip()

@@ -49,8 +49,9 @@ SUMMARY_PROMPTS = {
 def run(
     name: str, text: str, text_b: str | None, hv_layer: int, nv: tuple, out: Path, png: bool
 ) -> dict:
-    from mi_cluster.attention import attention_patterns, head_summary, neuron_view
-    from mi_cluster.models import load_model
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.attention import attention_patterns, head_summary, neuron_view
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.attention import (
         plot_head_view,
@@ -58,7 +59,6 @@ def run(
         plot_neuron_view,
         plot_pattern,
     )
-    from mi_cluster.provenance import provenance
 
     model = load_model(name)
     p = attention_patterns(model, text, text_b)

@@ -69,8 +69,8 @@ CARD_CIRCUITS = {
 def circuit_evaluation(model: Any, name: str, make, names, n: int) -> dict | None:
     """The card's circuit on fresh prompts: every other head mean-ablated over ABC prompts
     (the paper's reference), and resampled from other prompts of the same length."""
-    from mi_cluster import ioi
-    from mi_cluster.circuits import evaluate_circuit
+    from mi_cluster.core import ioi_prompts as ioi
+    from mi_cluster.studies.ioi.circuits import evaluate_circuit
 
     if name not in CARD_CIRCUITS:
         return None
@@ -86,8 +86,9 @@ def circuit_evaluation(model: Any, name: str, make, names, n: int) -> dict | Non
 
 def prompt_maker(model: Any, name: str):
     """``(make(n, seed, one_template=False), names)`` for the model's IOI distribution."""
-    from mi_cluster import compiled, ioi
-    from mi_cluster.toy import data as toy
+    from mi_cluster.core import ioi_prompts as ioi
+    from mi_cluster.models import compiled
+    from mi_cluster.models.toy import data as toy
 
     lists: dict = {}
     templates = ioi.TEMPLATES
@@ -117,8 +118,8 @@ def _grid(t) -> list:
 
 def behaviour(model: Any, clean: list, names: tuple[str, ...], abc_ld: float) -> dict:
     """Logit differences IO - S (IO and S of the clean prompt, also on the altered ones)."""
-    from mi_cluster import heads as H
-    from mi_cluster import ioi
+    from mi_cluster.core import ioi_prompts as ioi
+    from mi_cluster.studies.ioi import heads as H
 
     rng = random.Random(0)
     third = [rng.choice([m for m in names if m not in (p.io, p.s)]) for p in clean]
@@ -137,10 +138,10 @@ def behaviour(model: Any, clean: list, names: tuple[str, ...], abc_ld: float) ->
 
 def discover(model: Any, make, names, n: int, progress: bool) -> dict:
     """Every sweep on the discovery prompts, and the candidate heads."""
-    from mi_cluster import heads as H
-    from mi_cluster import ioi
-    from mi_cluster import patching as P
-    from mi_cluster.head_claims import ablation_hooks
+    from mi_cluster.core import ioi_prompts as ioi
+    from mi_cluster.methods import patching as P
+    from mi_cluster.studies.ioi import heads as H
+    from mi_cluster.studies.ioi.claims import ablation_hooks
 
     clean = make(n, 0)
     abc = ioi.abc_corruption(clean, names, seed=0)
@@ -218,9 +219,9 @@ def discover(model: Any, make, names, n: int, progress: bool) -> dict:
 
 def confirm(model: Any, make, names, n: int, found: dict) -> list[tuple[str, Any]]:
     """The candidates' claims, as ``(role, claim)``, tested on fresh prompts."""
-    from mi_cluster import ioi
-    from mi_cluster import patching as P
-    from mi_cluster.head_claims import (
+    from mi_cluster.core import ioi_prompts as ioi
+    from mi_cluster.methods import patching as P
+    from mi_cluster.studies.ioi.claims import (
         ablation_test,
         attention_test,
         copy_score_test,
@@ -416,10 +417,10 @@ def figures(name: str, found: dict, claims: list) -> dict:
 
 def run(name: str, out: Path, n: int = 40, device: str | None = None, png: bool = True,
         progress: bool = True) -> dict:  # fmt: skip
-    from mi_cluster import heads as H
-    from mi_cluster.models import load_model
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
-    from mi_cluster.provenance import provenance
+    from mi_cluster.studies.ioi import heads as H
 
     model = load_model(name, device=device)
     make, names = prompt_maker(model, name)

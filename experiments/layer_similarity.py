@@ -24,12 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mi_cluster.activations import Positions, collect  # noqa: E402
-from mi_cluster.atomic import atomic_write_text  # noqa: E402
-from mi_cluster.models import load_model  # noqa: E402
-from mi_cluster.plotting import similarity_heatmaps, write_experiment  # noqa: E402
-from mi_cluster.provenance import provenance  # noqa: E402
-from mi_cluster.similarity import (  # noqa: E402
+from mi_cluster.collection.activations import Positions, collect  # noqa: E402
+from mi_cluster.core.atomic import atomic_write_text  # noqa: E402
+from mi_cluster.core.provenance import provenance  # noqa: E402
+from mi_cluster.methods.similarity import (  # noqa: E402
     cca,
     ecco_cca,
     ecco_cka,
@@ -40,6 +38,8 @@ from mi_cluster.similarity import (  # noqa: E402
     pwcca,
     svcca,
 )
+from mi_cluster.models.loading import load_model  # noqa: E402
+from mi_cluster.plotting import similarity_heatmaps, write_experiment  # noqa: E402
 
 # The Dostoevsky extract of the class notebook (shared with activation_factors.py).
 PASSAGE = (Path(__file__).parent / "data" / "underground.txt").read_text(encoding="utf-8").strip()

@@ -32,8 +32,8 @@ N_BOOT = 4000
 
 def _band(values, seed: int = 0):
     """Per-layer mean over prompts with a percentile bootstrap interval."""
+    from mi_cluster.methods.stats import paired_test
     from mi_cluster.plotting import Band
-    from mi_cluster.stats import paired_test
 
     t = paired_test(values.double(), n_permutations=1, n_bootstrap=N_BOOT, seed=seed)
     return Band(t.estimate.tolist(), t.interval.low.tolist(), t.interval.high.tolist()), t
@@ -50,21 +50,21 @@ def _ci_record(t) -> dict:
 def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
     import torch
 
-    from mi_cluster.ioi import ioi_prompts
-    from mi_cluster.lens import logit_lens
-    from mi_cluster.models import load_model
+    from mi_cluster.core.ioi_prompts import ioi_prompts
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.lens.logit import logit_lens
+    from mi_cluster.methods.stats import paired_test
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import layer_bands, write_experiment
     from mi_cluster.plotting.lens import plot_lens_positions, plot_lens_predictions, plot_lens_ranks
-    from mi_cluster.provenance import provenance
-    from mi_cluster.stats import paired_test
 
     model = load_model(name)
     toy = name == "toy-ioi"
     lenses: dict = {"logit": None}
     if toy:
-        from mi_cluster.toy import TOY_TUNED_LENS
-        from mi_cluster.toy.data import eval_examples, training_texts
-        from mi_cluster.tuned_lens import TunedLens
+        from mi_cluster.methods.lens.tuned import TunedLens
+        from mi_cluster.models.toy import TOY_TUNED_LENS
+        from mi_cluster.models.toy.data import eval_examples, training_texts
 
         lenses["tuned"] = TunedLens.load(TOY_TUNED_LENS)
         prompts = eval_examples("held_out_pairs", n=n, seed=7)

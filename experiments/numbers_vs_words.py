@@ -32,7 +32,7 @@ LENGTHS = list(range(3, 11))
 def token_vectors(model, items: list[str]):
     """``[layer, item, d_model]`` of each item of the space-separated sequence, requiring
     one token per item."""
-    from mi_cluster.activations import Positions, collect
+    from mi_cluster.collection.activations import Positions, collect
 
     text = " ".join(items)
     acts = collect(model, [text], "resid_post", Positions.all(exclude_special=True), progress=False)
@@ -52,12 +52,12 @@ def cosine_matrix(a, b):
 def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = True) -> dict:
     import torch
 
-    from mi_cluster.activations import Positions, collect
-    from mi_cluster.models import load_model
+    from mi_cluster.collection.activations import Positions, collect
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.projections import pca_by_layer
+    from mi_cluster.methods.stats import correlation_test, correspondence_test
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import Band, layer_bands, layer_scatter, write_experiment
-    from mi_cluster.projections import pca_by_layer
-    from mi_cluster.provenance import provenance
-    from mi_cluster.stats import correlation_test, correspondence_test
 
     model = load_model(model_name)
     digits, labels = token_vectors(model, DIGITS)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _study import parse_study_args, print_record, record_written, study_design, study_parser
+from study_cli import parse_study_args, print_record, record_written, study_design, study_parser
 
 OFFLINE_MODELS = ("toy-ioi", "minilm")
 
@@ -90,11 +90,12 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Run the three analyses on one model and write its files; returns the JSON record."""
-    from mi_cluster.activations import Positions
-    from mi_cluster.designs import name_swap_pairs
-    from mi_cluster.head_write import head_write_view
-    from mi_cluster.models import load_model, model_info
-    from mi_cluster.paired import compare_prompts
+    from mi_cluster.collection.activations import Positions
+    from mi_cluster.core.model_info import model_info
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.paired import compare_prompts
+    from mi_cluster.methods.stats import SCOPES
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.head_write import head_write_scatter
     from mi_cluster.plotting.paired import paired_heatmap, paired_lines
@@ -103,9 +104,9 @@ def run(
         role_shift_heads,
         role_shift_positions,
     )
-    from mi_cluster.provenance import provenance
-    from mi_cluster.role_shift import DEFAULT_SITES, attribute_role_shift
-    from mi_cluster.stats import SCOPES
+    from mi_cluster.studies.subject_object.design import name_swap_pairs
+    from mi_cluster.studies.subject_object.head_write import head_write_view
+    from mi_cluster.studies.subject_object.role_shift import DEFAULT_SITES, attribute_role_shift
 
     model = load_model(model_name)
     design = study_design(model, model_name, words)

@@ -35,7 +35,7 @@ CATEGORY = {w: c for c, ws in CATEGORIES.items() for w in ws}
 
 def tokenization_table(tokenizers: dict) -> list[dict]:
     """Per word, each tokenizer's token count without and with a leading space."""
-    from mi_cluster.prompts import word_token_table
+    from mi_cluster.core.prompts import word_token_table
 
     tables = {name: word_token_table(tok, WORDS) for name, tok in tokenizers.items()}
     rows = []
@@ -64,7 +64,7 @@ def first_token_ids(tokenizer) -> list[int]:
 
 def input_embeddings(model):
     """``[word, d_model]``: each word's first token (mid-sentence form) in ``W_E``."""
-    from mi_cluster.prompts import get_tokenizer
+    from mi_cluster.core.prompts import get_tokenizer
 
     return model.W_E.detach()[first_token_ids(get_tokenizer(model))].double()
 
@@ -80,7 +80,7 @@ def random_minilm_embeddings(seed: int = 0):
     import torch
     from transformers import BertConfig, BertModel
 
-    from mi_cluster.minilm import minilm_directory
+    from mi_cluster.models.minilm import minilm_directory
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -91,8 +91,12 @@ def random_minilm_embeddings(seed: int = 0):
 def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = True) -> dict:
     import torch
 
-    from mi_cluster.activations import Positions, collect
-    from mi_cluster.models import gpt2_tokenizer, load_model
+    from mi_cluster.collection.activations import Positions, collect
+    from mi_cluster.core.prompts import get_tokenizer
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.methods.similarity import SimilarityMatrix, mantel_test
+    from mi_cluster.models.gpt2 import gpt2_tokenizer
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import (
         Band,
         layer_bands,
@@ -100,9 +104,6 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
         value_scatter,
         write_experiment,
     )
-    from mi_cluster.prompts import get_tokenizer
-    from mi_cluster.provenance import provenance
-    from mi_cluster.similarity import SimilarityMatrix, mantel_test
 
     loaded = {name: load_model(name) for name in models}
     first_name, first = next(iter(loaded.items()))

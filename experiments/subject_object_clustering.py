@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from _study import parse_study_args, print_record, record_written, study_design, study_parser
+from study_cli import parse_study_args, print_record, record_written, study_design, study_parser
 
 OFFLINE_MODELS = ("minilm", "toy-ioi")  # the study's offline defaults
 
@@ -37,11 +37,11 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Run the study on one model and write its files; returns the JSON record."""
-    from mi_cluster.models import load_model
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
-    from mi_cluster.provenance import provenance
-    from mi_cluster.subject_object import run_subject_object_study
+    from mi_cluster.studies.subject_object.study import run_subject_object_study
 
     model = load_model(model_name)
     design = study_design(model, model_name, words)

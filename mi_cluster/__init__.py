@@ -1,25 +1,46 @@
 """mi_cluster: residual streams by layer, clustering, similarity metrics and patching,
 on TransformerLens models.
 
-The top-level names load on first use, so ``import mi_cluster.stats`` or
-``import mi_cluster.similarity`` (plain torch) does not import TransformerLens.
+The package is layered, each layer importing only from those below it::
+
+    cli -> plotting -> studies -> methods -> collection -> models -> core
+
+The top-level names load on first use, so ``import mi_cluster.methods.stats`` or
+``import mi_cluster.methods.similarity`` (plain torch) does not import TransformerLens.
 """
 
+from __future__ import annotations
+
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time they load lazily
+    from mi_cluster.collection.activations import Activations, Positions, collect, collect_many
+    from mi_cluster.core.model_info import ModelInfo, model_info
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.models.tiny import TinyConfig
 
 _EXPORTS = {
-    "Activations": "mi_cluster.activations",
-    "Positions": "mi_cluster.activations",
-    "collect": "mi_cluster.activations",
-    "collect_many": "mi_cluster.activations",
-    "ModelInfo": "mi_cluster.models",
-    "TinyConfig": "mi_cluster.models",
-    "load_model": "mi_cluster.models",
-    "model_info": "mi_cluster.models",
+    "Activations": "mi_cluster.collection.activations",
+    "Positions": "mi_cluster.collection.activations",
+    "collect": "mi_cluster.collection.activations",
+    "collect_many": "mi_cluster.collection.activations",
+    "ModelInfo": "mi_cluster.core.model_info",
+    "model_info": "mi_cluster.core.model_info",
+    "load_model": "mi_cluster.models.loading",
+    "TinyConfig": "mi_cluster.models.tiny",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Activations",
+    "ModelInfo",
+    "Positions",
+    "TinyConfig",
+    "collect",
+    "collect_many",
+    "load_model",
+    "model_info",
+]
 __version__ = "0.1.0"
 
 

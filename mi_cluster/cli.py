@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mi_cluster.hooks import SITES
-from mi_cluster.sources import check_model_source
+from mi_cluster.core.hooks import SITES
+from mi_cluster.models.sources import check_model_source
 
 __all__ = ["CommandError", "main", "read_prompts", "read_text_file", "run_demo"]
 
@@ -76,12 +76,12 @@ def run_demo(
     position of five template families, and alone) on ``model_name`` and write the demo
     figures (HTML; with ``static`` also PNG/SVG and a key-frame strip of the animation) and
     ``demo.json`` with the effect per layer, its confidence interval and the provenance."""
-    from mi_cluster.designs import role_design
-    from mi_cluster.models import load_model
+    from mi_cluster.core.provenance import provenance
+    from mi_cluster.models.loading import load_model
     from mi_cluster.plotting import write_experiment
     from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
-    from mi_cluster.provenance import provenance
-    from mi_cluster.subject_object import run_subject_object_study
+    from mi_cluster.studies.subject_object.design import role_design
+    from mi_cluster.studies.subject_object.study import run_subject_object_study
 
     model = load_model(model_name)
     design = role_design(model)
@@ -157,7 +157,7 @@ def _lens_texts(args: argparse.Namespace) -> list[str] | None:
 
 
 def _is_tuned_lens(path: Path) -> bool:
-    from mi_cluster.tuned_lens import TunedLens
+    from mi_cluster.methods.lens.tuned import TunedLens
 
     try:
         TunedLens.load(path)
@@ -167,7 +167,7 @@ def _is_tuned_lens(path: Path) -> bool:
 
 
 def _cmd_train_lens(args: argparse.Namespace) -> int:
-    from mi_cluster.outputs import check_output_file, fresh_path
+    from mi_cluster.core.outputs import check_output_file, fresh_path
 
     _positive(args, "steps", "n_texts")
     texts = _lens_texts(args)
@@ -178,9 +178,9 @@ def _cmd_train_lens(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mi_cluster.models import load_model
-    from mi_cluster.toy.data import training_texts
-    from mi_cluster.tuned_lens import train_tuned_lens
+    from mi_cluster.methods.lens.tuned import train_tuned_lens
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.models.toy.data import training_texts
 
     torch.set_num_threads(1)  # one thread: the same lens, to the bit, on every machine
     model = load_model(args.model)
@@ -234,7 +234,7 @@ def run_figures(
     import subprocess
     import time
 
-    from mi_cluster.atomic import atomic_write_text
+    from mi_cluster.core.atomic import atomic_write_text
     from mi_cluster.plotting.export import figures_index
 
     root = Path.cwd() if root is None else root
@@ -353,16 +353,16 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     _positive(args, "shard_size", "batch_size", "max_shards")
     check_model_source(args.model)
     _check_out_dir(args.out)
-    from mi_cluster.store_files import check_store_request
+    from mi_cluster.collection.store_files import check_store_request
 
     prompts, words = read_prompts(args.prompts, args.field, args.word_field)
     check_store_request(args.out, prompts, args.site, args.shard_size, args.dtype, args.wait)
 
     import torch
 
-    from mi_cluster.activations import Positions
-    from mi_cluster.models import load_model
-    from mi_cluster.store import ActivationStore, collect_to_store
+    from mi_cluster.collection.activations import Positions
+    from mi_cluster.collection.store import ActivationStore, collect_to_store
+    from mi_cluster.models.loading import load_model
 
     positions = Positions.word(words) if words else args.positions
     rank, world, local = _init_distributed()
@@ -494,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         if argv[:1] == ["train-toy"]:
-            from mi_cluster.toy.train import main as train_main
+            from mi_cluster.models.toy.train import main as train_main
 
             return train_main(argv[1:])
         args = build_parser().parse_args(argv)

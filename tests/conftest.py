@@ -8,7 +8,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mi_cluster.models import TinyConfig, load_model  # noqa: E402
+from mi_cluster.models.loading import load_model  # noqa: E402
+from mi_cluster.models.tiny import TinyConfig
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def hf_toy():
     """The toy model as plain Hugging Face GPT-2 (no TransformerLens), for references."""
     from transformers import GPT2LMHeadModel
 
-    from mi_cluster.toy import TOY_IOI_DIR
+    from mi_cluster.models.toy import TOY_IOI_DIR
 
     return GPT2LMHeadModel.from_pretrained(str(TOY_IOI_DIR), attn_implementation="eager").eval()
 
@@ -47,6 +48,6 @@ def hf_minilm():
     """MiniLM as plain Hugging Face BERT (no TransformerLens), for references."""
     from transformers import BertModel
 
-    from mi_cluster.minilm import minilm_directory
+    from mi_cluster.models.minilm import minilm_directory
 
     return BertModel.from_pretrained(str(minilm_directory()), attn_implementation="eager").eval()

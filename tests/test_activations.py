@@ -4,8 +4,14 @@ import pytest
 import torch
 from transformers import BertModel
 
-from mi_cluster.activations import Activations, Positions, collect, collect_many, site_hooks
-from mi_cluster.minilm import minilm_directory
+from mi_cluster.collection.activations import (
+    Activations,
+    Positions,
+    collect,
+    collect_many,
+    site_hooks,
+)
+from mi_cluster.models.minilm import minilm_directory
 
 PROMPTS = [
     "Adam went to the store. Lamp went to the",

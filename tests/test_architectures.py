@@ -1,6 +1,6 @@
 """The architecture conformance suite: every feature on a tiny random model of each
-architecture researchers use (``_zoo.ZOO``), against an independent reference written
-with plain PyTorch forward hooks on the Hugging Face model (``_hf_reference``), never
+architecture researchers use (``zoo.ZOO``), against an independent reference written
+with plain PyTorch forward hooks on the Hugging Face model (``hf_reference``), never
 through TransformerLens. A feature that cannot be exact on an architecture must refuse it
 by name, and the refusal is asserted here.
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_reference import AXES, Analyses
-from _zoo import CAUSAL, ZOO, Zoo
+from hf_reference import AXES, Analyses
+from zoo import CAUSAL, ZOO, Zoo
 
-from mi_cluster.activations import Positions, collect_many
-from mi_cluster.hooks import SITES
-from mi_cluster.prompts import single_token_id, tokenize_prompt, word_positions
-from mi_cluster.writes import NotAdditiveError
+from mi_cluster.collection.activations import Positions, collect_many
+from mi_cluster.core.hooks import SITES
+from mi_cluster.core.prompts import single_token_id, tokenize_prompt, word_positions
+from mi_cluster.core.writes import NotAdditiveError
 
 TEXTS = [
     "Adam went to the store. Lamp went to the",
@@ -94,7 +94,7 @@ def test_a_tokenizer_with_a_bos_the_adapter_does_not_prepend(zoo, tmp_path):
     from tokenizers import processors
     from transformers import AutoTokenizer
 
-    from mi_cluster.models import load_model
+    from mi_cluster.models.loading import load_model
 
     target = tmp_path / "qwen2-bos"
     shutil.copytree(zoo.directory("qwen2"), target)
@@ -192,7 +192,7 @@ def test_per_head_results_add_up_to_the_attention_output(zoo, name):
 
 
 def _bert_results_add_up(model):
-    from mi_cluster.activations import collect
+    from mi_cluster.collection.activations import collect
 
     res = collect(model, TEXTS, "result", "last", progress=False)
     for row, text in enumerate(TEXTS):
@@ -213,8 +213,8 @@ def test_logit_lens_equals_the_models_own_head_on_each_layer(zoo, name):
     """Every layer read through the model's own head (final norm, unembedding, Gemma 2's
     soft-cap; BERT's MLM transform), the last equal to the model's output; a tuned lens
     whose translators are zero reads the same."""
-    from mi_cluster.lens import logit_lens
-    from mi_cluster.tuned_lens import TunedLens
+    from mi_cluster.methods.lens.logit import logit_lens
+    from mi_cluster.methods.lens.tuned import TunedLens
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     lens = logit_lens(model, TEXTS, "last", keep_log_probs=True, progress=False)
@@ -246,7 +246,7 @@ def _pair(model):
 
 def _metrics(model):
     """The same logit difference at the last token, for mi_cluster and for the reference."""
-    from mi_cluster.patching import Metric
+    from mi_cluster.methods.patching import Metric
 
     a, b = single_token_id(model, "Mary"), single_token_id(model, "John")
 
@@ -279,7 +279,7 @@ def test_activation_patching_equals_hugging_face(zoo, name):
     """Every site kind, denoising and noising, against the same patch made with plain
     hooks on the Hugging Face model (grouped key/value heads patched as the model has
     them); resid_mid refused where there is none."""
-    from mi_cluster.patching import PatchingError, activation_patching
+    from mi_cluster.methods.patching import PatchingError, activation_patching
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     clean, corrupted = _pair(model)
@@ -303,7 +303,7 @@ def test_path_patching_equals_hugging_face(zoo, name):
     """Every head as a sender, to the logits (final norm recomputed and frozen) and to
     receivers' queries, keys and values (key/value heads where they are grouped); BERT's
     masked-LM head has no final norm to freeze, which is refused."""
-    from mi_cluster.patching import PatchingError, path_patching
+    from mi_cluster.methods.patching import PatchingError, path_patching
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     clean, corrupted = _pair(model)
@@ -324,7 +324,7 @@ def test_path_patching_equals_hugging_face(zoo, name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_attribution_patching_equals_autograd_on_hugging_face(zoo, name):
-    from mi_cluster.patching import ATTRIBUTION_SITES, attribution_patching
+    from mi_cluster.methods.patching import ATTRIBUTION_SITES, attribution_patching
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     clean, corrupted = _pair(model)
@@ -350,7 +350,7 @@ IOI = [  # (IO, S, replacement for S2)
 
 
 def _ioi(s2: bool = False):
-    from mi_cluster.ioi import IOIPrompt
+    from mi_cluster.core.ioi_prompts import IOIPrompt
 
     text = "When {} and {} went to the store, {} gave a book to"
     return [IOIPrompt(text.format(io, s, r if s2 else s), io, s) for io, s, r in IOI]
@@ -365,7 +365,7 @@ def test_direct_logit_attribution_equals_hugging_face(zoo, name):
     """Each head's write at END (through Gemma 2/3's and OLMo 2's post-attention norm at
     the attention output's scale) through the final norm frozen at the run's scale, on
     logit(IO) - logit(S); refused for post-LayerNorm BERT."""
-    from mi_cluster.heads import head_direct_logit_attribution
+    from mi_cluster.studies.ioi.heads import head_direct_logit_attribution
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     prompts = _ioi()
@@ -398,7 +398,7 @@ def _paper_vectors(ref, model, prompts):
 def test_copy_scores_equal_hugging_face(zoo, name):
     """All three variants, positive and negative: the model's own norms (RMS or layer
     norm), grouped key/value heads expanded, post-attention norms applied."""
-    from mi_cluster.heads import copy_hits
+    from mi_cluster.studies.ioi.heads import copy_hits
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     if name == "bert":
@@ -422,7 +422,7 @@ def test_copy_scores_equal_hugging_face(zoo, name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_attention_between_positions_equals_hugging_face(zoo, name):
-    from mi_cluster.heads import attention_between
+    from mi_cluster.studies.ioi.heads import attention_between
 
     model, ref = zoo.bridge(name), zoo.reference(name)
     prompts = _ioi()
@@ -455,7 +455,7 @@ def test_head_claims_equal_hugging_face(zoo, name):
     attention END -> IO vs S1, copy score, and the direct effect (path patching with the
     final norm frozen; recomputed for BERT, whose head has no final norm and whose copy
     score is refused)."""
-    from mi_cluster.head_claims import (
+    from mi_cluster.studies.ioi.claims import (
         ablation_test,
         attention_test,
         copy_score_test,
@@ -519,7 +519,7 @@ def test_attention_views_equal_hugging_face(zoo, name):
     """Patterns of every layer, and the neuron view's queries and keys as the scores read
     them (rotated, normed, the key/value head of a group), whose softmax is the pattern,
     for a query past Gemma 2/3's and Mistral's sliding window."""
-    from mi_cluster.attention import attention_patterns, neuron_view
+    from mi_cluster.methods.attention import attention_patterns, neuron_view
 
     model, ref = zoo.bridge(name, "hf"), zoo.reference(name)
     text = CLEAN[0]
@@ -548,7 +548,7 @@ def test_ov_write_directions_span_what_each_head_writes(zoo, name):
     """The output side of a head's OV circuit (post-attention norm included where a block
     has one) spans the head's collected writes: nothing is left after projecting them on
     all its d_head directions."""
-    from mi_cluster.projections import head_circuit_directions
+    from mi_cluster.methods.projections import head_circuit_directions
 
     model = zoo.bridge(name)
     acts = collect_many(model, TEXTS, ["result"], "all", progress=False)["result"].tensor
@@ -566,10 +566,10 @@ def test_an_output_head_it_cannot_reproduce_is_refused(zoo):
     """A model whose logits are not what mi_cluster's readout computes from its last
     residual (here: a GPT-2 told it soft-caps its logits, which it does not) is refused by
     the lens and by the patching runner, never read wrongly."""
-    from mi_cluster.lens import logit_lens
-    from mi_cluster.models import load_model
-    from mi_cluster.patching import PatchingError, activation_patching
-    from mi_cluster.readout import ReadoutError
+    from mi_cluster.core.readout import ReadoutError
+    from mi_cluster.methods.lens.logit import logit_lens
+    from mi_cluster.methods.patching import PatchingError, activation_patching
+    from mi_cluster.models.loading import load_model
 
     model = load_model(zoo.directory("gpt2"), device="cpu")
     model.cfg.output_logits_soft_cap = 5.0
@@ -585,7 +585,7 @@ def test_resid_post_against_output_hidden_states(zoo, name):
     """What the site_hooks docstring says: entry i < n_layers is hidden_states[i],
     exactly with processing="hf", up to each vector's mean over d_model on LayerNorm
     models with the default processing."""
-    from mi_cluster.activations import collect
+    from mi_cluster.collection.activations import collect
 
     ref = zoo.reference(name)
     for processing in ("hf", "transformer_lens"):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from mi_cluster.attention import (
+from mi_cluster.methods.attention import (
     attention_patterns,
     head_summary,
     induction_scores,

@@ -14,21 +14,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_cluster.activations import Positions, collect
 from mi_cluster.cli import CommandError, read_prompts
-from mi_cluster.models import ModelUnavailableError, load_model
-from mi_cluster.outputs import MARKER, OutputError, check_output_dir, check_output_file
-from mi_cluster.patching import PatchingError, logit_difference
-from mi_cluster.patching.metrics import Metric, check_metric_output
+from mi_cluster.collection.activations import Positions, collect
+from mi_cluster.core.outputs import MARKER, OutputError, check_output_dir, check_output_file
+from mi_cluster.core.prompts import UnknownWordError, tokenize_prompt, word_positions
+from mi_cluster.methods.patching import PatchingError, logit_difference
+from mi_cluster.methods.patching.metrics import Metric, check_metric_output
+from mi_cluster.methods.similarity import (
+    SimilarityInputError,
+    cca,
+    linear_cka,
+    pairwise,
+    pwcca,
+    svcca,
+)
+from mi_cluster.methods.similarity.streaming import StreamingLinearCKA
+from mi_cluster.methods.stats import StatsInputError, paired_test, two_sample_test
+from mi_cluster.methods.stats.resampling import make_generator
+from mi_cluster.models.loading import load_model
+from mi_cluster.models.sources import ModelUnavailableError, check_model_source
+from mi_cluster.models.toy import TOY_IOI_DIR, TOY_TUNED_LENS
+from mi_cluster.models.toy.train import TrainConfig, train
 from mi_cluster.plotting.export import save_figure
-from mi_cluster.prompts import UnknownWordError, tokenize_prompt, word_positions
-from mi_cluster.similarity import SimilarityInputError, cca, linear_cka, pairwise, pwcca, svcca
-from mi_cluster.similarity.streaming import StreamingLinearCKA
-from mi_cluster.sources import check_model_source
-from mi_cluster.stats import StatsInputError, paired_test, two_sample_test
-from mi_cluster.stats.resampling import make_generator
-from mi_cluster.toy import TOY_IOI_DIR, TOY_TUNED_LENS
-from mi_cluster.toy.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +58,7 @@ def test_train_toy_refuses_a_users_folder_and_the_shipped_model(tmp_path):
 
 
 def test_train_toy_replaces_only_its_own_files(tmp_path):
-    from mi_cluster.outputs import install_dir
+    from mi_cluster.core.outputs import install_dir
 
     target = tmp_path / "out"
     for run, names in enumerate((("a.bin", "old.bin"), ("a.bin",))):
@@ -152,7 +159,7 @@ def test_unknown_words_are_refused_not_read_as_unk(toy):
 
 
 def test_unknown_answers_and_watched_tokens_are_refused(toy):
-    from mi_cluster.lens import logit_lens
+    from mi_cluster.methods.lens.logit import logit_lens
 
     with pytest.raises(PatchingError, match="Quokka.*vocabulary"):
         logit_difference(toy, [("Quokka", "Mary")])
@@ -213,7 +220,7 @@ def test_answer_ids_out_of_the_vocabulary_are_named(toy):
 
 
 def test_fewer_answers_than_prompts_is_named(toy):
-    from mi_cluster.patching import activation_patching
+    from mi_cluster.methods.patching import activation_patching
 
     prompts = ["When Mary and John went to the store, John gave a drink to"] * 3
     corrupt = ["When Mary and John went to the store, Mary gave a drink to"] * 3
@@ -392,7 +399,7 @@ def test_usage_errors_are_argparse_errors_and_debug_shows_the_traceback(tmp_path
 
 
 def test_collect_refuses_a_store_of_other_inputs_before_loading_the_model(tmp_path, jsonl, toy):
-    from mi_cluster.store import collect_to_store
+    from mi_cluster.collection.store import collect_to_store
 
     out = tmp_path / "store"
     collect_to_store(toy, ["Mary went home"], out, shard_size=4, progress=False)
@@ -405,7 +412,7 @@ def test_collect_refuses_a_store_of_other_inputs_before_loading_the_model(tmp_pa
 
 
 def test_resampling_draws_are_chunked_and_the_same_whatever_the_chunk():
-    from mi_cluster.stats.resampling import (
+    from mi_cluster.methods.stats.resampling import (
         label_permutation_draws,
         permutation_draws,
         sign_flip_draws,

@@ -4,10 +4,10 @@ no head gives, each number equals an independent computation with ablation hooks
 import pytest
 import torch
 
-from mi_cluster.circuits import evaluate_circuit
-from mi_cluster.head_claims import ablation_hooks
-from mi_cluster.heads import logit_difference
-from mi_cluster.toy.data import eval_examples
+from mi_cluster.models.toy.data import eval_examples
+from mi_cluster.studies.ioi.circuits import evaluate_circuit
+from mi_cluster.studies.ioi.claims import ablation_hooks
+from mi_cluster.studies.ioi.heads import logit_difference
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from _experiments import experiment
+from experiment_scripts import experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -116,7 +116,7 @@ def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_pat
 
 
 def test_rsa_embeddings_compares_two_models_of_different_widths(tmp_path):
-    from mi_cluster.models import TinyConfig, save_tiny_pretrained
+    from mi_cluster.models.tiny import TinyConfig, save_tiny_pretrained
 
     tiny_dir = save_tiny_pretrained(TinyConfig(d_model=64), tmp_path / "tiny")
     exp = experiment("rsa_embeddings")

@@ -7,19 +7,19 @@ import tempfile
 import pytest
 import torch
 
-from mi_cluster.activations import hook_name
-from mi_cluster.compiled import NAMES, OBJECTS, PLACES, TEMPLATES, save_compiled_ioi
-from mi_cluster.heads import (
+from mi_cluster.core.hooks import hook_name
+from mi_cluster.core.ioi_prompts import abc_corruption, ioi_prompts, name_flip
+from mi_cluster.methods.patching import activation_patching, path_patching
+from mi_cluster.methods.patching import logit_difference as ld_metric
+from mi_cluster.models.compiled import NAMES, OBJECTS, PLACES, TEMPLATES, save_compiled_ioi
+from mi_cluster.models.loading import load_model
+from mi_cluster.studies.ioi.heads import (
     attention_between,
     copy_scores,
     head_direct_logit_attribution,
     head_mean_ablation,
     logit_difference,
 )
-from mi_cluster.ioi import abc_corruption, ioi_prompts, name_flip
-from mi_cluster.models import load_model
-from mi_cluster.patching import activation_patching, path_patching
-from mi_cluster.patching import logit_difference as ld_metric
 
 MOVERS = {(2, 0): 2.0, (2, 1): 1.5, (2, 2): -0.5}
 
@@ -53,7 +53,7 @@ def test_the_construction_is_exact_in_float64():
     vocab = tok.get_vocab()
     for template in TEMPLATES:
         for order in ("ABBA", "BABA"):
-            from mi_cluster.ioi import fill_template
+            from mi_cluster.core.ioi_prompts import fill_template
 
             text = fill_template(template, "Kate", "Paul", order, "park", "cup")
             ids = torch.tensor([[tok.bos_token_id] + tok(text)["input_ids"]])

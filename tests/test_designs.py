@@ -5,8 +5,10 @@ import warnings
 
 import pytest
 
-from mi_cluster.activations import collect
-from mi_cluster.designs import (
+from mi_cluster.collection.activations import collect
+from mi_cluster.core.prompts import NotSingleTokenError, tokenize_prompt, word_positions
+from mi_cluster.models.gpt2 import gpt2_tokenizer
+from mi_cluster.studies.subject_object.design import (
     FAMILIES,
     NAMES,
     OBJECTS,
@@ -15,8 +17,6 @@ from mi_cluster.designs import (
     name_swap_pairs,
     role_design,
 )
-from mi_cluster.models import gpt2_tokenizer
-from mi_cluster.prompts import NotSingleTokenError, tokenize_prompt, word_positions
 
 
 def test_families_cover_initial_mid_and_preceding_name():
@@ -49,7 +49,7 @@ def test_minilm_design_is_complete_single_token_and_position_matched(minilm):
 
 
 def test_toy_design_drops_unknown_words_with_a_warning_naming_them(tiny):
-    from mi_cluster.toy import load_toy_ioi
+    from mi_cluster.models.toy import load_toy_ioi
 
     toy = load_toy_ioi()
     with pytest.warns(UnknownWordWarning, match=r"dropped 16 word\(s\).*bottle: unknown"):
@@ -98,7 +98,7 @@ def test_bad_designs_are_refused(minilm):
         role_design(minilm, ["Mary", "Mary", "John"], OBJECTS)
     with pytest.raises(ValueError, match="both as names and objects"):
         role_design(minilm, ["Mary", "John"], ["Mary", "lamp"])
-    from mi_cluster.toy import load_toy_ioi
+    from mi_cluster.models.toy import load_toy_ioi
 
     odd = TemplateFamily("odd", "{W} went to the spaceship.", "They saw {W}.", True, False)
     with pytest.raises(ValueError, match=r"does not know \['spaceship'\]"):

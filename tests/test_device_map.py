@@ -12,16 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_cluster.activations import collect
-from mi_cluster.lens import logit_lens
-from mi_cluster.models import load_model
-from mi_cluster.patching import (
+from mi_cluster.collection.activations import collect
+from mi_cluster.methods.lens.logit import logit_lens
+from mi_cluster.methods.patching import (
     activation_patching,
     attribution_patching,
     logit_difference,
     path_patching,
 )
-from mi_cluster.toy import TOY_IOI_DIR
+from mi_cluster.models.loading import load_model
+from mi_cluster.models.toy import TOY_IOI_DIR
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="needs two CUDA devices (a real device-map split)"

@@ -10,16 +10,16 @@ import textwrap
 
 import torch
 
-from mi_cluster.distributed import distributed_rank, my_share, sum_across_ranks
+from mi_cluster.collection.distributed import distributed_rank, my_share, sum_across_ranks
 
 SCRIPT = textwrap.dedent(
     """
     import os, sys
     import torch
     import torch.distributed as dist
-    from mi_cluster.models import load_model
-    from mi_cluster.patching import activation_patching, logit_difference, path_patching
-    from mi_cluster.toy.data import eval_examples
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.methods.patching import activation_patching, logit_difference, path_patching
+    from mi_cluster.models.toy.data import eval_examples
 
     if "RANK" in os.environ:
         dist.init_process_group("gloo")

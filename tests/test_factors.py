@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.decomposition import NMF
 
-from mi_cluster.factors import activation_factors, nmf
+from mi_cluster.methods.factors import activation_factors, nmf
 from mi_cluster.plotting import save_figure
 from mi_cluster.plotting.factors import (
     plot_factor_heatmap,
@@ -25,7 +25,7 @@ SHORT = PASSAGE[:600]
 @pytest.fixture(scope="module")
 def mlp_matrix(minilm):
     f = activation_factors(minilm, SHORT, 4)  # also exercises the full path once
-    from mi_cluster.activations import Positions, collect
+    from mi_cluster.collection.activations import Positions, collect
 
     acts = collect(minilm, [SHORT], "mlp_post", Positions.all(exclude_special=True), progress=False)
     return f, acts.tensor.permute(1, 0, 2).reshape(acts.tensor.shape[1], -1).clamp_min(0)

@@ -17,11 +17,11 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from mi_cluster.methods.projections import pca_by_layer
 from mi_cluster.plotting import FigureExportError, layer_scatter, save_figure, write_experiment
 from mi_cluster.plotting.export import chromium_path, figures_index
 from mi_cluster.plotting.strips import keyframe_strip
 from mi_cluster.plotting.style import apply_paper_style, paper_size
-from mi_cluster.projections import pca_by_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -128,7 +128,7 @@ def test_theme_and_paper_sizes():
 
 # -- provenance and the index ----------------------------------------------------------------
 def test_write_experiment_provenance_sidecars_and_index(tmp_path, tiny):
-    from mi_cluster.provenance import prompt_set_hash, provenance, weights_hash
+    from mi_cluster.core.provenance import prompt_set_hash, provenance, weights_hash
 
     prov = provenance([tiny], ["a b", "c"], seed=3, command="python x.py")
     assert prov.prompts_sha256 == prompt_set_hash(["a b", "c"]) != prompt_set_hash(["a", "b c"])
@@ -147,8 +147,9 @@ def test_write_experiment_provenance_sidecars_and_index(tmp_path, tiny):
 
 
 def test_weights_hash_follows_the_weights(tiny):
-    from mi_cluster.models import TinyConfig, load_model
-    from mi_cluster.provenance import weights_hash
+    from mi_cluster.core.provenance import weights_hash
+    from mi_cluster.models.loading import load_model
+    from mi_cluster.models.tiny import TinyConfig
 
     again = load_model(TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cpu")
     assert weights_hash(again) == weights_hash(tiny)
@@ -252,7 +253,7 @@ def test_animation_renders_and_steps_in_a_real_browser(tmp_path):
 
 @needs_chromium
 def test_heatmap_and_head_view_render_in_a_real_browser(tmp_path, minilm):
-    from mi_cluster.attention import attention_patterns
+    from mi_cluster.methods.attention import attention_patterns
     from mi_cluster.plotting.attention import plot_head_view
 
     (heat,) = save_figure(_heatmap(), tmp_path / "heat.html")

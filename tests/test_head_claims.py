@@ -10,8 +10,11 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from mi_cluster.compiled import NAMES, compiled_prompts
-from mi_cluster.head_claims import (
+from mi_cluster.core.ioi_prompts import abc_corruption
+from mi_cluster.methods.patching import logit_difference, path_patching
+from mi_cluster.models.compiled import NAMES, compiled_prompts
+from mi_cluster.models.loading import load_model
+from mi_cluster.studies.ioi.claims import (
     HeadClaim,
     ablation_test,
     attention_test,
@@ -20,10 +23,7 @@ from mi_cluster.head_claims import (
     random_head_sets,
     random_set_p_value,
 )
-from mi_cluster.heads import token_mean
-from mi_cluster.ioi import abc_corruption
-from mi_cluster.models import load_model
-from mi_cluster.patching import logit_difference, path_patching
+from mi_cluster.studies.ioi.heads import token_mean
 
 MOVERS, NEGATIVE, BACKUP = [(2, 0), (2, 1)], (2, 2), (3, 0)
 CIRCUIT = {(0, 0), (1, 0), (2, 0), (2, 1), (2, 2), (3, 0)}
@@ -121,8 +121,8 @@ def test_distractors_are_never_supported(compiled, data):
 @pytest.fixture(scope="module")
 def toy_path():
     """The toy model (continuous effects) and path patching of every head to the logits."""
-    from mi_cluster.toy.data import NAMES as TOY_NAMES
-    from mi_cluster.toy.data import eval_examples
+    from mi_cluster.models.toy.data import NAMES as TOY_NAMES
+    from mi_cluster.models.toy.data import eval_examples
 
     toy = load_model("toy-ioi", device="cpu")
     clean = eval_examples("held_out_pairs", n=32)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mi_cluster.activations import Positions, hook_name
-from mi_cluster.head_write import head_write_view
-from mi_cluster.prompts import tokenize_prompt
+from mi_cluster.collection.activations import Positions, hook_name
+from mi_cluster.core.prompts import tokenize_prompt
+from mi_cluster.studies.subject_object.head_write import head_write_view
 
 PROMPTS = [
     "Mary had fun . lamp went to the store .",

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from mi_cluster.heads import (
+from mi_cluster.core.model_info import LogitsUnavailableError
+from mi_cluster.core.prompts import NotSingleTokenError
+from mi_cluster.studies.ioi.heads import (
     IOIPrompt,
     attention_between,
     copy_scores,
@@ -12,8 +14,6 @@ from mi_cluster.heads import (
     patch_head_attention_effect,
     replace_subject,
 )
-from mi_cluster.models import LogitsUnavailableError
-from mi_cluster.prompts import NotSingleTokenError
 
 PROMPTS = [
     IOIPrompt("When Mary and John went to the store, John gave a lamp to", "Mary", "John"),

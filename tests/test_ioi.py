@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_cluster.ioi import (
+from mi_cluster.core.ioi_prompts import (
     NAMES,
     TEMPLATES,
     IOIPrompt,
@@ -18,8 +18,8 @@ from mi_cluster.ioi import (
     name_flip,
     replace_subject,
 )
-from mi_cluster.models import gpt2_tokenizer
-from mi_cluster.prompts import NotSingleTokenError
+from mi_cluster.core.prompts import NotSingleTokenError
+from mi_cluster.models.gpt2 import gpt2_tokenizer
 
 
 class GPT2Tokens:
@@ -94,9 +94,9 @@ def test_generator_and_corruptions(gpt2):
 
 
 def test_the_toy_generator_makes_the_same_kind_of_prompt():
-    from mi_cluster.toy import load_toy_ioi
-    from mi_cluster.toy.data import NAMES as TOY_NAMES
-    from mi_cluster.toy.data import eval_examples
+    from mi_cluster.models.toy import load_toy_ioi
+    from mi_cluster.models.toy.data import NAMES as TOY_NAMES
+    from mi_cluster.models.toy.data import eval_examples
 
     toy = load_toy_ioi()
     examples = eval_examples("held_out_pairs", n=30)

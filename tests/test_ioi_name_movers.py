@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _experiments import experiment
+from experiment_scripts import experiment
 
 
 @pytest.fixture(scope="module")

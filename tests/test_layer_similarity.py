@@ -6,10 +6,10 @@ import json
 import sys
 
 import pytest
-from _experiments import experiment
+from experiment_scripts import experiment
 
-import mi_cluster.similarity as S
-from mi_cluster.activations import Positions, collect
+import mi_cluster.methods.similarity as S
+from mi_cluster.collection.activations import Positions, collect
 
 
 def test_table_values_and_files(minilm, tmp_path, monkeypatch):

@@ -6,11 +6,13 @@ import pytest
 import torch
 from scipy.stats import entropy
 
-from mi_cluster.lens import logit_lens, token_id
-from mi_cluster.models import LogitsUnavailableError, load_model, save_gpt2_shaped
-from mi_cluster.toy import TOY_TUNED_LENS
-from mi_cluster.toy.data import training_texts
-from mi_cluster.tuned_lens import TunedLens, train_tuned_lens
+from mi_cluster.core.model_info import LogitsUnavailableError
+from mi_cluster.methods.lens.logit import logit_lens, token_id
+from mi_cluster.methods.lens.tuned import TunedLens, train_tuned_lens
+from mi_cluster.models.gpt2 import save_gpt2_shaped
+from mi_cluster.models.loading import load_model
+from mi_cluster.models.toy import TOY_TUNED_LENS
+from mi_cluster.models.toy.data import training_texts
 
 PROMPTS = [
     "When Mary and John went to the store , John gave a drink to",

@@ -3,16 +3,11 @@ import time
 import pytest
 import torch
 
-from mi_cluster import models, sources
-from mi_cluster.models import (
-    LogitsUnavailableError,
-    ModelUnavailableError,
-    TinyConfig,
-    load_model,
-    model_info,
-    require_meaningful_logits,
-    save_tiny_pretrained,
-)
+from mi_cluster.core.model_info import LogitsUnavailableError, model_info, require_meaningful_logits
+from mi_cluster.models import loading, sources
+from mi_cluster.models.loading import load_model
+from mi_cluster.models.sources import ModelUnavailableError
+from mi_cluster.models.tiny import TinyConfig, save_tiny_pretrained
 
 HOOKS = [
     "blocks.0.hook_resid_pre",
@@ -75,8 +70,8 @@ def test_hub_name_offline_fails_fast_and_clearly():
 
 def test_hub_name_unreachable_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
-    monkeypatch.setattr(models, "cached_snapshot", lambda name: None)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(loading, "cached_snapshot", lambda name: None)
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         load_model("some-org/some-model", device="cpu")
 
@@ -108,7 +103,7 @@ def test_unknown_source_type():
 
 
 def test_named_models_come_from_a_registry_packages_add_to():
-    from mi_cluster.models import register_model, registered_models
+    from mi_cluster.models.registry import register_model, registered_models
 
     named = registered_models()
     assert {"minilm", "toy-ioi"} <= set(named)  # mi_cluster's own entry points
@@ -133,8 +128,8 @@ def test_device_map_passes_through_to_the_bridge():
     across GPUs needs a machine with several: see the README.)"""
     import torch
 
-    from mi_cluster.activations import collect
-    from mi_cluster.toy import TOY_IOI_DIR
+    from mi_cluster.collection.activations import collect
+    from mi_cluster.models.toy import TOY_IOI_DIR
 
     plain = load_model(str(TOY_IOI_DIR), device="cpu")
     mapped = load_model(str(TOY_IOI_DIR), device_map={"": "cpu"})

@@ -7,10 +7,10 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
 
-from mi_cluster.activations import Positions
-from mi_cluster.lens import logit_lens
-from mi_cluster.models import LogitsUnavailableError
-from mi_cluster.paired import compare_prompts
+from mi_cluster.collection.activations import Positions
+from mi_cluster.core.model_info import LogitsUnavailableError
+from mi_cluster.methods.lens.logit import logit_lens
+from mi_cluster.methods.paired import compare_prompts
 
 A = ["When Mary and John went to the store , John gave a drink to", "Mary liked the book ."]
 B = ["When Anna and Peter went to the park , Peter gave a drink to", "John liked the ball ."]

@@ -12,9 +12,9 @@ import pytest
 import torch
 import transformer_lens.patching as TLP
 
-from mi_cluster.activations import hook_name
-from mi_cluster.models import TinyConfig, load_model
-from mi_cluster.patching import (
+from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.prompts import single_token_id
+from mi_cluster.methods.patching import (
     Metric,
     MetricInput,
     PatchingError,
@@ -27,7 +27,8 @@ from mi_cluster.patching import (
     logit_difference,
     path_patching,
 )
-from mi_cluster.prompts import single_token_id
+from mi_cluster.models.loading import load_model
+from mi_cluster.models.tiny import TinyConfig
 
 TL_FUNCTIONS = {
     "resid_pre": TLP.get_act_patch_resid_pre,
@@ -600,7 +601,7 @@ def test_bad_inputs_fail_before_any_forward_pass(tiny):
         path_patching(fake, tokens, tokens, metric, [(5, 0, "q")])
     with pytest.raises(PatchingError, match="positions must be"):
         Metric("x", lambda inp: inp.logits[:, 0, 0], "first")
-    from mi_cluster.models import LogitsUnavailableError
+    from mi_cluster.core.model_info import LogitsUnavailableError
 
     with pytest.raises(LogitsUnavailableError):
         logit_difference(load_model("minilm", device="cpu"), [("cat", "dog")])
@@ -653,7 +654,7 @@ def test_patching_on_cuda_equals_cpu(tiny):
 def test_patching_maps():
     """Maps use one diverging scale centred at zero, layers down (the IOI experiment runs
     every sweep end to end in tests/test_ioi_name_movers.py)."""
-    from mi_cluster.patching import PatchResult
+    from mi_cluster.methods.patching import PatchResult
     from mi_cluster.plotting.patching import patching_maps
 
     z = torch.tensor([[[1.0, 3.0], [2.0, 2.0]], [[0.0, 0.0], [1.0, 1.0]]])  # [layer, head, prompt]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from mi_cluster.projections import (
+from mi_cluster.methods.projections import (
     BASES,
     head_circuit_directions,
     pca_by_layer,

@@ -1,6 +1,6 @@
 import pytest
 
-from mi_cluster.prompts import (
+from mi_cluster.core.prompts import (
     NotSingleTokenError,
     WordNotFoundError,
     single_token_id,
@@ -81,7 +81,7 @@ def test_single_token_id(tiny):
 
 
 def test_unknown_tokens():
-    from mi_cluster.toy import load_toy_ioi
+    from mi_cluster.models.toy import load_toy_ioi
 
     toy = load_toy_ioi()
     tp = tokenize_prompt(toy, "Mary saw a spaceship at the store")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mi_cluster.activations import hook_name
-from mi_cluster.designs import FAMILIES, TemplateFamily, role_design
-from mi_cluster.prompts import tokenize_prompt
-from mi_cluster.role_shift import attribute_role_shift, role_pairs
-from mi_cluster.stats import SCOPES, StatsInputError, crossed_ratio_interval
-from mi_cluster.stats.resampling import crossed_counts
+from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.prompts import tokenize_prompt
+from mi_cluster.methods.stats import SCOPES, StatsInputError, crossed_ratio_interval
+from mi_cluster.methods.stats.resampling import crossed_counts
+from mi_cluster.studies.subject_object.design import FAMILIES, TemplateFamily, role_design
+from mi_cluster.studies.subject_object.role_shift import attribute_role_shift, role_pairs
 
 OBJECTS = ("lamp", "table", "house", "pen", "ball", "window")
 NAMES = ("Mary", "John", "Adam", "Emily", "Chris", "Diana")
@@ -150,7 +150,7 @@ def test_role_pairs_read_the_word_at_one_index(toy, minilm):
 def _word_means(model, design, layer):
     """Each word's residual after block ``layer`` at its last sub-token, averaged over
     its in-context prompts (families and roles), one prompt at a time with hooks."""
-    from mi_cluster.prompts import word_positions
+    from mi_cluster.core.prompts import word_positions
 
     name, sums = hook_name("resid_post", layer), {}
     for it in design.items:
@@ -360,7 +360,7 @@ def test_role_shift_figures_plot_the_fractions(toy_shift):
 def test_object_to_subject_experiment_runs_offline(tmp_path, capsys):
     import json
 
-    from _experiments import experiment
+    from experiment_scripts import experiment
 
     exp = experiment("object_to_subject_circuit")
     args = ["--models", "toy-ioi", "--words", "6"]

@@ -1,6 +1,6 @@
-""":func:`mi_cluster.stats.component_share_inference` against a plain loop (the share
+""":func:`mi_cluster.methods.stats.component_share_inference` against a plain loop (the share
 recomputed with each word's axis fitted by hand, on the data and with each word and family
-left out), and its calibration on simulated studies (``tests/_role_data.py``): a component
+left out), and its calibration on simulated studies (``tests/role_data.py``): a component
 that moves words at right angles to the name-object axis carries no share, and the test that
 holds the axis fixed says it does in 74-93% of datasets (measured below); this one in at
 most 7% (measured 0-0.025: conservative), with coverage of the population share at least
@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
-from _role_data import generate
+from role_data import generate
 
-from mi_cluster.stats import (
+from mi_cluster.methods.stats import (
     SCOPES,
     StatsInputError,
     component_share_inference,

@@ -1,5 +1,5 @@
-"""Calibration of :func:`mi_cluster.stats.role_shift_inference` on simulated studies
-(``tests/_role_data.py``): false-positive rates of the objects' and names' shift tests and
+"""Calibration of :func:`mi_cluster.methods.stats.role_shift_inference` on simulated studies
+(``tests/role_data.py``): false-positive rates of the objects' and names' shift tests and
 of the interaction under every null the study meets (no role effect; role moving words at
 right angles to the axis by 0.3, 1 and 3 times the name-object gap; both types shifted
 alike; 31 names against 19 noisier objects; random family x type x role effects), the power
@@ -16,9 +16,9 @@ import math
 
 import pytest
 import torch
-from _role_data import SCENARIOS, generate
+from role_data import SCENARIOS, generate
 
-from mi_cluster.stats import SCOPES, role_shift_inference
+from mi_cluster.methods.stats import SCOPES, role_shift_inference
 
 ALPHA = 0.05
 

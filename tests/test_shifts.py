@@ -1,4 +1,4 @@
-""":func:`mi_cluster.stats.role_shift_inference` against plain loops: the closed-form
+""":func:`mi_cluster.methods.stats.role_shift_inference` against plain loops: the closed-form
 leave-one-word-out centroid against the folded fit with one word a fold, the calibrated
 scores and shifts against a direct recomputation, the jackknife variances against the
 whole pipeline rerun on the data with each word or family left out, and its input errors.
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _role_data import generate
+from role_data import generate
 
-from mi_cluster.stats import SCOPES, StatsInputError, role_shift_inference
-from mi_cluster.stats.student_t import t_quantile, t_two_sided_p
+from mi_cluster.methods.stats import SCOPES, StatsInputError, role_shift_inference
+from mi_cluster.methods.stats.student_t import t_quantile, t_two_sided_p
 
 
 @pytest.fixture(scope="module")

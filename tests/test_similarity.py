@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 import scipy.spatial
 import scipy.special
 import scipy.stats
 import torch
 
-import mi_cluster.similarity as S
-from mi_cluster.similarity import SimilarityInputError
+import mi_cluster.methods.similarity as S
+from mi_cluster.methods.similarity import SimilarityInputError
 
 
 def data(n=300, d1=40, d2=50, seed=0, noise=1.0):
@@ -417,7 +416,7 @@ def test_pairwise_equals_the_per_pair_loop(metric):
 
 @pytest.mark.parametrize("debiased", [False, True])
 def test_pairwise_cka_gram_path_streamed_and_unstreamed(debiased, monkeypatch):
-    import mi_cluster.similarity.matrices as pw
+    import mi_cluster.methods.similarity.matrices as pw
 
     def refuse(*args):
         raise AssertionError("expected the Gram path for n=600, d=300")
@@ -460,7 +459,7 @@ def test_runs_on_cuda():
 
 
 def test_rbf_bandwidth_median_is_numpys_over_all_entries():
-    from mi_cluster.similarity.cka import median_of_distances, squared_distances
+    from mi_cluster.methods.similarity.cka import median_of_distances, squared_distances
 
     rng = np.random.default_rng(7)
     for n in (2, 3, 4, 5, 8, 9):

@@ -1,4 +1,4 @@
-"""Every statistic of mi_cluster.stats against an independent reference (scipy, sklearn,
+"""Every statistic of mi_cluster.methods.stats against an independent reference (scipy, sklearn,
 statsmodels or a numpy hand computation) on fixed data, plus reproducibility and errors."""
 
 import numpy as np
@@ -10,10 +10,10 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import calinski_harabasz_score, silhouette_score
 from statsmodels.stats.multitest import multipletests
 
-import mi_cluster.stats as S
-from mi_cluster.stats.probe import ridge_alpha
-from mi_cluster.stats.resampling import stratified_bootstrap_counts
-from mi_cluster.stats.separation import _reduce, _weighted
+import mi_cluster.methods.stats as S
+from mi_cluster.methods.stats.probe import ridge_alpha
+from mi_cluster.methods.stats.resampling import stratified_bootstrap_counts
+from mi_cluster.methods.stats.separation import reduce_to_units, weighted_statistic
 
 
 def _data(layers=3, n=24, d=7, shift=0.8, seed=0, dtype=torch.float64):
@@ -54,12 +54,13 @@ def test_weighted_statistics_equal_the_duplicated_dataset():
         ("silhouette", silhouette_score),
         ("variance_ratio", calinski_harabasz_score),
     ):
-        got = _weighted(_reduce(x, torch.arange(20), 20, stat), w, lab[None])[:, 0]
+        got = weighted_statistic(reduce_to_units(x, torch.arange(20), 20, stat), w, lab[None])[:, 0]
         want = [ref(x[layer, idx].numpy(), lab[idx].numpy()) for layer in range(3)]
         np.testing.assert_allclose(
             got.numpy(), want, rtol=1e-7
         )  # sklearn: sqrt(rounding) between duplicates
-    got = _weighted(_reduce(x, torch.arange(20), 20, "centroid"), w, lab[None])[:, 0]
+    centroid = reduce_to_units(x, torch.arange(20), 20, "centroid")
+    got = weighted_statistic(centroid, w, lab[None])[:, 0]
     torch.testing.assert_close(got, S.centroid_separation(x[:, idx], lab[idx]))
 
 

@@ -1,4 +1,4 @@
-"""Calibration of every test in mi_cluster.stats (and the Mantel test): on null data the
+"""Calibration of every test in mi_cluster.methods.stats (and the Mantel test): on null data the
 false-positive rate at alpha 0.05 lies in [0.02, 0.08] over 600 simulated datasets, for
 several generators (Gaussian, heavy-tailed, correlated features, skewed); planted effects
 are detected with the power an analytic reference predicts; bootstrap intervals cover the
@@ -12,8 +12,8 @@ import pytest
 import scipy.stats as ss
 import torch
 
-import mi_cluster.stats as S
-from mi_cluster.similarity import mantel_test
+import mi_cluster.methods.stats as S
+from mi_cluster.methods.similarity import mantel_test
 
 N_DATASETS = 600
 ALPHA = 0.05

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_cluster.activations import Positions, collect
 from mi_cluster.cli import read_prompts
-from mi_cluster.similarity import pairwise, store_linear_cka
-from mi_cluster.stats.probe import fold_fits
-from mi_cluster.store import ActivationStore, StoreError, collect_to_store
-from mi_cluster.toy.data import eval_examples
+from mi_cluster.collection.activations import Positions, collect
+from mi_cluster.collection.store import ActivationStore, StoreError, collect_to_store
+from mi_cluster.methods.similarity import pairwise, store_linear_cka
+from mi_cluster.methods.stats.probe import fold_fits
+from mi_cluster.models.toy.data import eval_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,7 +283,7 @@ def test_prompt_files_are_read_strictly(tmp_path):
 
 @pytest.mark.parametrize("basis", ["per_layer", "aligned", "shared"])
 def test_streaming_pca_over_a_store_equals_in_memory_pca(toy, prompts, tmp_path, basis):
-    from mi_cluster.projections import pca_by_layer
+    from mi_cluster.methods.projections import pca_by_layer
 
     out = tmp_path / "s"
     collect_to_store(toy, prompts, out, "resid_post", "all", shard_size=9, progress=False)
@@ -326,7 +326,7 @@ def word_store(toy, examples, tmp_path_factory):
 
 @pytest.mark.parametrize("statistic", ["centroid", "variance_ratio", "silhouette", "probe"])
 def test_separation_tests_stream_from_a_store_and_equal_in_memory(word_store, statistic):
-    from mi_cluster.stats import separation_test
+    from mi_cluster.methods.stats import separation_test
 
     store, x, labels, units = word_store
     assert 8 <= int(labels.sum()) <= x.shape[1] - 8
@@ -349,7 +349,7 @@ def test_separation_tests_stream_from_a_store_and_equal_in_memory(word_store, st
 def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
     from sklearn.metrics import calinski_harabasz_score, silhouette_score
 
-    import mi_cluster.stats as S
+    import mi_cluster.methods.stats as S
 
     store, x, labels, units = word_store
     for fn, ref in (
@@ -400,7 +400,7 @@ def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
 
 
 def test_store_statistics_refuse_what_does_not_fit(word_store):
-    import mi_cluster.stats as S
+    import mi_cluster.methods.stats as S
 
     store, x, labels, units = word_store
     with pytest.raises(ValueError, match="unknown subjecthood method 'lda'"):

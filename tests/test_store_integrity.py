@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_cluster.prompts import WordNotFoundError
-from mi_cluster.store import ActivationStore, StoreError, collect_to_store
-from mi_cluster.store_files import store_lock
-from mi_cluster.toy.data import eval_examples
+from mi_cluster.collection.store import ActivationStore, StoreError, collect_to_store
+from mi_cluster.collection.store_files import store_lock
+from mi_cluster.core.prompts import WordNotFoundError
+from mi_cluster.models.toy.data import eval_examples
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_a_bad_prompt_anywhere_is_refused_before_anything_is_written(toy, prompt
 
 
 def _word(words):
-    from mi_cluster.activations import Positions
+    from mi_cluster.collection.activations import Positions
 
     return Positions.word(words)
 

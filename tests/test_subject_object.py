@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-import mi_cluster.stats as S
-from mi_cluster.designs import NAMES, OBJECTS, role_design
+import mi_cluster.methods.stats as S
 from mi_cluster.plotting.subject_object import study_scatter, study_separation, study_shift
-from mi_cluster.subject_object import run_subject_object_study
+from mi_cluster.studies.subject_object.design import NAMES, OBJECTS, role_design
+from mi_cluster.studies.subject_object.study import run_subject_object_study
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def study(toy):
 
 def _plain_hook_readings(model, design):
     """resid_post at each item's word, read with torch forward hooks on the blocks."""
-    from mi_cluster.prompts import tokenize_prompt, word_positions
+    from mi_cluster.core.prompts import tokenize_prompt, word_positions
 
     out = torch.empty(model.cfg.n_layers + 1, len(design.items), model.cfg.d_model)
     for k, it in enumerate(design.items):

@@ -9,7 +9,10 @@ import sys
 import pytest
 import torch
 
-from mi_cluster.heads import (
+from mi_cluster.core.model_info import model_info
+from mi_cluster.models.toy import TOY_IOI_DIR
+from mi_cluster.models.toy.data import NAMES, eval_examples
+from mi_cluster.studies.ioi.heads import (
     IOIPrompt,
     attention_between,
     copy_scores,
@@ -18,9 +21,6 @@ from mi_cluster.heads import (
     patch_head_attention_effect,
     replace_subject,
 )
-from mi_cluster.models import model_info
-from mi_cluster.toy import TOY_IOI_DIR
-from mi_cluster.toy.data import NAMES, eval_examples
 
 CARD = json.loads((TOY_IOI_DIR / "training.json").read_text())
 
@@ -88,7 +88,7 @@ def test_train_toy_cli_help():
 
 @pytest.mark.slow
 def test_retraining_reproduces_accuracy(tmp_path):
-    from mi_cluster.toy.train import TrainConfig, train
+    from mi_cluster.models.toy.train import TrainConfig, train
 
     record = train(TrainConfig(**CARD["config"]), tmp_path / "toy", log=lambda line: None)
     for kind in ("held_out_pairs", "held_out_templates"):

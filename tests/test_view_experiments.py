@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from _experiments import experiment
+from experiment_scripts import experiment
 
 
 def test_logit_lens_experiment(tmp_path):

@@ -15,7 +15,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mi_cluster.attention import AttentionPatterns, NeuronView
+from mi_cluster.methods.attention import AttentionPatterns, NeuronView
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
 
 __all__ = ["head_colors", "plot_head_view", "plot_model_view", "plot_neuron_view", "plot_pattern"]

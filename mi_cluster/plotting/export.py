@@ -15,8 +15,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from mi_cluster.atomic import atomic_path, atomic_write_text
-from mi_cluster.provenance import Provenance
+from mi_cluster.core.atomic import atomic_path, atomic_write_text
+from mi_cluster.core.provenance import Provenance
 
 __all__ = [
     "FigureExportError",

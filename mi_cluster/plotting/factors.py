@@ -11,7 +11,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mi_cluster.factors import ActivationFactors
+from mi_cluster.methods.factors import ActivationFactors
 from mi_cluster.plotting.style import apply_paper_style, rgba
 
 __all__ = ["component_colors", "plot_factor_heatmap", "plot_factor_text", "plot_factor_top_tokens"]

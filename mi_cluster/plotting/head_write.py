@@ -1,13 +1,14 @@
-"""The "before and after a head" view (:mod:`mi_cluster.head_write`): every prompt's
-residual just before the head writes and just after, on one fixed plane, with an arrow
-from before to after."""
+"""The "before and after a head" view
+(:mod:`~mi_cluster.studies.subject_object.head_write`): every prompt's residual just
+before the head writes and just after, on one fixed plane, with an arrow from before to
+after."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from mi_cluster.head_write import HeadWrite
 from mi_cluster.plotting.style import apply_paper_style, color_for, marker_for, rgba
+from mi_cluster.studies.subject_object.head_write import HeadWrite
 
 __all__ = ["head_write_scatter"]
 

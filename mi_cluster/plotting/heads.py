@@ -10,8 +10,8 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from mi_cluster.head_claims import HeadClaim
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
+from mi_cluster.studies.ioi.claims import HeadClaim
 
 __all__ = ["claims_forest", "head_maps"]
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mi_cluster.methods.similarity import SimilarityMatrix
 from mi_cluster.plotting.style import apply_paper_style
-from mi_cluster.similarity import SimilarityMatrix
 
 __all__ = ["similarity_heatmaps"]
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from mi_cluster.lens import LensResult
+from mi_cluster.methods.lens.logit import LensResult
 from mi_cluster.plotting.style import apply_paper_style
 
 __all__ = ["plot_lens_positions", "plot_lens_predictions", "plot_lens_ranks"]

@@ -1,11 +1,11 @@
-"""Figures of paired-prompt comparisons (:mod:`mi_cluster.paired`): one line per layer
+"""Figures of paired-prompt comparisons (:mod:`mi_cluster.methods.paired`): one line per layer
 measure with its interval over pairs, and a layer x position heatmap."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from mi_cluster.paired import PairedComparison
+from mi_cluster.methods.paired import PairedComparison
 from mi_cluster.plotting.lines import Band, layer_bands
 from mi_cluster.plotting.style import SEQUENTIAL, apply_paper_style
 
@@ -41,7 +41,7 @@ def paired_heatmap(
     c: PairedComparison, measure: str = "js", title: str = "", note: str = ""
 ) -> go.Figure:
     """Layer x position heatmap of one measure, averaged over the pairs at each position
-    (:meth:`~mi_cluster.paired.PairedComparison.by_position`); positions are labelled by
+    (:meth:`~mi_cluster.methods.paired.PairedComparison.by_position`); positions are labelled by
     the first pair's tokens, ``"a / b"`` where its two prompts differ."""
     values, labels = c.by_position(measure)
     name, unit = _MEASURES[measure]

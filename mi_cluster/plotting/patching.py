@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mi_cluster.patching import PatchResult
+from mi_cluster.methods.patching import PatchResult
 from mi_cluster.plotting.style import apply_paper_style
 
 __all__ = ["patching_maps"]

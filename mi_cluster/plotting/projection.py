@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import torch
 
+from mi_cluster.methods.projections import LayerProjection
 from mi_cluster.plotting.style import apply_paper_style, color_for, marker_for
-from mi_cluster.projections import LayerProjection
 
 __all__ = ["layer_scatter"]
 
@@ -30,7 +30,7 @@ def layer_scatter(
     position).
 
     Args:
-        projection: from :mod:`mi_cluster.projections` (>= 2 components); its basis and
+        projection: from :mod:`mi_cluster.methods.projections` (>= 2 components); its basis and
             component names label the axes and caption.
         labels: text drawn beside each point (the word).
         groups: group of each point; one colour, marker and legend entry per group.

@@ -1,5 +1,6 @@
 """Figures of the role-shift attribution: which components carry the shift of a word's
-subjecthood from object to subject position (:mod:`mi_cluster.role_shift`)."""
+subjecthood from object to subject position
+(:mod:`~mi_cluster.studies.subject_object.role_shift`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from mi_cluster.methods.stats import SCOPES
 from mi_cluster.plotting.heads import head_maps
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
-from mi_cluster.role_shift import ComponentShare, RoleShiftAttribution
-from mi_cluster.stats import SCOPES
+from mi_cluster.studies.subject_object.role_shift import ComponentShare, RoleShiftAttribution
 
 __all__ = ["role_shift_forest", "role_shift_heads", "role_shift_positions"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from mi_cluster.methods.stats import SCOPES, ScopedShift
 from mi_cluster.plotting.lines import Band, layer_bands
 from mi_cluster.plotting.projection import layer_scatter
-from mi_cluster.stats import SCOPES, ScopedShift
-from mi_cluster.subject_object import SubjectObjectStudy
+from mi_cluster.studies.subject_object.study import SubjectObjectStudy
 
 __all__ = ["study_scatter", "study_separation", "study_shift"]
 

@@ -1,0 +1,457 @@
+"""Activation patching: one batched sweep for every kind of site.
+
+A site kind is a TransformerLens activation and the axes a patch is indexed by
+(:data:`SITE_KINDS`): the residual stream, attention and MLP outputs by (layer, position)
+or over all positions,
+each head's output over all positions or by position, each head's query, key, value and
+attention pattern. :func:`activation_patching` runs the same sweep for all of them:
+
+- many sites per forward pass: the batch is expanded to (site x prompt) rows, up to
+  ``max_batch_size`` rows a pass, each row patched at its own site by one indexed write;
+- each pass starts at its sites' layer from the cached residual (the layers before are the
+  unpatched run) and stops early where the metric reads no logits; the output head runs
+  only at the positions the metric reads;
+- values stay on the device until the end (no host synchronisation per site).
+
+On post-LayerNorm models (BERT, MiniLM) TransformerLens's bridge hooks ``attn_out`` after
+the attention sub-block's LayerNorm, so there it is the residual stream between attention
+and MLP, not what attention adds; a head's own contribution is its ``z`` (``head_out``).
+
+Under ``torch.distributed`` (a script launched by ``torchrun``) every rank runs its share
+of the passes and every rank returns the whole result, equal to one process's.
+
+Denoising patches the clean run's activations into the corrupted run; noising, the
+corrupted run's into the clean run. Results equal ``transformer_lens.patching``'s
+``get_act_patch_*`` functions (tested to 1e-5).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mi_cluster.collection.activations import hook_name
+from mi_cluster.collection.distributed import my_share, sum_across_ranks
+from mi_cluster.core.model_info import architecture_name, has_mlps, model_device, site_heads
+from mi_cluster.core.writes import RESID_MID_REFUSAL, is_additive
+from mi_cluster.methods.patching.inputs import PromptPair, prepare_pair, resolve_positions
+from mi_cluster.methods.patching.metrics import (
+    Metric,
+    MetricInput,
+    _n_positions,
+    check_metric_output,
+    validate,
+)
+from mi_cluster.methods.patching.runner import (
+    LayerRunner,
+    PatchingError,
+    plan_passes,
+    rows_per_pass,
+)
+
+__all__ = [
+    "SITE_KINDS",
+    "PatchResult",
+    "Runs",
+    "SiteKind",
+    "activation_patching",
+    "axis_labels",
+    "cached_runs",
+    "metric_on_run",
+    "run_with_metric",
+]
+
+
+@dataclass(frozen=True)
+class SiteKind:
+    """What can be patched: a TransformerLens activation and the axes indexing a patch.
+
+    Fields:
+        act: the activation (``hook_name(act, layer)``).
+        axes: the patch's index axes after ``layer``: ``"pos"``, ``"head"``.
+        description: in words.
+    """
+
+    act: str
+    axes: tuple[str, ...]
+    description: str
+
+
+SITE_KINDS: dict[str, SiteKind] = {
+    "resid_pre": SiteKind("resid_pre", ("pos",), "residual stream entering each block"),
+    "resid_mid": SiteKind("resid_mid", ("pos",), "residual stream between attention and MLP"),
+    "resid_post": SiteKind("resid_post", ("pos",), "residual stream leaving each block"),
+    "attn_out": SiteKind("attn_out", ("pos",), "attention layer output"),
+    "mlp_out": SiteKind("mlp_out", ("pos",), "MLP output"),
+    "attn_out_all": SiteKind("attn_out", (), "attention layer output, all positions"),
+    "mlp_out_all": SiteKind("mlp_out", (), "MLP output, all positions"),
+    "head_out": SiteKind("z", ("head",), "each head's output (z), all positions"),
+    "head_out_by_pos": SiteKind("z", ("pos", "head"), "each head's output (z) at one position"),
+    "q": SiteKind("q", ("head",), "each head's queries, all positions"),
+    "k": SiteKind("k", ("head",), "each head's keys, all positions"),
+    "v": SiteKind("v", ("head",), "each head's values, all positions"),
+    "pattern": SiteKind("pattern", ("head",), "each head's attention pattern"),
+}
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """A patching sweep's metric at every site, per prompt.
+
+    Fields:
+        values: ``Float[Tensor, "layer ... prompt *value"]``: the metric of the patched
+            run, per site (axes ``axes``) and prompt (then the metric's own ``value_shape``
+            axes, none for a metric of one number).
+        site: the site kind (a key of :data:`SITE_KINDS`, or ``"path"``/``"attribution"``).
+        axes: the site axes, e.g. ``("layer", "head")``.
+        labels: a label per index of each axis (positions with unique token labels).
+        direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
+        metric: the metric's name.
+        clean, corrupted: ``Float[Tensor, "prompt *value"]``, the metric on the
+            unpatched runs.
+        value_shape: the metric's value per prompt (``()``: one number).
+    """
+
+    values: Float[Tensor, "..."]
+    site: str
+    axes: tuple[str, ...]
+    labels: dict[str, list[str]]
+    direction: str
+    metric: str
+    clean: Float[Tensor, " prompt"]
+    corrupted: Float[Tensor, " prompt"]
+    value_shape: tuple[int, ...] = ()
+
+    def mean(self) -> Float[Tensor, "..."]:
+        """The metric averaged over prompts, per site."""
+        return self.values.mean(-1 - len(self.value_shape))
+
+    def normalised(self) -> Float[Tensor, "..."]:
+        """``(patched - base) / (source - base)`` of the prompt-averaged metric: for
+        denoising ``(patched - corrupted) / (clean - corrupted)`` (1 = the patch restores
+        the clean behaviour), for noising ``(patched - clean) / (corrupted - clean)``."""
+        base, source = (
+            (self.corrupted, self.clean)
+            if self.direction == "denoise"
+            else (self.clean, self.corrupted)
+        )
+        gap = source.mean(0) - base.mean(0)
+        if bool((gap.abs() < 1e-12).any()):
+            raise PatchingError(
+                "the clean and corrupted runs give the same metric: nothing to normalise by"
+            )
+        return (self.mean() - base.mean(0)) / gap
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The clean and corrupted runs, cached as one batch: clean prompt ``p`` is row ``p``
+    of the runner, corrupted prompt ``p`` row ``batch + p``.
+
+    Fields:
+        runner: the :class:`LayerRunner` over both.
+        batch: prompts per run.
+    """
+
+    runner: LayerRunner
+    batch: int
+
+    def offset(self, which: str) -> int:
+        return 0 if which == "clean" else self.batch
+
+    def cache(self, name: str, which: str) -> Tensor:
+        """One run's cached activation at hook ``name``, ``[prompt, ...]``."""
+        o = self.offset(which)
+        return self.runner.cache[name][o : o + self.batch]
+
+    def logits(self, which: str, positions: Tensor | None) -> Tensor | None:
+        """One run's logits at the metric's positions, ``[prompt, k, vocab]``."""
+        if positions is None:
+            return None
+        o = self.offset(which)
+        logits = self.runner.logits[o : o + self.batch]
+        return logits.gather(
+            1, positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
+        )
+
+
+def cached_runs(model: Any, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
+    """Run the clean and corrupted prompts once, together, keeping ``cache_sites``."""
+    tokens = torch.cat([pair.clean, pair.corrupted])
+    masks = [pair.attention_mask("clean"), pair.attention_mask("corrupted")]
+    mask = None if masks[0] is None else torch.cat(masks)
+    return Runs(LayerRunner(model, tokens, mask, sorted(set(cache_sites))), pair.batch)
+
+
+def metric_on_run(
+    runs: Runs, which: str, metric: Metric, positions: Tensor | None, clean_logits: Tensor | None
+) -> Tensor:
+    """The metric on an unpatched run (its cached logits and activations)."""
+    acts = {name: runs.cache(name, which) for name in metric.reads}
+    prompt = torch.arange(runs.batch)
+    out = metric.fn(MetricInput(prompt, runs.logits(which, positions), acts, clean_logits))
+    check_metric_output(metric, out, runs.batch)
+    return out.detach()
+
+
+def _layer_of(name: str) -> int:
+    parts = name.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise PatchingError(
+            f"metric reads {name!r}: only per-block hooks (blocks.L....) are supported"
+        )
+    return int(parts[1])
+
+
+def _setter(act_name: str, axes: tuple[str, ...], source: Tensor):
+    """A hook writing ``source``'s values into the patched rows at each row's site."""
+
+    def write(act: Tensor, rows: Tensor, prompt: Tensor, index: dict[str, Tensor]) -> None:
+        if not axes:  # the whole activation of the row
+            act[rows] = source[prompt].to(act.dtype)
+        elif act_name == "pattern":  # [row, head, dest, src]
+            act[rows, index["head"]] = source[prompt, index["head"]].to(act.dtype)
+        elif axes == ("pos",):  # [row, pos, ...]
+            act[rows, index["pos"]] = source[prompt, index["pos"]].to(act.dtype)
+        elif axes == ("head",):  # [row, pos, head, d]
+            act[rows, :, index["head"]] = source[prompt, :, index["head"]].to(act.dtype)
+        else:  # ("pos", "head")
+            act[rows, index["pos"], index["head"]] = source[prompt, index["pos"], index["head"]].to(
+                act.dtype
+            )
+
+    return write
+
+
+def activation_patching(
+    model: Any,
+    clean: Sequence[str] | Tensor,
+    corrupted: Sequence[str] | Tensor,
+    metric: Metric,
+    site: str = "head_out",
+    *,
+    direction: Literal["denoise", "noise"] = "denoise",
+    layers: Sequence[int] | None = None,
+    lengths: Literal["equal", "pad"] = "equal",
+    max_batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """Patch every site of one kind and measure the metric, per prompt.
+
+    Args:
+        model: a TransformerLens model.
+        clean, corrupted: prompts (strings, pairs must tokenize to equal lengths) or token
+            tensors ``[prompt, pos]`` of equal shape.
+        metric: what to measure (:mod:`mi_cluster.methods.patching.metrics`).
+        site: a key of :data:`SITE_KINDS`.
+        direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
+        layers: the layers to sweep (default all).
+        lengths: ``"pad"`` lets a clean prompt and its corrupted partner differ in length
+            (:func:`~mi_cluster.methods.patching.inputs.prepare_pair`).
+        max_batch_size: rows (site x prompt copies) per forward pass; default
+            :func:`~mi_cluster.methods.patching.runner.rows_per_pass` (64 on a CPU, what fits in a
+            quarter of free memory on a GPU). At least one site's prompts go in a pass.
+        progress: a progress bar over forward passes.
+    """
+    if site not in SITE_KINDS:
+        raise PatchingError(f"unknown site {site!r}; use one of {sorted(SITE_KINDS)}")
+    if direction not in ("denoise", "noise"):
+        raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    kind = SITE_KINDS[site]
+    pair = prepare_pair(model, clean, corrupted, lengths)
+    layers = sorted(set(range(model.cfg.n_layers) if layers is None else layers))
+    hooks = _check_site(model, kind, layers)
+    validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
+    k = _n_positions(metric.positions, pair.n_pos)
+    rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
+    runs = cached_runs(model, pair, hooks + list(metric.reads))
+    positions = resolve_positions(metric.positions, pair)
+    clean_logits = runs.logits("clean", positions)
+    clean_value = metric_on_run(runs, "clean", metric, positions, clean_logits)
+    corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
+    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
+
+    sizes = {"head": site_heads(model, kind.act), "pos": pair.n_pos}
+    shape = [len(layers)] + [sizes[a] for a in kind.axes]
+    values = torch.zeros(
+        (*shape, pair.batch, *metric.shape), dtype=clean_value.dtype, device=clean_value.device
+    )
+    per_layer = int(torch.tensor(shape[1:]).prod())
+    flat_values = values.view(len(layers) * per_layer, pair.batch, *metric.shape)
+    layer_numbers = torch.tensor(layers)
+    passes = my_share(plan_passes(len(layers) * per_layer, max(1, rows // pair.batch)))
+    for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
+        flat = torch.arange(first, stop)  # sites, numbered layer by layer
+        layer_index = (flat // per_layer).repeat_interleave(pair.batch)
+        grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()
+        prompt = torch.arange(pair.batch).repeat(len(flat))
+        index = {a: g.repeat_interleave(pair.batch) for a, g in zip(kind.axes, grid, strict=True)}
+        patches = []
+        for li in torch.unique(layer_index).tolist():
+            at_layer = (layer_index == li).nonzero()[:, 0]  # a block-prefix row range
+            name = hook_name(kind.act, layers[li])
+            write = _setter(kind.act, kind.axes, runs.cache(name, source))
+            at = {a: v[at_layer] for a, v in index.items()}
+
+            def patch(
+                act: Tensor, hook: Any, w=write, r=at_layer, p=prompt[at_layer], at=at
+            ) -> Tensor:
+                w(act, r, p, at)
+                return act
+
+            patches.append((name, patch))
+        row_start = layer_numbers[layer_index]
+        out = run_with_metric(
+            runs, base, metric, prompt, row_start, patches, positions, clean_logits
+        )
+        flat_values[flat] = out.view(len(flat), pair.batch, *metric.shape)
+    sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
+    return PatchResult(
+        values=values,
+        site=site,
+        axes=("layer", *kind.axes),
+        labels=axis_labels(model, pair, layers, kind.axes, kind.act),
+        direction=direction,
+        metric=metric.name,
+        clean=clean_value,
+        corrupted=corrupted_value,
+        value_shape=metric.shape,
+    )
+
+
+def axis_labels(
+    model: Any,
+    pair: PromptPair,
+    layers: Sequence[int],
+    axes: tuple[str, ...],
+    act: str = "z",
+) -> dict[str, list[str]]:
+    """A label per index of ``("layer", *axes)``: ``"L3"``, ``"H7"`` (``"KV1"`` for a
+    key/value head under grouped-query attention), and positions by their (unique) token
+    labels."""
+    n = site_heads(model, act)
+    prefix = "KV" if n != model.cfg.n_heads else "H"
+    every = {
+        "layer": [f"L{layer}" for layer in layers],
+        "head": [f"{prefix}{h}" for h in range(n)],
+        "pos": pair.position_labels,
+    }
+    return {a: every[a] for a in ("layer", *axes)}
+
+
+def run_with_metric(
+    runs: Runs,
+    base: str,
+    metric: Metric,
+    prompt: Tensor,
+    row_start: int | Tensor,
+    hooks: list,
+    positions: Tensor | None,
+    clean_logits: Tensor | None,
+    final_scale: Tensor | None = None,
+) -> Tensor:
+    """Run copies of the ``base`` run's prompts (``prompt``, ordered by ``row_start``) with
+    ``hooks``; the metric per row. An activation the metric reads comes from the run where
+    the row has reached it, from the base run's cache where it has not. ``final_scale``
+    (``[prompt, k, 1]``): the final LayerNorm's scale per prompt at the metric's positions,
+    used instead of the rows' own."""
+    runner, offset = runs.runner, runs.offset(base)
+    rows = prompt + offset
+    start = torch.full((len(prompt),), row_start) if isinstance(row_start, int) else row_start
+    acts: dict[str, Tensor] = {}
+    kept: dict[str, Tensor] = {}
+    read_hooks = []
+    for name in metric.reads:
+        acts[name] = runner.cache[name][rows.to(runner.cache[name].device)].clone()
+        if _layer_of(name) >= int(start[0]):
+
+            def keep(act: Tensor, hook: Any, name: str = name) -> None:
+                kept[name] = act.detach().clone()
+
+            read_hooks.append((name, keep))
+    stop = None
+    if metric.positions is None:
+        stop = max([int(start[0])] + [_layer_of(n) + 1 for n in metric.reads])
+    row_pos = None if positions is None else positions[prompt]
+    scale = None if final_scale is None else final_scale[prompt.to(final_scale.device)]
+    logits = runner.run(
+        rows, start, hooks + read_hooks, positions=row_pos, stop_layer=stop, final_scale=scale
+    )
+    for name, value in kept.items():  # the rows that reached the hook: a prefix
+        acts[name][: value.shape[0]] = value
+    out = metric.fn(MetricInput(prompt, logits, acts, clean_logits))
+    check_metric_output(metric, out, len(prompt))
+    return out.detach()
+
+
+def _check_site(model: Any, kind: SiteKind, layers: Sequence[int]) -> list[str]:
+    n = model.cfg.n_layers
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise PatchingError(f"layers {bad} do not exist: the model has {n} layers")
+    names = [hook_name(kind.act, layer) for layer in layers]
+    if kind.act == "mlp_out" and not has_mlps(model):
+        raise PatchingError(
+            f"the model has no {kind.description}: it is attention-only (by its config or "
+            "its model card; any MLP hooks it has read 0)"
+        )
+    hook_dict = getattr(model, "hook_dict", {})
+    missing = [name for name in names if name not in hook_dict]
+    if missing:
+        raise PatchingError(
+            f"{architecture_name(model)} has no {kind.description} ({missing[0]} is not one "
+            "of its hooks)"
+        )
+    if kind.act == "resid_mid" and not is_additive(model):
+        raise PatchingError(RESID_MID_REFUSAL.format(arch=architecture_name(model)))
+    if kind.act == "pattern" and not _pattern_edits_take_effect(model):
+        raise PatchingError(
+            f"{architecture_name(model)}'s attention patterns cannot be patched: "
+            "TransformerLens's bridge delegates this attention to the Hugging Face module and "
+            "reads its pattern after the module has used it, so a patched pattern would not "
+            "change the output (patch q, k, v or head_out instead)"
+        )
+    return names
+
+
+_PATTERN_EDITS = "_mi_cluster_pattern_edits"
+
+
+def _pattern_edits_take_effect(model: Any) -> bool:
+    """Whether a pattern written at ``hook_pattern`` is the one the model uses: checked
+    once per model by making every query of layer 0 attend to the first token, which
+    must make each head's ``z`` equal its value vector there."""
+    verdict = getattr(model, _PATTERN_EDITS, None)
+    if verdict is not None:
+        return verdict
+    seen: dict[str, Tensor] = {}
+
+    def first_token_only(pattern: Tensor, hook: Any) -> Tensor:
+        new = torch.zeros_like(pattern)
+        new[..., 0] = 1.0
+        return new
+
+    def keep(name: str):
+        return lambda act, hook: seen.__setitem__(name, act.detach())
+
+    tokens = torch.arange(min(5, model.cfg.d_vocab))[None].to(model_device(model))
+    hooks = [
+        (hook_name("pattern", 0), first_token_only),
+        (hook_name("v", 0), keep("v")),
+        (hook_name("z", 0), keep("z")),
+    ]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bridge warns that such an edit is discarded
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    z, v = seen["z"], seen["v"]  # [1, pos, head, d], [1, pos, kv_head, d]
+    want = v[:, :1].repeat_interleave(z.shape[2] // v.shape[2], dim=2).expand_as(z)
+    verdict = bool(torch.allclose(z, want, atol=1e-5 * float(want.abs().max().clamp_min(1))))
+    setattr(model, _PATTERN_EDITS, verdict)
+    return verdict
