@@ -41,10 +41,11 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 
-# ruff, then the layers (a module imports only its own layer and those below; no cycles)
+# ruff; the layers (a module imports only its own layer and those below; no cycles); types
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/basedpyright
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

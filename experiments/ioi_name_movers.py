@@ -113,7 +113,9 @@ def _label(heads) -> list[str]:
 
 
 def _grid(t) -> list:
-    return [[round(float(v), 4) for v in row] for row in t.tolist()]
+    from mi_cluster.core.records import rounded
+
+    return rounded(t, 4)
 
 
 def behaviour(model: Any, clean: list, names: tuple[str, ...], abc_ld: float) -> dict:

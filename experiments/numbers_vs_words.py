@@ -134,7 +134,9 @@ def run(model_name: str, out: Path, n_permutations: int = 10_000, png: bool = Tr
     )
 
     def r(v):
-        return [round(float(x), 4) for x in v.tolist()]
+        from mi_cluster.core.records import rounded
+
+        return rounded(v, 4)
 
     sig_corr = [lab for lab, p in zip(labels, corr.p_holm.tolist(), strict=True) if p < 0.05]
     answer = [

@@ -49,13 +49,12 @@ def _carrier(attribution) -> tuple[int, int]:
 
 
 def _paired_summary(c, key: str) -> dict:
+    from mi_cluster.core.records import rounded
+
     mean = c.per_pair[key].mean(-1)
-    out = {"mean": [round(float(v), 6) for v in mean]}
+    out = {"mean": rounded(mean)}
     if c.ci_low is not None:
-        out["ci95"] = [
-            [round(float(v), 6) for v in c.ci_low[key]],
-            [round(float(v), 6) for v in c.ci_high[key]],
-        ]
+        out["ci95"] = [rounded(c.ci_low[key]), rounded(c.ci_high[key])]
     return out
 
 
@@ -93,6 +92,7 @@ def run(
     from mi_cluster.collection.activations import Positions
     from mi_cluster.core.model_info import model_info
     from mi_cluster.core.provenance import provenance
+    from mi_cluster.core.records import rounded
     from mi_cluster.methods.paired import compare_prompts
     from mi_cluster.methods.stats import SCOPES
     from mi_cluster.models.loading import load_model
@@ -166,7 +166,7 @@ def run(
             "lens": at_word.lens,
             "layers": list(at_word.layer_labels),
             **{m: _paired_summary(at_word, m) for m in at_word.per_pair},
-            "cka": [round(float(v), 6) for v in at_word.cka],
+            "cka": rounded(at_word.cka),
             "by_position_first_family": {
                 "family": design.families[0].name,
                 "measure": key,

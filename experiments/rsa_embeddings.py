@@ -197,7 +197,9 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     )
 
     def r4(v):
-        return [round(float(x), 4) for x in v.tolist()]
+        from mi_cluster.core.records import rounded
+
+        return rounded(v, 4)
 
     sig = [lab for lab, p in zip(labels, by_layer.p_value.tolist(), strict=True) if p < 0.05]
     answer = (

@@ -33,3 +33,22 @@ def test_statistics_and_similarity_do_not_load_transformer_lens():
 def test_the_command_line_and_model_sources_do_not_load_torch():
     loaded = _modules_after("import mi_cluster.cli, mi_cluster.models.sources")
     assert "torch" not in loaded
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Ruff's SLF001 catches ``module._name``; this catches ``from module import _name``
+    inside the package (ruff's PLC2701 lets first-party imports through)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(mi_cluster.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mi_cluster"):
+                found += [
+                    f"{path.relative_to(package)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)

@@ -25,6 +25,7 @@ from mi_cluster.core.atomic import atomic_path
 from mi_cluster.core.hooks import SITES, hook_name
 from mi_cluster.core.model_info import architecture_name, model_device, model_info
 from mi_cluster.core.prompts import TokenizedPrompt, get_tokenizer, tokenize_prompt, word_positions
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.writes import RESID_MID_REFUSAL, HeadWriter, NotAdditiveError, is_additive
 
 __all__ = [
@@ -53,7 +54,7 @@ def site_hooks(site: str, n_layers: int) -> list[tuple[str, str]]:
     ``"embed"``) followed by each block's output, so it has ``n_layers + 1`` entries and
     entry ``i < n_layers`` is Hugging Face's ``hidden_states[i]`` (its last entry is the
     final norm's output, not the last block's). How exactly depends on the weight
-    processing (:func:`mi_cluster.models.load_model`): with ``processing="hf"`` it is
+    processing (:func:`~mi_cluster.models.loading.load_model`): with ``processing="hf"`` it is
     equal; with the default TransformerLens processing, LayerNorm models (GPT-2, GPT-J,
     OPT, GPT-NeoX, OLMo) write into the residual stream with centred weights, so entry
     ``i`` equals ``hidden_states[i]`` minus its mean over ``d_model`` (the component every
@@ -153,9 +154,10 @@ class Positions:
 
     def rows(self, prompts: Sequence[TokenizedPrompt]) -> list[tuple[int, tuple[int, ...]]]:
         """``(prompt index, positions averaged into the row)`` for every output row."""
+        words: Sequence[str] = ()
         if self.kind == "word":
             if isinstance(self.words, str):
-                words: Sequence[str] = [self.words] * len(prompts)
+                words = [self.words] * len(prompts)
             elif self.words is not None and len(self.words) == len(prompts):
                 words = self.words
             else:
@@ -318,7 +320,7 @@ class Activations:
 
 
 def pad_tokens(
-    model: Any, tokenized: Sequence[TokenizedPrompt], padding_side: str = "right"
+    model: HookedModel, tokenized: Sequence[TokenizedPrompt], padding_side: str = "right"
 ) -> tuple[Tensor, Tensor, list[int]]:
     """Pad tokenized prompts into ``(tokens [batch, pos], attention_mask, shifts)``, where
     ``shifts[b]`` is how far prompt ``b``'s positions moved (non-zero for left padding)."""
@@ -446,7 +448,10 @@ def _batch_hooks(
 
 
 def _row_index(
-    rows: list[tuple[int, tuple[int, ...]]], out_rows: list[int], batch: list[int], shift: list[int]
+    rows: Sequence[tuple[int, tuple[int, ...]]],
+    out_rows: list[int],
+    batch: list[int],
+    shift: list[int],
 ) -> tuple[list[int], Tensor, Tensor]:
     """For the output rows of one batch: each row's batch element, its padded positions
     ``[row, k]`` and its averaging weights (exact copies for single-position rows)."""
@@ -464,7 +469,7 @@ def _row_index(
 
 
 def collect_many(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     sites: Sequence[str] = ("resid_post",),
     positions: Positions | str = "last",
@@ -536,7 +541,7 @@ class CollectionPlan:
 
 
 def plan_collection(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     sites: Sequence[str] = ("resid_post",),
     positions: Positions | str = "last",
@@ -552,7 +557,7 @@ def plan_collection(
 
 
 def _check_collect(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     sites: Sequence[str],
     positions: Positions | str,
@@ -583,7 +588,7 @@ def _check_collect(
 
 
 def collect(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     site: str = "resid_post",
     positions: Positions | str = "last",

@@ -39,7 +39,6 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -70,6 +69,7 @@ from mi_cluster.collection.store_files import (
 from mi_cluster.core.atomic import atomic_path, atomic_write_text
 from mi_cluster.core.digests import file_sha256
 from mi_cluster.core.model_info import model_info
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.provenance import prompt_set_hash, weights_hash
 
 __all__ = [
@@ -179,7 +179,7 @@ class StoreRun:
 
 
 def collect_to_store(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     out: str | os.PathLike,
     site: str = "resid_post",
@@ -255,7 +255,7 @@ def _made(directory: Path) -> Path:
 
 
 def _checked_spec(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     site: str,
     positions: Positions | str,
@@ -289,7 +289,7 @@ def _describe(positions: Positions | str) -> str:
     of other words is told apart."""
     spec = as_positions(positions)
     text = spec.describe()
-    if spec.kind == "word" and not isinstance(spec.words, str):
+    if spec.kind == "word" and isinstance(spec.words, tuple):
         text += f" sha256 {prompt_set_hash(spec.words)}"
     return text
 
@@ -297,7 +297,7 @@ def _describe(positions: Positions | str) -> str:
 def _positions_slice(positions: Positions | str, span: range) -> Positions | str:
     """The position rule for the prompts of one shard (per-prompt words are sliced)."""
     spec = as_positions(positions)
-    if spec.kind == "word" and not isinstance(spec.words, str):
+    if spec.kind == "word" and isinstance(spec.words, tuple):
         return dataclasses.replace(spec, words=tuple(spec.words[i] for i in span))
     return spec
 

@@ -28,7 +28,9 @@ FINAL_SCALE = "ln_final.hook_scale"
 
 def hook_name(site: str, layer: int) -> str:
     """The TransformerLens hook name of ``site`` at ``layer``."""
-    from transformer_lens.utilities import get_act_name  # here: SITES is read before torch
+    from transformer_lens.utilities.components_utils import (
+        get_act_name,  # here: SITES is read before torch
+    )
 
     if site not in SITES and site not in _ATTENTION_ONLY:
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")

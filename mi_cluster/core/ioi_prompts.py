@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from mi_cluster.core.prompts import (
     tokenize_prompt,
     word_positions,
 )
+from mi_cluster.core.protocols import HookedModel, Tokenizer
 
 __all__ = [
     "NAMES",
@@ -123,7 +124,7 @@ def fill_template(
     return template.format(A=a, B=b, S=s, P=place, O=obj)
 
 
-def check_names(model_or_tokenizer: Any, names: Sequence[str]) -> None:
+def check_names(model_or_tokenizer: HookedModel | Tokenizer, names: Sequence[str]) -> None:
     """Every name must be one token with a leading space (as it is predicted after
     "... gave a drink to"); the error lists all that are not, with their tokens."""
     tokenizer = get_tokenizer(model_or_tokenizer)
@@ -140,7 +141,7 @@ def check_names(model_or_tokenizer: Any, names: Sequence[str]) -> None:
 
 
 def ioi_prompts(
-    model_or_tokenizer: Any,
+    model_or_tokenizer: HookedModel | Tokenizer,
     n: int,
     *,
     templates: Sequence[str] = TEMPLATES,
@@ -251,7 +252,7 @@ class IOIPositions:
 
 
 def locate(
-    model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True
+    model: HookedModel, prompts: Sequence[IOIPrompt], repeated: bool = True
 ) -> tuple[IOIPositions, list[TokenizedPrompt]]:
     """Tokenize the prompts and find IO, S1, S2 and END in each (both names must be
     single tokens; with ``repeated``, S must occur twice)."""
@@ -276,6 +277,8 @@ def locate(
     return IOIPositions(**{k: torch.tensor(v) for k, v in cols.items()}), tokenized
 
 
-def ioi_positions(model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True) -> IOIPositions:
+def ioi_positions(
+    model: HookedModel, prompts: Sequence[IOIPrompt], repeated: bool = True
+) -> IOIPositions:
     """IO, S1, S2 and END of each prompt (BOS-aware); see :func:`locate`."""
     return locate(model, prompts, repeated)[0]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mi_cluster.core.hooks import hook_name
+from mi_cluster.core.protocols import HookedModel
 
 __all__ = [
     "INFO_ATTR",
@@ -53,7 +54,7 @@ class ModelInfo:
 INFO_ATTR = "mi_cluster_info"
 
 
-def model_info(model: Any) -> ModelInfo:
+def model_info(model: HookedModel) -> ModelInfo:
     """The :class:`ModelInfo` of a model; for a user's own model, one read off its cfg."""
     info = getattr(model, INFO_ATTR, None)
     if isinstance(info, ModelInfo):
@@ -62,7 +63,7 @@ def model_info(model: Any) -> ModelInfo:
     return ModelInfo(name=name, source="user model")
 
 
-def require_meaningful_logits(model: Any, analysis: str) -> None:
+def require_meaningful_logits(model: HookedModel, analysis: str) -> None:
     """Raise :class:`LogitsUnavailableError` if ``model``'s logits are not real."""
     info = model_info(model)
     if not info.logits_meaningful:
@@ -71,13 +72,13 @@ def require_meaningful_logits(model: Any, analysis: str) -> None:
         )
 
 
-def architecture_name(model: Any) -> str:
+def architecture_name(model: HookedModel) -> str:
     """The model's architecture as Hugging Face names it (``"Gemma2ForCausalLM"``), for
     error messages; the class name for a model without one."""
     return str(getattr(getattr(model, "cfg", None), "architecture", None) or type(model).__name__)
 
 
-def site_heads(model: Any, site: str) -> int:
+def site_heads(model: HookedModel, site: str) -> int:
     """How many heads an attention site has: key/value heads for ``k`` and ``v`` (fewer
     than the query heads under grouped-query attention: Llama, Mistral, Qwen, Gemma,
     Phi-3, OLMo 2), query heads for ``q``, ``z``, ``pattern`` and results."""
@@ -85,7 +86,7 @@ def site_heads(model: Any, site: str) -> int:
     return int(kv) if site in ("k", "v") and kv else int(model.cfg.n_heads)
 
 
-def has_mlps(model: Any) -> bool:
+def has_mlps(model: HookedModel) -> bool:
     """Whether ``model`` has MLPs worth analysing: MLP hooks that are not attention-only
     by its config or by its :class:`ModelInfo`."""
     if getattr(model.cfg, "attn_only", False) or model_info(model).attention_only:
@@ -93,7 +94,7 @@ def has_mlps(model: Any) -> bool:
     return hook_name("mlp_out", 0) in getattr(model, "hook_dict", {})
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: HookedModel) -> torch.device:
     """The device of a model's (first) parameters: for a model split across devices by a
     device map, where its embedding lives (CPU for a model without parameters)."""
     default = torch.device(str(getattr(getattr(model, "cfg", None), "device", "cpu") or "cpu"))

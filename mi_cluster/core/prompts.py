@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from mi_cluster.core.protocols import HookedModel, Tokenizer
 
 __all__ = [
     "NotSingleTokenError",
@@ -42,13 +44,13 @@ class UnknownWordError(ValueError):
     ``[UNK]``), so every such word would give the same vector or logit."""
 
 
-def get_tokenizer(model_or_tokenizer: Any) -> Any:
+def get_tokenizer(model_or_tokenizer: HookedModel | Tokenizer) -> Tokenizer:
     """The Hugging Face tokenizer of a TransformerLens model, or the tokenizer itself."""
     tokenizer = getattr(model_or_tokenizer, "tokenizer", None)
     if tokenizer is not None:
         return tokenizer
     if callable(getattr(model_or_tokenizer, "convert_ids_to_tokens", None)):
-        return model_or_tokenizer
+        return cast(Tokenizer, model_or_tokenizer)
     raise TypeError(
         f"expected a TransformerLens model with a tokenizer, or a Hugging Face tokenizer; "
         f"got {type(model_or_tokenizer).__name__}"
@@ -83,7 +85,7 @@ class TokenizedPrompt:
 
 
 def tokenize_prompt(
-    model_or_tokenizer: Any, text: str, prepend_bos: bool | None = None
+    model_or_tokenizer: HookedModel | Tokenizer, text: str, prepend_bos: bool | None = None
 ) -> TokenizedPrompt:
     """Tokenize ``text`` exactly as ``model.to_tokens(text)`` does, keeping character offsets.
 
@@ -254,7 +256,9 @@ def _bare_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[str]]:
     return ids, [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
 
 
-def word_token_table(model_or_tokenizer: Any, words: Sequence[str]) -> list[WordTokenization]:
+def word_token_table(
+    model_or_tokenizer: HookedModel | Tokenizer, words: Sequence[str]
+) -> list[WordTokenization]:
     """For each word, its tokens with and without a leading space."""
     tokenizer = get_tokenizer(model_or_tokenizer)
     return [
@@ -268,7 +272,10 @@ def word_token_table(model_or_tokenizer: Any, words: Sequence[str]) -> list[Word
 
 
 def one_token_id(
-    model_or_tokenizer: Any, text: str, hint: str = "give a token id", name: str | None = None
+    model_or_tokenizer: HookedModel | Tokenizer,
+    text: str,
+    hint: str = "give a token id",
+    name: str | None = None,
 ) -> int:
     """The id of ``text`` (exactly as given, spaces included) as one known token: a
     :class:`NotSingleTokenError` if it is several, an :class:`UnknownWordError` if it is
@@ -290,7 +297,9 @@ def one_token_id(
     return ids[0]
 
 
-def single_token_id(model_or_tokenizer: Any, word: str, leading_space: bool = True) -> int:
+def single_token_id(
+    model_or_tokenizer: HookedModel | Tokenizer, word: str, leading_space: bool = True
+) -> int:
     """The id of ``word`` as one known token (:func:`one_token_id`), or an error naming
     it.
 
@@ -306,7 +315,9 @@ def single_token_id(model_or_tokenizer: Any, word: str, leading_space: bool = Tr
     return one_token_id(model_or_tokenizer, text, hint, name)
 
 
-def unknown_tokens(model_or_tokenizer: Any, prompt: TokenizedPrompt) -> list[tuple[int, str]]:
+def unknown_tokens(
+    model_or_tokenizer: HookedModel | Tokenizer, prompt: TokenizedPrompt
+) -> list[tuple[int, str]]:
     """``(position, text)`` of every token of ``prompt`` that is the tokenizer's unknown
     token (a word-level or WordPiece vocabulary that lacks a word); byte-level BPEs never
     have any."""

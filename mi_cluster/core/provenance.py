@@ -22,13 +22,14 @@ import torch
 
 from mi_cluster.core.digests import prompt_set_hash
 from mi_cluster.core.model_info import model_info
+from mi_cluster.core.protocols import HookedModel
 
 __all__ = ["Provenance", "prompt_set_hash", "provenance", "weights_hash"]
 
 _HASH_ATTR = "mi_cluster_weights_sha256"
 
 
-def weights_hash(model: Any) -> str:
+def weights_hash(model: HookedModel) -> str:
     """SHA-256 of a model's parameters and buffers (names, shapes, dtypes and bytes, in name
     order), cached on the model. Two loads of the same weights give the same hash."""
     cached = getattr(model, _HASH_ATTR, None)

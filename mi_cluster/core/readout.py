@@ -22,6 +22,7 @@ from torch import Tensor
 from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, module_device
 from mi_cluster.core.norms import frozen_norm, on_device
+from mi_cluster.core.protocols import HookedModel
 
 __all__ = ["ReadoutError", "check_readout", "residual_logits"]
 
@@ -37,7 +38,9 @@ def _on_call(module: Any, x: Tensor) -> Tensor:
 
 
 def residual_logits(
-    model: Any, resid: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"] | None = None
+    model: HookedModel,
+    resid: Float[Tensor, "... d_model"],
+    scale: Float[Tensor, "... 1"] | None = None,
 ) -> Float[Tensor, "... d_vocab"]:
     """The model's output head applied to residual vectors: final norm and unembedding,
     then the final soft-cap where the model has one; for BERT masked-LM models dense ->
@@ -70,13 +73,15 @@ def residual_logits(
     return logits
 
 
-def check_readout(model: Any) -> None:
+def check_readout(model: HookedModel) -> None:
     """Verify once per model that :func:`residual_logits` of the last block's output gives
     the model's own logits; raise :class:`ReadoutError` naming the architecture if not."""
     if getattr(model, _VERIFIED, False):
         return
     n = model.cfg.n_layers
-    tokens = torch.arange(min(8, model.cfg.d_vocab))[None].to(module_device(model, "cpu"))
+    tokens = torch.arange(min(8, model.cfg.d_vocab))[None].to(
+        module_device(model, torch.device("cpu"))
+    )
     with torch.no_grad():
         logits, cache = model.run_with_cache(
             tokens, names_filter=lambda name: name == hook_name("resid_post", n - 1)

@@ -25,6 +25,7 @@ from torch import Tensor
 from mi_cluster.core.hooks import hook_name, post_attention_scale
 from mi_cluster.core.model_info import architecture_name, has_mlps, model_device
 from mi_cluster.core.norms import norm_linear_map
+from mi_cluster.core.protocols import HookedModel
 
 __all__ = [
     "RESID_MID_REFUSAL",
@@ -44,14 +45,14 @@ class NotAdditiveError(ValueError):
     """An analysis needs blocks that add their outputs to the residual stream."""
 
 
-def post_attention_norm(model: Any, layer: int) -> Any | None:
+def post_attention_norm(model: HookedModel, layer: int) -> Any | None:
     """The norm block ``layer`` applies to attention's output before adding it to the
     residual stream (Gemma 2/3 and OLMo 2's ``ln1_post``), or None."""
     norm = getattr(model.blocks[layer], "ln1_post", None)
     return norm if norm is not None and hasattr(norm, "hook_scale") else None
 
 
-def head_output_weights(model: Any, layer: int) -> Float[Tensor, "head d_head d_model"]:
+def head_output_weights(model: HookedModel, layer: int) -> Float[Tensor, "head d_head d_model"]:
     """``W_O`` of one layer, read from its block (the model's stacked ``W_O`` rebuilds
     every layer's on each access)."""
     attn = model.blocks[layer].attn
@@ -64,7 +65,7 @@ class HeadWriter:
     ``scale_hook(layer)`` names the hook whose value a write at that layer needs (the
     post-attention norm's scale), or None where the block has no such norm."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: HookedModel):
         self.model = model
         # Each post-attention norm as a linear map, computed now: it calls the norm, which
         # must not happen inside a forward hook of that norm.
@@ -105,7 +106,9 @@ class HeadWriter:
         return self._maps.get(layer)
 
 
-def mlp_write(model: Any, layer: int, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+def mlp_write(
+    model: HookedModel, layer: int, x: Float[Tensor, "n d_model"]
+) -> Float[Tensor, "n d_model"]:
     """What block ``layer``'s MLP adds to residual vectors ``x``, each read alone as a
     one-token sequence: the block run on ``x`` with attention's output set to zero, so
     that its own norms and MLP (a parallel block's shared norm, a post-MLP norm) do the
@@ -136,7 +139,7 @@ RESID_MID_REFUSAL = (
 )
 
 
-def is_additive(model: Any) -> bool:
+def is_additive(model: HookedModel) -> bool:
     """Whether every block adds its attention and MLP outputs to the residual stream
     (``resid_post = resid_pre + attn_out + mlp_out``), checked once per model on a short
     input."""
@@ -164,7 +167,7 @@ def is_additive(model: Any) -> bool:
     return verdict
 
 
-def require_additive(model: Any, analysis: str) -> None:
+def require_additive(model: HookedModel, analysis: str) -> None:
     """Refuse ``analysis`` unless the model's blocks add their outputs to the residual
     stream (:func:`is_additive`)."""
     if not is_additive(model):

@@ -23,6 +23,7 @@ from torch import Tensor
 from mi_cluster.collection.activations import hook_name, pad_tokens
 from mi_cluster.core.model_info import architecture_name, model_device, model_info
 from mi_cluster.core.prompts import get_tokenizer, tokenize_prompt, unique_token_labels
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.stats.resampling import make_generator
 
 __all__ = [
@@ -49,7 +50,7 @@ class _Encoded:
     kwargs: dict
 
 
-def _encode(model: Any, text: str, text_b: str | None) -> _Encoded:
+def _encode(model: HookedModel, text: str, text_b: str | None) -> _Encoded:
     """One prompt or a sentence pair as the model reads it."""
     if text_b is None or not hasattr(model, "token_type_embed"):
         joined = text if text_b is None else f"{text} {text_b}"
@@ -67,7 +68,7 @@ def _encode(model: Any, text: str, text_b: str | None) -> _Encoded:
     return _Encoded(ids, tokens, special, segment, {"token_type_ids": enc["token_type_ids"]})
 
 
-def _run_reading(model: Any, enc: _Encoded, names: Sequence[str]) -> dict[str, Tensor]:
+def _run_reading(model: HookedModel, enc: _Encoded, names: Sequence[str]) -> dict[str, Tensor]:
     """Run one encoded prompt and keep the named hooks' activations (batch dim removed)."""
     dev = model_device(model)
     kept: dict[str, Tensor] = {}
@@ -142,7 +143,7 @@ class AttentionPatterns:
 
 
 def attention_patterns(
-    model: Any,
+    model: HookedModel,
     text: str,
     text_b: str | None = None,
     *,
@@ -264,7 +265,7 @@ def summarise_patterns(
 
 
 def repeated_tokens(
-    model: Any,
+    model: HookedModel,
     seq_len: int = 20,
     n_prompts: int = 20,
     seed: int = 0,
@@ -293,7 +294,7 @@ def repeated_tokens(
 
 
 def induction_scores(
-    model: Any,
+    model: HookedModel,
     seq_len: int = 20,
     n_prompts: int = 20,
     seed: int = 0,
@@ -326,7 +327,7 @@ def _summing_hook(found: dict, layer: int, toks: Tensor, real: Tensor, special: 
 
 
 def head_summary(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     *,
     batch_size: int = 32,
@@ -403,7 +404,12 @@ class NeuronView:
 
 
 def neuron_view(
-    model: Any, text: str, layer: int, head: int, query: int | str, text_b: str | None = None
+    model: HookedModel,
+    text: str,
+    layer: int,
+    head: int,
+    query: int | str,
+    text_b: str | None = None,
 ) -> NeuronView:
     """The neuron view of head ``layer``.``head`` for the token at position ``query`` (or
     with that unique label, e.g. ``"cat 1"``)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,7 @@ from torch import Tensor
 from mi_cluster.collection.activations import Positions, collect
 from mi_cluster.core.model_info import model_device, model_info
 from mi_cluster.core.prompts import unique_token_labels
+from mi_cluster.core.protocols import HookedModel
 
 __all__ = ["ActivationFactors", "NMFResult", "activation_factors", "nmf"]
 
@@ -163,7 +164,7 @@ class ActivationFactors:
 
 
 def activation_factors(
-    model: Any,
+    model: HookedModel,
     text: str,
     n_components: int = 8,
     *,

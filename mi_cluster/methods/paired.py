@@ -24,7 +24,8 @@ from torch import Tensor
 
 from mi_cluster.collection.activations import Positions, collect
 from mi_cluster.core.model_info import model_device, model_info, require_meaningful_logits
-from mi_cluster.methods.lens.logit import _CHUNK_ELEMENTS, layer_logits
+from mi_cluster.core.protocols import HookedModel
+from mi_cluster.methods.lens.logit import CHUNK_ELEMENTS, layer_logits
 from mi_cluster.methods.similarity.cka import linear_cka
 from mi_cluster.methods.similarity.distances import js_from_log_probs, kl_from_log_probs
 from mi_cluster.methods.stats import paired_test
@@ -94,12 +95,12 @@ class PairedComparison:
         return mean, labels
 
 
-def _divergences(model: Any, a: Tensor, b: Tensor, lens: Any) -> tuple[Tensor, Tensor]:
+def _divergences(model: HookedModel, a: Tensor, b: Tensor, lens: Any) -> tuple[Tensor, Tensor]:
     """KL(a || b) and JS per layer and row, vocabulary-sized tensors a chunk at a time."""
     n_layers, n_rows = a.shape[:2]
     kl = torch.empty(n_layers, n_rows, dtype=torch.float64)
     js = torch.empty(n_layers, n_rows, dtype=torch.float64)
-    chunk = max(1, _CHUNK_ELEMENTS // model.cfg.d_vocab)
+    chunk = max(1, CHUNK_ELEMENTS // model.cfg.d_vocab)
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
             rows = slice(start, min(n_rows, start + chunk))
@@ -112,7 +113,7 @@ def _divergences(model: Any, a: Tensor, b: Tensor, lens: Any) -> tuple[Tensor, T
 
 
 def compare_prompts(
-    model: Any,
+    model: HookedModel,
     prompts_a: Sequence[str],
     prompts_b: Sequence[str],
     positions: Positions | str = "all",

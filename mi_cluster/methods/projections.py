@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.stats.inputs import check_layered
 
 __all__ = [
@@ -173,12 +174,12 @@ def _store_pca(store: Any, k: int, basis: str, fit_layer: int | None) -> LayerPr
     n, sums, cross = 0, None, None
     for batch in store.batches():
         x = batch.double()  # [layer, rows, d]
-        if sums is None:
-            sums, cross = x.sum(1), x.transpose(1, 2) @ x
-        else:
-            sums += x.sum(1)
-            cross += x.transpose(1, 2) @ x
+        part_sums, part_cross = x.sum(1), x.transpose(1, 2) @ x
+        sums = part_sums if sums is None else sums + part_sums
+        cross = part_cross if cross is None else cross + part_cross
         n += x.shape[1]
+    if sums is None or cross is None:
+        raise ValueError("the store holds no rows")
     n_layers, d = sums.shape
     if not 1 <= k <= min(n, d):
         raise ValueError(f"n_components={k} must be between 1 and min(n, d)={min(n, d)}")
@@ -254,7 +255,7 @@ class HeadDirections:
 
 
 def head_circuit_directions(
-    model: Any,
+    model: HookedModel,
     layer: int,
     head: int,
     circuit: Literal["OV", "QK"] = "OV",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mi_cluster.core.model_info import INFO_ATTR, ModelInfo
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.models.registry import discovery_error, registered_models
 from mi_cluster.models.sources import (
     ModelUnavailableError,
@@ -37,6 +38,7 @@ __all__ = [
     "DTYPES",
     "PROCESSING",
     "as_dtype",
+    "boot_bridge",
     "load_directory",
     "load_model",
     "prepare_bridge",
@@ -105,7 +107,9 @@ def processing_mode(compatibility_mode: bool | str) -> str | None:
     return compatibility_mode
 
 
-def prepare_bridge(bridge: Any, info: ModelInfo, compatibility_mode: bool | str = True) -> Any:
+def prepare_bridge(
+    bridge: Any, info: ModelInfo, compatibility_mode: bool | str = True
+) -> HookedModel:
     """Put a freshly booted bridge in the state every mi_cluster loader returns:
     compatibility mode with the processing asked for (``True`` or ``"transformer_lens"``;
     ``"hf"``; ``False``: none, see :func:`load_model`), per-head results on where
@@ -128,18 +132,20 @@ def prepare_bridge(bridge: Any, info: ModelInfo, compatibility_mode: bool | str 
     return bridge
 
 
-def _bridge_class() -> Any:
+def boot_bridge(source: str, **kwargs: Any) -> Any:
+    """``TransformerBridge.boot_transformers(source, **kwargs)``: the one place a bridge is
+    booted (TransformerLens is imported only here, when a model is loaded)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge
+    return TransformerBridge.boot_transformers(source, **kwargs)  # type: ignore[attr-defined]
 
 
 def _load_tiny(
-    cfg: TinyConfig, device: torch.device, dtype: torch.dtype, compat: bool | str
-) -> Any:
+    cfg: TinyConfig, device: torch.device | None, dtype: torch.dtype, compat: bool | str
+) -> HookedModel:
     with tempfile.TemporaryDirectory(prefix="mi_cluster_tiny_") as tmp:
         save_tiny_pretrained(cfg, tmp)
-        bridge = _bridge_class().boot_transformers(tmp, device=device, dtype=dtype)
+        bridge = boot_bridge(tmp, device=device, dtype=dtype)
     name = cfg.default_name
     return prepare_bridge(bridge, ModelInfo(name=name, source=f"tiny config {cfg}"), compat)
 
@@ -155,15 +161,13 @@ def load_directory(
     dtype: torch.dtype,
     compatibility_mode: bool | str = True,
     **placement: Any,
-) -> Any:
+) -> HookedModel:
     """Boot a ``save_pretrained`` directory (model and tokenizer) offline as a bridge;
     ``placement``: ``device_map``, ``n_devices``, ``max_memory`` for the bridge (then
     ``device`` is None)."""
     check_directory(path)
     try:
-        bridge = _bridge_class().boot_transformers(
-            str(path), device=device, dtype=dtype, **placement
-        )
+        bridge = boot_bridge(str(path), device=device, dtype=dtype, **placement)
     except Exception as err:  # SafetensorError, OSError, a config transformers rejects
         raise ModelUnavailableError(
             f"{path} could not be loaded: {type(err).__name__}: {str(err).splitlines()[0]}"
@@ -177,7 +181,7 @@ def _load_pretrained(
     dtype: torch.dtype,
     compat: bool | str,
     **placement: Any,
-) -> Any:
+) -> HookedModel:
     if check_model_source(source, registered_models()) == "directory":
         local = Path(source).expanduser()
         info = ModelInfo(local.name, str(local))
@@ -198,7 +202,7 @@ def _load_pretrained(
         info = ModelInfo(source, str(snapshot))
         return load_directory(snapshot, info, device, dtype, compat, **placement)
     try:
-        bridge = _bridge_class().boot_transformers(source, device=device, dtype=dtype, **placement)
+        bridge = boot_bridge(source, device=device, dtype=dtype, **placement)
     except OSError as exc:
         raise hub_unavailable(source, str(exc).splitlines()[0], registered_models()) from exc
     return prepare_bridge(bridge, ModelInfo(name=source, source="hub"), compat)
@@ -214,7 +218,7 @@ def load_model(
     device_map: str | dict | None = None,
     n_devices: int | None = None,
     max_memory: dict | None = None,
-) -> Any:
+) -> HookedModel:
     """Load a model as a TransformerLens bridge, ready for ``run_with_cache``.
 
     Args:

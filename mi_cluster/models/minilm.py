@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mi_cluster.core.model_info import ModelInfo
-from mi_cluster.models.loading import prepare_bridge
+from mi_cluster.core.protocols import HookedModel
+from mi_cluster.models.loading import boot_bridge, prepare_bridge
 from mi_cluster.models.registry import register_model
 from mi_cluster.models.sources import ModelUnavailableError
 
@@ -37,7 +37,9 @@ MINILM_NOTE = (
 )
 
 
-def load_minilm(device: torch.device, dtype: torch.dtype, compat: bool = True) -> Any:
+def load_minilm(
+    device: torch.device | None, dtype: torch.dtype, compat: bool | str = True
+) -> HookedModel:
     """MiniLM as a TransformerLens bridge (compatibility mode): its real encoder, a random
     MLM head (seeded), marked so logit analyses refuse it."""
     from transformers import AutoTokenizer, BertForMaskedLM
@@ -53,12 +55,8 @@ def load_minilm(device: torch.device, dtype: torch.dtype, compat: bool = True) -
             hf = BertForMaskedLM.from_pretrained(str(path), attn_implementation="eager")
     finally:
         hf_logging.set_verbosity(verbosity)
-    hf = hf.to(device=device, dtype=dtype).eval()
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(
-        str(path), hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype
-    )
+    hf = torch.nn.Module.to(hf, device=device, dtype=dtype).eval()
+    bridge = boot_bridge(str(path), hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype)
     info = ModelInfo("minilm", str(path), logits_meaningful=False, note=MINILM_NOTE)
     return prepare_bridge(bridge, info, compat)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.models.sources import ENTRY_POINT_GROUP
 
 __all__ = ["RegisteredModel", "discovery_error", "register_model", "registered_models"]
@@ -28,7 +28,7 @@ class RegisteredModel:
     """
 
     name: str
-    load: Callable[[torch.device, torch.dtype, bool], Any]
+    load: Callable[[torch.device | None, torch.dtype, bool | str], HookedModel]
     description: str
 
 
@@ -38,7 +38,9 @@ _DISCOVERED: list[bool] = []  # non-empty once the entry points have been loaded
 
 
 def register_model(
-    name: str, load: Callable[[torch.device, torch.dtype, bool], Any], description: str
+    name: str,
+    load: Callable[[torch.device | None, torch.dtype, bool | str], HookedModel],
+    description: str,
 ) -> None:
     """Make ``load_model(name)`` call ``load``. Packages register their models from a
     function named in their ``mi_cluster.models`` entry point (mi_cluster's own are in its

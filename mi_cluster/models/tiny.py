@@ -384,7 +384,7 @@ def _bpe_tokenizer(directory: Path, vocab_size: int, arch: Architecture) -> Any:
 def _wordpiece_tokenizer(directory: Path, vocab_size: int) -> Any:
     """A BERT WordPiece (lower-cased, ``[CLS] ... [SEP]``) trained on the built-in corpus."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizerFast  # its own normaliser and [CLS]/[SEP]
+    from transformers import BertTokenizer  # tokenizers-backed: its normaliser, [CLS]/[SEP]
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -394,7 +394,7 @@ def _wordpiece_tokenizer(directory: Path, vocab_size: int) -> Any:
         vocab_size=vocab_size, special_tokens=specials, show_progress=False
     )
     tok.train_from_iterator(_tiny_corpus() * 4, trainer)
-    fast = BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=True)
+    fast = BertTokenizer(vocab=tok.get_vocab(), do_lower_case=True)
     fast.save_pretrained(str(directory))
     return fast
 

@@ -221,7 +221,7 @@ def _traces(traces: list[dict]) -> list[dict]:
 def figure_record(fig: go.Figure) -> dict:
     """The numbers a figure plots: per trace its type, name and x/y/z (and error bars), and
     the same for every animation frame; with its title."""
-    spec = json.loads(fig.to_json())
+    spec = json.loads(fig.to_json() or "")  # (None only when writing to a file)
     title = (spec.get("layout", {}).get("title") or {}).get("text") or ""
     out = {"title": re.sub(r"<[^>]+>", " ", title).strip(), "data": _traces(spec["data"])}
     if spec.get("frames"):

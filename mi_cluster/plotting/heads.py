@@ -88,6 +88,7 @@ def claims_forest(claims: Sequence[HeadClaim], title: str = "", alpha: float = 0
     fig = make_subplots(
         rows=len(kinds), cols=1, subplot_titles=kinds, vertical_spacing=0.5 / len(kinds)
     )
+    shown: set[bool] = set()  # legend groups with an entry already
     for k, kind in enumerate(kinds):
         group = [c for c in claims if c.claim == kind]
         for supported in (True, False):
@@ -120,11 +121,12 @@ def claims_forest(claims: Sequence[HeadClaim], title: str = "", alpha: float = 0
                     if supported
                     else "not supported",
                     legendgroup=str(supported),
-                    showlegend=k == 0 or not any(t.legendgroup == str(supported) for t in fig.data),
+                    showlegend=supported not in shown,
                 ),
                 row=k + 1,
                 col=1,
             )
+            shown.add(supported)
         axis = "" if k == 0 else str(k + 1)
         fig.add_shape(
             type="line", x0=0, x1=0, y0=0, y1=1, xref=f"x{axis}", yref=f"y{axis} domain",

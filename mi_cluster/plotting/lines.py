@@ -72,7 +72,7 @@ def layer_bands(
         subplot_titles=list(panels),
         horizontal_spacing=0.1,
         vertical_spacing=0.16,
-        shared_yaxes="all" if shared_y else False,
+        shared_yaxes="all" if shared_y else False,  # pyright: ignore[reportArgumentType]
     )
     x = list(layer_labels)
     shown: set[str] = set()
@@ -126,7 +126,8 @@ def layer_bands(
         fig.update_xaxes(title_text="layer", type="category", row=row, col=col)
         fig.update_yaxes(title_text=(y_titles or {}).get(panel, ""), row=row, col=col)
         if zero_line:
-            fig.add_hline(y=0, line={"color": "#bbbbbb", "width": 1}, row=row, col=col)
+            line = {"color": "#bbbbbb", "width": 1}
+            fig.add_hline(y=0, line=line, row=row, col=col)  # pyright: ignore[reportArgumentType]
     text = title + (f"<br><sup>{note}</sup>" if note else "")
     height = 340 * rows + 190
     fig.update_layout(

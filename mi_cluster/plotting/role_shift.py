@@ -106,8 +106,8 @@ _STATES = (
 def _rows(a: RoleShiftAttribution, share: ComponentShare, kind: str) -> list[dict]:
     flat = [t.flatten().tolist() for t in (share.fraction, share.low, share.high)]
     words = [t.flatten().tolist() for t in (share.low_words, share.high_words)]
-    across = {r[0] for r in a.reliable(share)}
-    within = {r[0] for r in a.reliable(share, "words")}
+    across = {r.component for r in a.reliable(share)}
+    within = {r.component for r in a.reliable(share, "words")}
     return [
         {
             "label": f"{kind}: {label}",

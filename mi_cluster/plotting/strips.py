@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -71,11 +72,13 @@ def keyframe_strip(
         vertical_spacing=0.1,
     )
     x_range, y_range = fig.layout.xaxis.range, fig.layout.yaxis.range
+    traces = fig.to_plotly_json()["data"]  # the figure's traces, as plotly JSON
     for k, i in enumerate(picked):
         frame = fig.frames[i]
-        indices = list(frame.traces) if frame.traces is not None else range(len(frame.data))
-        for j, trace in zip(indices, frame.data, strict=False):
-            base = fig.data[j].to_plotly_json() if j < len(fig.data) else {}
+        data: Sequence[Any] = frame.data  # plotly's stubs do not type a figure's data
+        indices = list(frame.traces) if frame.traces is not None else range(len(data))
+        for j, trace in zip(indices, data, strict=False):
+            base = traces[j] if j < len(traces) else {}
             merged = {**base, **trace.to_plotly_json()}
             merged["showlegend"] = k == 0 and merged.get("showlegend", True) is not False
             if "mode" in merged:  # word labels clutter small panels: markers only

@@ -14,6 +14,8 @@ palette and colour scales, and sizes for a one-column or a full-width figure.
 
 from __future__ import annotations
 
+from typing import Any
+
 import plotly.graph_objects as go
 import plotly.io as pio
 
@@ -50,12 +52,13 @@ GROUP_STYLES: dict[str, tuple[str, str]] = {
 }
 
 _template = go.layout.Template(pio.templates["simple_white"])
-_template.layout.font = {"family": FONT, "size": 13, "color": "#222222"}
-_template.layout.colorway = list(PALETTE)
-_template.layout.paper_bgcolor = "white"
-_template.layout.plot_bgcolor = "white"
-_template.layout.colorscale = {"sequential": SEQUENTIAL, "diverging": DIVERGING}
-_template.layout.legend = {"bgcolor": "rgba(255,255,255,0.7)"}
+_layout: Any = _template.layout  # plotly's stubs do not type a template's layout
+_layout.font = {"family": FONT, "size": 13, "color": "#222222"}
+_layout.colorway = list(PALETTE)
+_layout.paper_bgcolor = "white"
+_layout.plot_bgcolor = "white"
+_layout.colorscale = {"sequential": SEQUENTIAL, "diverging": DIVERGING}
+_layout.legend = {"bgcolor": "rgba(255,255,255,0.7)"}
 pio.templates["mi_cluster"] = _template
 
 

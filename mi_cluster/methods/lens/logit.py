@@ -31,6 +31,7 @@ from torch import Tensor
 from mi_cluster.collection.activations import Positions, collect
 from mi_cluster.core.model_info import model_device, model_info, require_meaningful_logits
 from mi_cluster.core.prompts import get_tokenizer, one_token_id
+from mi_cluster.core.protocols import HookedModel, Tokenizer
 from mi_cluster.core.readout import check_readout, residual_logits
 from mi_cluster.methods.similarity.distances import kl_from_log_probs
 
@@ -39,11 +40,16 @@ if TYPE_CHECKING:
 
 __all__ = ["LensResult", "layer_logits", "logit_lens", "residual_logits", "token_id"]
 
-_CHUNK_ELEMENTS = 2**23  # vocabulary-sized floats per chunk (32 MiB in float32)
+CHUNK_ELEMENTS = 2**23
+"""Vocabulary-sized floats computed at once (32 MiB in float32): rows per chunk are
+``CHUNK_ELEMENTS // d_vocab``, for every reading of logits over many rows."""
 
 
 def layer_logits(
-    model: Any, resid: Float[Tensor, "row d_model"], layer: int, lens: TunedLens | None = None
+    model: HookedModel,
+    resid: Float[Tensor, "row d_model"],
+    layer: int,
+    lens: TunedLens | None = None,
 ) -> Float[Tensor, "row d_vocab"]:
     """The lens's logits (float32) for residuals of residual layer ``layer`` (0: the
     embedding): the tuned lens's translator first where ``lens`` is given and the layer has
@@ -53,7 +59,7 @@ def layer_logits(
     return residual_logits(model, resid).float()
 
 
-def token_id(model_or_tokenizer: Any, token: int | str) -> int:
+def token_id(model_or_tokenizer: HookedModel | Tokenizer, token: int | str) -> int:
     """A token id from an id or from a string that the tokenizer encodes as one token
     (e.g. ``" Paris"`` with GPT-2's leading space)."""
     tokenizer = get_tokenizer(model_or_tokenizer)
@@ -120,7 +126,7 @@ class LensResult:
         return [r for r, i in enumerate(self.prompt_index) if i == prompt]
 
 
-def _decoder(model: Any) -> Any:
+def _decoder(model: HookedModel) -> Any:
     """Token id -> its string as it reads in text (``" Paris"``), cached per id."""
     tokenizer = get_tokenizer(model)
     cache: dict[int, str] = {}
@@ -134,7 +140,7 @@ def _decoder(model: Any) -> Any:
 
 
 def _answers(
-    model: Any,
+    model: HookedModel,
     answers: Any,
     prompt_index: Sequence[int],
     n_prompts: int,
@@ -163,7 +169,7 @@ def _answers(
 
 
 def logit_lens(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     positions: Positions | str = "last",
     *,
@@ -228,7 +234,7 @@ def logit_lens(
     diff = None if answer_ids is None else torch.empty((n_layers, n_rows), dtype=resid.dtype)
     a_ranks = None if answer_ids is None else torch.empty((n_layers, n_rows, 2), dtype=torch.long)
     full = torch.empty((n_layers, n_rows, d_vocab), dtype=resid.dtype) if keep_log_probs else None
-    chunk = max(1, _CHUNK_ELEMENTS // d_vocab)
+    chunk = max(1, CHUNK_ELEMENTS // d_vocab)
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
             rows = slice(start, min(n_rows, start + chunk))
@@ -250,7 +256,7 @@ def logit_lens(
                     watched = logits[:, watch_t]
                     w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
                 kl[layer, rows] = kl_from_log_probs(final, lp).to(resid.dtype).cpu()
-                if diff is not None:
+                if diff is not None and answer_ids is not None and a_ranks is not None:
                     answer = logits.gather(1, answer_ids[rows].to(logits.device))  # [row, 2]
                     diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(resid.dtype).cpu()
                     a_ranks[layer, rows] = (logits[:, None, :] > answer[:, :, None]).sum(-1).cpu()

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 from mi_cluster.collection.activations import Positions, collect
 from mi_cluster.core.atomic import atomic_path
 from mi_cluster.core.model_info import model_device, model_info, require_meaningful_logits
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.readout import check_readout, residual_logits
 from mi_cluster.methods.similarity.distances import kl_from_log_probs
 from mi_cluster.methods.stats.resampling import make_generator
@@ -73,7 +73,7 @@ class TunedLens:
         w = self.weight[layer].to(resid.device, resid.dtype)
         return resid + resid @ w + self.bias[layer].to(resid.device, resid.dtype)
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: HookedModel) -> None:
         """Raise ValueError unless ``model`` is the model this lens was trained for."""
         name, n, d = model_info(model).name, model.cfg.n_layers, model.cfg.d_model
         if name != self.model_name or n != self.n_translators or d != self.weight.shape[-1]:
@@ -118,7 +118,7 @@ class TunedLens:
 
 
 @contextmanager
-def _frozen(model: Any) -> Iterator[None]:
+def _frozen(model: HookedModel) -> Iterator[None]:
     """The model's parameters without gradients for the duration (only the lens trains)."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
@@ -137,7 +137,7 @@ def _kl(final: Tensor, logits: Tensor) -> Tensor:
 
 
 def train_tuned_lens(
-    model: Any,
+    model: HookedModel,
     texts: Sequence[str],
     *,
     steps: int = 400,

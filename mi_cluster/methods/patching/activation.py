@@ -40,13 +40,14 @@ from tqdm.auto import tqdm
 from mi_cluster.collection.activations import hook_name
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
 from mi_cluster.core.model_info import architecture_name, has_mlps, model_device, site_heads
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.writes import RESID_MID_REFUSAL, is_additive
 from mi_cluster.methods.patching.inputs import PromptPair, prepare_pair, resolve_positions
 from mi_cluster.methods.patching.metrics import (
     Metric,
     MetricInput,
-    _n_positions,
     check_metric_output,
+    n_metric_positions,
     validate,
 )
 from mi_cluster.methods.patching.runner import (
@@ -64,6 +65,8 @@ __all__ = [
     "activation_patching",
     "axis_labels",
     "cached_runs",
+    "check_site",
+    "metric_hook_layer",
     "metric_on_run",
     "run_with_metric",
 ]
@@ -182,11 +185,13 @@ class Runs:
         )
 
 
-def cached_runs(model: Any, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
+def cached_runs(model: HookedModel, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
     """Run the clean and corrupted prompts once, together, keeping ``cache_sites``."""
     tokens = torch.cat([pair.clean, pair.corrupted])
-    masks = [pair.attention_mask("clean"), pair.attention_mask("corrupted")]
-    mask = None if masks[0] is None else torch.cat(masks)
+    clean_mask, corrupted_mask = pair.attention_mask("clean"), pair.attention_mask("corrupted")
+    mask = None
+    if clean_mask is not None and corrupted_mask is not None:
+        mask = torch.cat([clean_mask, corrupted_mask])
     return Runs(LayerRunner(model, tokens, mask, sorted(set(cache_sites))), pair.batch)
 
 
@@ -201,7 +206,8 @@ def metric_on_run(
     return out.detach()
 
 
-def _layer_of(name: str) -> int:
+def metric_hook_layer(name: str) -> int:
+    """The block a metric's hook ``name`` reads (``blocks.L....``), or an error naming it."""
     parts = name.split(".")
     if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
         raise PatchingError(
@@ -231,7 +237,7 @@ def _setter(act_name: str, axes: tuple[str, ...], source: Tensor):
 
 
 def activation_patching(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[str] | Tensor,
     corrupted: Sequence[str] | Tensor,
     metric: Metric,
@@ -267,9 +273,9 @@ def activation_patching(
     kind = SITE_KINDS[site]
     pair = prepare_pair(model, clean, corrupted, lengths)
     layers = sorted(set(range(model.cfg.n_layers) if layers is None else layers))
-    hooks = _check_site(model, kind, layers)
+    hooks = check_site(model, kind, layers)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
-    k = _n_positions(metric.positions, pair.n_pos)
+    k = n_metric_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
     runs = cached_runs(model, pair, hooks + list(metric.reads))
     positions = resolve_positions(metric.positions, pair)
@@ -327,7 +333,7 @@ def activation_patching(
 
 
 def axis_labels(
-    model: Any,
+    model: HookedModel,
     pair: PromptPair,
     layers: Sequence[int],
     axes: tuple[str, ...],
@@ -370,7 +376,7 @@ def run_with_metric(
     read_hooks = []
     for name in metric.reads:
         acts[name] = runner.cache[name][rows.to(runner.cache[name].device)].clone()
-        if _layer_of(name) >= int(start[0]):
+        if metric_hook_layer(name) >= int(start[0]):
 
             def keep(act: Tensor, hook: Any, name: str = name) -> None:
                 kept[name] = act.detach().clone()
@@ -378,7 +384,7 @@ def run_with_metric(
             read_hooks.append((name, keep))
     stop = None
     if metric.positions is None:
-        stop = max([int(start[0])] + [_layer_of(n) + 1 for n in metric.reads])
+        stop = max([int(start[0])] + [metric_hook_layer(n) + 1 for n in metric.reads])
     row_pos = None if positions is None else positions[prompt]
     scale = None if final_scale is None else final_scale[prompt.to(final_scale.device)]
     logits = runner.run(
@@ -391,7 +397,9 @@ def run_with_metric(
     return out.detach()
 
 
-def _check_site(model: Any, kind: SiteKind, layers: Sequence[int]) -> list[str]:
+def check_site(model: HookedModel, kind: SiteKind, layers: Sequence[int]) -> list[str]:
+    """The hook names of site ``kind`` at ``layers``, each checked to exist in ``model``
+    (an attention-only model's MLP sites are refused by name)."""
     n = model.cfg.n_layers
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
@@ -424,7 +432,7 @@ def _check_site(model: Any, kind: SiteKind, layers: Sequence[int]) -> list[str]:
 _PATTERN_EDITS = "_mi_cluster_pattern_edits"
 
 
-def _pattern_edits_take_effect(model: Any) -> bool:
+def _pattern_edits_take_effect(model: HookedModel) -> bool:
     """Whether a pattern written at ``hook_pattern`` is the one the model uses: checked
     once per model by making every query of layer 0 attend to the first token, which
     must make each head's ``z`` equal its value vector there."""

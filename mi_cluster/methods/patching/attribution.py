@@ -16,12 +16,13 @@ import torch
 from torch import Tensor
 
 from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.activation import (
     SITE_KINDS,
     PatchResult,
-    _check_site,
-    _layer_of,
     axis_labels,
+    check_site,
+    metric_hook_layer,
 )
 from mi_cluster.methods.patching.inputs import prepare_pair, resolve_positions
 from mi_cluster.methods.patching.metrics import Metric, MetricInput, check_metric_output, validate
@@ -48,7 +49,7 @@ def _reduce(product: Tensor, site: str) -> Tensor:
 
 
 def attribution_patching(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[str] | Tensor,
     corrupted: Sequence[str] | Tensor,
     metric: Metric,
@@ -82,15 +83,15 @@ def attribution_patching(
     layers = range(model.cfg.n_layers)
     names = {s: [hook_name(SITE_KINDS[s].act, layer) for layer in layers] for s in sites}
     for s in sites:
-        _check_site(model, SITE_KINDS[s], list(layers))
+        check_site(model, SITE_KINDS[s], list(layers))
     for name in metric.reads:
-        _layer_of(name)
+        metric_hook_layer(name)
     # The gradient at resid_mid is taken where attention's output is added to form it
     # (equal in every block that adds it, which patching checks): TransformerLens hooks
     # resid_mid at the MLP norm's input, which on some architectures (OPT) is a reshaped
     # copy of the residual, so a gradient there would miss the residual path.
     grad_at = {
-        n: hook_name("attn_out", _layer_of(n)) if SITE_KINDS[s].act == "resid_mid" else n
+        n: hook_name("attn_out", metric_hook_layer(n)) if SITE_KINDS[s].act == "resid_mid" else n
         for s, ns in names.items()
         for n in ns
     }

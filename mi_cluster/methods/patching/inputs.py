@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Int
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mi_cluster.collection.activations import pad_tokens
 from mi_cluster.core.prompts import tokenize_prompt, unique_token_labels
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.runner import PatchingError
 
 __all__ = ["PromptPair", "prepare_pair", "resolve_positions"]
@@ -55,7 +56,7 @@ class PromptPair:
 
 
 def prepare_pair(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[str] | Tensor,
     corrupted: Sequence[str] | Tensor,
     lengths: Literal["equal", "pad"] = "equal",

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mi_cluster.core.model_info import require_meaningful_logits
 from mi_cluster.core.prompts import single_token_id
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.runner import PatchingError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "answer_probability",
     "kl_to_clean",
     "logit_difference",
+    "n_metric_positions",
 ]
 
 
@@ -54,6 +56,20 @@ class MetricInput:
     logits: Float[Tensor, "row k d_vocab"] | None
     activations: dict[str, Tensor]
     clean_logits: Float[Tensor, "prompt k d_vocab"] | None
+
+    @property
+    def logits_read(self) -> Float[Tensor, "row k d_vocab"]:
+        """``logits``, for a metric that reads them (it declared positions)."""
+        if self.logits is None:
+            raise PatchingError("this metric reads logits, but it declared no positions")
+        return self.logits
+
+    @property
+    def clean_logits_read(self) -> Float[Tensor, "prompt k d_vocab"]:
+        """``clean_logits``, for a metric that reads them (it declared positions)."""
+        if self.clean_logits is None:
+            raise PatchingError("this metric reads the clean logits, but it declared no positions")
+        return self.clean_logits
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,7 @@ class Metric:
 
 
 def answer_ids(
-    model: Any, answers: Sequence[Sequence[str | int]] | Tensor
+    model: HookedModel, answers: Sequence[Sequence[str | int]] | Tensor
 ) -> Int[Tensor, "prompt n"]:
     """Answer token ids per prompt: words (each must be one token, as the model would
     predict it mid-sentence, and not the tokenizer's unknown token) or ids in the
@@ -122,7 +138,7 @@ def answer_ids(
     return _in_vocabulary(model, torch.tensor(rows))
 
 
-def _answer_id(model: Any, answer: str | int) -> int:
+def _answer_id(model: HookedModel, answer: str | int) -> int:
     if isinstance(answer, bool) or not isinstance(answer, (int, str)):
         raise PatchingError(f"an answer must be a word or a token id, got {answer!r}")
     if isinstance(answer, int):
@@ -130,7 +146,7 @@ def _answer_id(model: Any, answer: str | int) -> int:
     return single_token_id(model, answer)
 
 
-def _in_vocabulary(model: Any, ids: Tensor) -> Tensor:
+def _in_vocabulary(model: HookedModel, ids: Tensor) -> Tensor:
     d_vocab = model.cfg.d_vocab
     bad = ((ids < 0) | (ids >= d_vocab)).nonzero().tolist()
     if bad:
@@ -145,38 +161,43 @@ def _at(logits: Tensor, prompt: Tensor, ids: Tensor, column: int) -> Tensor:
     return logits[:, 0].gather(1, ids[prompt.cpu(), column].to(logits.device)[:, None])[:, 0]
 
 
-def logit_difference(model: Any, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
+def logit_difference(model: HookedModel, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
     """Logit of the first answer minus the second, at each prompt's last token (each
     prompt with its own answers, e.g. ``[("Mary", "John"), ...]``)."""
     require_meaningful_logits(model, "logit difference")
     ids = answer_ids(model, answers)
 
     def fn(inp: MetricInput) -> Tensor:
-        return _at(inp.logits, inp.prompt, ids, 0) - _at(inp.logits, inp.prompt, ids, 1)
+        logits = inp.logits_read
+        return _at(logits, inp.prompt, ids, 0) - _at(logits, inp.prompt, ids, 1)
 
     return Metric("logit difference", fn, "last", n_prompts=len(ids))
 
 
-def answer_probability(model: Any, answers: Sequence[Sequence[str | int]] | Tensor) -> Metric:
+def answer_probability(
+    model: HookedModel, answers: Sequence[Sequence[str | int]] | Tensor
+) -> Metric:
     """Probability of the first answer at each prompt's last token."""
     require_meaningful_logits(model, "answer probability")
     ids = answer_ids(model, answers)
 
     def fn(inp: MetricInput) -> Tensor:
-        probs = inp.logits[:, 0].float().softmax(-1).to(inp.logits.dtype)
+        logits = inp.logits_read
+        probs = logits[:, 0].float().softmax(-1).to(logits.dtype)
         return probs.gather(1, ids[inp.prompt.cpu(), 0].to(probs.device)[:, None])[:, 0]
 
     return Metric("answer probability", fn, "last", n_prompts=len(ids))
 
 
-def kl_to_clean(model: Any, positions: str | Tensor = "last") -> Metric:
+def kl_to_clean(model: HookedModel, positions: str | Tensor = "last") -> Metric:
     """KL(clean || patched) of the next-token distributions, summed over the positions
     read (0 when the patched run predicts as the clean run)."""
     require_meaningful_logits(model, "KL divergence to the clean run")
 
     def fn(inp: MetricInput) -> Tensor:
-        p = inp.clean_logits[inp.prompt.to(inp.clean_logits.device)].log_softmax(-1)
-        q = inp.logits.log_softmax(-1)
+        clean = inp.clean_logits_read
+        p = clean[inp.prompt.to(clean.device)].log_softmax(-1)
+        q = inp.logits_read.log_softmax(-1)
         return (p.exp() * (p - q)).sum(-1).sum(-1)
 
     return Metric("KL(clean || patched)", fn, positions)
@@ -203,7 +224,7 @@ def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.
             f"metric {metric.name!r} holds answers for {metric.n_prompts} prompts, but "
             f"{batch} are patched: give one answer pair per prompt"
         )
-    k = _n_positions(metric.positions, n_pos)
+    k = n_metric_positions(metric.positions, n_pos)
     prompt = torch.arange(batch)
     logits = None if metric.positions is None else torch.zeros(batch, k, d_vocab, dtype=dtype)
     try:
@@ -218,7 +239,8 @@ def validate(metric: Metric, batch: int, n_pos: int, d_vocab: int, dtype: torch.
     check_metric_output(metric, out, batch, finite=False)
 
 
-def _n_positions(positions: str | Tensor | None, n_pos: int) -> int:
+def n_metric_positions(positions: str | Tensor | None, n_pos: int) -> int:
+    """How many positions per prompt a metric reads logits at, for prompts of ``n_pos``."""
     if positions is None:
         return 0
     if isinstance(positions, str):

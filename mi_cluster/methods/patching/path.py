@@ -29,16 +29,17 @@ from tqdm.auto import tqdm
 from mi_cluster.collection.activations import hook_name
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
 from mi_cluster.core.model_info import architecture_name, site_heads
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.activation import (
     PatchResult,
-    _layer_of,
     axis_labels,
     cached_runs,
+    metric_hook_layer,
     metric_on_run,
     run_with_metric,
 )
 from mi_cluster.methods.patching.inputs import prepare_pair, resolve_positions
-from mi_cluster.methods.patching.metrics import Metric, _n_positions, validate
+from mi_cluster.methods.patching.metrics import Metric, n_metric_positions, validate
 from mi_cluster.methods.patching.runner import PatchingError, plan_passes, rows_per_pass
 
 __all__ = ["path_patching"]
@@ -46,7 +47,7 @@ __all__ = ["path_patching"]
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
 
 
-def _check_receivers(model: Any, receivers: str | Sequence[Receiver]) -> list[Receiver]:
+def _check_receivers(model: HookedModel, receivers: str | Sequence[Receiver]) -> list[Receiver]:
     if receivers == "logits":
         return []
     if isinstance(receivers, str) or not receivers:
@@ -68,7 +69,7 @@ def _check_receivers(model: Any, receivers: str | Sequence[Receiver]) -> list[Re
 
 
 def path_patching(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[str] | Tensor,
     corrupted: Sequence[str] | Tensor,
     metric: Metric,
@@ -130,7 +131,7 @@ def path_patching(
     base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
     base_z = [runs.cache(name, base) for name in z_names]
     final_scale = None
-    if final_ln == "frozen":
+    if final_ln == "frozen" and positions is not None:  # frozen needs logits: checked above
         scale = runs.cache("ln_final.hook_scale", base)  # [prompt, pos, 1]
         final_scale = scale.gather(1, positions.to(scale.device)[..., None])
     source_z = [runs.cache(name, source) for name in z_names]
@@ -140,7 +141,7 @@ def path_patching(
         dtype=clean_value.dtype,
         device=clean_value.device,
     )
-    k = _n_positions(metric.positions, pair.n_pos)
+    k = n_metric_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
     flat_values = values.view(n_layers * n_heads, pair.batch, *metric.shape)
     for first, stop in tqdm(
@@ -197,7 +198,7 @@ def _to_receivers(runs, base, metric, prompt, sender_layer, frozen, recv, positi
     (rows join at their sender's layer) or reaches it unchanged."""
     names = sorted({hook_name(w, layer) for layer, _, w in recv})
     captured = {name: runs.cache(name, base)[prompt].clone() for name in names}
-    reached = [name for name in names if _layer_of(name) > int(sender_layer[0])]
+    reached = [name for name in names if metric_hook_layer(name) > int(sender_layer[0])]
     if reached:
 
         def keeper(name: str):
@@ -206,7 +207,7 @@ def _to_receivers(runs, base, metric, prompt, sender_layer, frozen, recv, positi
 
             return keep
 
-        stop = max(_layer_of(name) for name in reached) + 1
+        stop = max(metric_hook_layer(name) for name in reached) + 1
         hooks = frozen + [(name, keeper(name)) for name in reached]
         runs.runner.run(prompt + runs.offset(base), sender_layer, hooks, stop_layer=stop)
     by_name: dict[str, list[int]] = {}

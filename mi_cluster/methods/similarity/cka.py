@@ -187,9 +187,7 @@ class MinibatchCKA:
     """
 
     def __init__(self) -> None:
-        self._xy: Tensor | None = None
-        self._xx: Tensor | None = None
-        self._yy: Tensor | None = None
+        self._sums: tuple[Tensor, Tensor, Tensor] | None = None  # HSIC(x, y), (x, x), (y, y)
         self._single = False
         self.batches = 0
 
@@ -225,20 +223,22 @@ class MinibatchCKA:
         b = xs.shape[1]
         scale = 1.0 / (b * (b - 3))  # unbiased HSIC, so unequal batches weigh alike
         xy, xx, yy = (gx @ gy.T) * scale, gx.pow(2).sum(1) * scale, gy.pow(2).sum(1) * scale
-        if self._xy is None:
-            self._xy, self._xx, self._yy = xy, xx, yy
+        if self._sums is None:
+            self._sums = (xy, xx, yy)
         else:
-            if xy.shape != self._xy.shape:
+            sxy, sxx, syy = self._sums
+            if xy.shape != sxy.shape:
                 raise SimilarityInputError(
                     f"this batch gives a {tuple(xy.shape)} matrix, earlier ones "
-                    f"{tuple(self._xy.shape)}: the number of layers changed"
+                    f"{tuple(sxy.shape)}: the number of layers changed"
                 )
-            self._xy, self._xx, self._yy = self._xy + xy, self._xx + xx, self._yy + yy
+            self._sums = (sxy + xy, sxx + xx, syy + yy)
         self.batches += 1
 
     def compute(self) -> Tensor:
         """The CKA estimate: ``(layer_x, layer_y)``, or 0-d for single matrices."""
-        if self._xy is None:
+        if self._sums is None:
             raise SimilarityInputError("MinibatchCKA.compute() before any update()")
-        out = self._xy / (self._xx[:, None] * self._yy[None, :]).clamp_min(0).sqrt()
+        xy, xx, yy = self._sums
+        out = xy / (xx[:, None] * yy[None, :]).clamp_min(0).sqrt()
         return out[0, 0] if self._single else out

@@ -30,9 +30,8 @@ class StreamingLinearCKA:
     compute the exact linear CKA between every pair of layers (float64 throughout)."""
 
     def __init__(self) -> None:
-        self._zz: Tensor | None = None
-        self._z: Tensor | None = None
-        self._shape: tuple[int, int] | None = None
+        # (Z^T Z, column sums of Z, (layers, width)) of the rows so far, Z = [row, layer * d]
+        self._sums: tuple[Tensor, Tensor, tuple[int, int]] | None = None
         self.n = 0
 
     def update(self, batch: Float[Tensor, "layer rows d"]) -> None:
@@ -41,30 +40,29 @@ class StreamingLinearCKA:
                 f"a batch must be [layer, rows, d], got shape {tuple(batch.shape)}"
             )
         n_layers, rows, d = batch.shape
-        if self._shape is not None and self._shape != (n_layers, d):
+        if self._sums is not None and self._sums[2] != (n_layers, d):
             raise SimilarityInputError(
                 f"this batch has {n_layers} layers of width {d}, earlier ones "
-                f"{self._shape[0]} of width {self._shape[1]}"
+                f"{self._sums[2][0]} of width {self._sums[2][1]}"
             )
         if not bool(torch.isfinite(batch).all()):
             raise SimilarityInputError("a batch holds NaN or infinite values")
         z = batch.double().permute(1, 0, 2).reshape(rows, n_layers * d)
-        if self._zz is None:
-            self._shape = (n_layers, d)
-            self._zz, self._z = z.T @ z, z.sum(0)
+        if self._sums is None:
+            self._sums = (z.T @ z, z.sum(0), (n_layers, d))
         else:
-            self._zz += z.T @ z
-            self._z += z.sum(0)
+            zz, zsum, shape = self._sums
+            self._sums = (zz + z.T @ z, zsum + z.sum(0), shape)
         self.n += rows
 
     def compute(self) -> Float[Tensor, "layer layer"]:
-        if self._zz is None or self.n < 2:
+        if self._sums is None or self.n < 2:
             raise SimilarityInputError("linear CKA needs at least 2 rows")
-        n_layers, d = self._shape
-        cov = self._zz - torch.outer(self._z, self._z) / self.n  # centred cross-products
+        zz, zsum, (n_layers, d) = self._sums
+        cov = zz - torch.outer(zsum, zsum) / self.n  # centred cross-products
         blocks = cov.reshape(n_layers, d, n_layers, d)
         centred = cov.diagonal().reshape(n_layers, d).sum(1)
-        raw = self._zz.diagonal().reshape(n_layers, d).sum(1)
+        raw = zz.diagonal().reshape(n_layers, d).sum(1)
         flat = no_variation(centred, raw, cov.dtype).nonzero().flatten().tolist()
         if flat:
             raise SimilarityInputError(

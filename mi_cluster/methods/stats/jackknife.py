@@ -115,7 +115,16 @@ def jackknife_scopes(
         t = torch.where(flat, (estimate.abs() >= 1e-9) * torch.inf, estimate / se)
         p = t_two_sided_p(t.nan_to_num(0.0), df).to(estimate)
         half = (t_quantile((1 + confidence) / 2, df) * se).to(estimate)
-        fields = (estimate, se, df, estimate - half, estimate + half, p, holm(p),
-                  benjamini_hochberg(p))  # fmt: skip
-        out[scope] = ScopedShift(scope, *(f.to(dtype) for f in fields), confidence)
+        out[scope] = ScopedShift(
+            scope=scope,
+            estimate=estimate.to(dtype),
+            se=se.to(dtype),
+            df=df.to(dtype),
+            low=(estimate - half).to(dtype),
+            high=(estimate + half).to(dtype),
+            p_value=p.to(dtype),
+            p_holm=holm(p).to(dtype),
+            p_bh=benjamini_hochberg(p).to(dtype),
+            confidence=confidence,
+        )
     return out

@@ -124,9 +124,11 @@ def _centroid_family(
 
 
 def _silhouette_family(
-    red: UnitReduction, w: Float[Tensor, "R unit"], a: Bool[Tensor, "R unit"]
+    red: UnitReduction,
+    dist: Float[Tensor, "layer row unit"],
+    w: Float[Tensor, "R unit"],
+    a: Bool[Tensor, "R unit"],
 ) -> Float[Tensor, "layer R"]:
-    dist = red.dist  # [layer, row, unit]
     wa, wb = w * a, w * ~a
     na, nb = wa @ red.counts, wb @ red.counts  # [R]
     to_a, to_b = dist @ wa.T, dist @ wb.T  # [layer, row, R]: weighted distance sums
@@ -148,8 +150,10 @@ def weighted_statistic(
 ) -> Float[Tensor, "layer R"]:
     """The statistic under unit weights ``w`` (1 = the data, counts = a bootstrap draw)
     and unit labels ``a`` (the data's, or a shuffle)."""
-    if red.statistic == "silhouette":
-        return _silhouette_family(red, w, a)
+    if red.dist is not None:  # silhouette
+        return _silhouette_family(red, red.dist, w, a)
+    if red.gram is None:
+        raise ValueError(f"a reduction for {red.statistic!r} holds neither Gram nor distances")
     return _centroid_family(red.gram, w, a, red.statistic)
 
 

@@ -193,16 +193,19 @@ def unit_gram(
         return UnitGram(gs.sums @ gs.sums.transpose(1, 2), gs.sq_norms, gs.counts)
     n_layers, _, d = source_shape(source)
     per_layer = _F64 * n_units * (2 * d + n_units)
-    grams, norms = [], []
+    grams, norms, counts = [], [], None
     for block in layer_blocks(n_layers, per_layer, max_memory, "unit sums"):
         gs = group_sums(source, row_unit, n_units, block, max_memory)
+        counts = gs.counts
         mean = gs.sums.sum(1) / gs.counts.sum()  # [layer, d]
         s = gs.sums - gs.counts[:, None] * mean[:, None, :]
         cross = (gs.sums @ mean[..., None])[..., 0]  # U_k . mean
         q = gs.sq_norms - 2 * cross + gs.counts * mean.pow(2).sum(-1, keepdim=True)
         grams.append(s @ s.transpose(1, 2))
         norms.append(q.clamp_min(0))
-    return UnitGram(torch.cat(grams), torch.cat(norms), gs.counts)
+    if counts is None:
+        raise ValueError("unit sums of a source without layers")
+    return UnitGram(torch.cat(grams), torch.cat(norms), counts)
 
 
 def distance_sums(

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.models.compiled.build import (
     NAMES,
     OBJECTS,
@@ -36,7 +36,7 @@ __all__ = [
 CARD = Path(__file__).parent / "MODEL_CARD.md"
 
 
-def compiled_prompts(model: Any, n: int, seed: int = 0) -> list:
+def compiled_prompts(model: HookedModel, n: int, seed: int = 0) -> list:
     """``n`` IOI prompts of the compiled model's distribution (its templates and words, both
     orders alternating): :func:`mi_cluster.core.ioi_prompts.ioi_prompts` with its word lists."""
     from mi_cluster.core.ioi_prompts import ioi_prompts
@@ -85,10 +85,10 @@ def save_compiled_ioi(directory: str | Path) -> Path:
 
 
 def load_compiled_ioi(
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
-    compatibility_mode: bool = True,
-) -> Any:
+    compatibility_mode: bool | str = True,
+) -> HookedModel:
     """The compiled IOI model as a TransformerLens bridge."""
     from mi_cluster.core.model_info import ModelInfo
     from mi_cluster.models.loading import load_directory
@@ -100,7 +100,8 @@ def load_compiled_ioi(
             source="mi_cluster.models.compiled (built at load)",
             attention_only=True,
         )
-        return load_directory(tmp, info, torch.device(device), dtype, compatibility_mode)
+        dev = None if device is None else torch.device(device)
+        return load_directory(tmp, info, dev, dtype, compatibility_mode)
 
 
 def register() -> None:

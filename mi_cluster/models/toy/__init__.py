@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from mi_cluster.core.protocols import HookedModel
 
 TOY_IOI_DIR = Path(__file__).parent / "weights"
 # The toy model's tuned lens (``mi-cluster train-lens``), for ``TunedLens.load``.
@@ -15,10 +16,10 @@ __all__ = ["TOY_IOI_DIR", "TOY_TUNED_LENS", "load_toy_ioi", "register"]
 
 
 def load_toy_ioi(
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
-    compatibility_mode: bool = True,
-) -> Any:
+    compatibility_mode: bool | str = True,
+) -> HookedModel:
     """Load the shipped toy IOI model (offline) as a TransformerLens bridge."""
     from mi_cluster.core.model_info import ModelInfo
     from mi_cluster.models.loading import load_directory
@@ -30,7 +31,8 @@ def load_toy_ioi(
             "`mi-cluster train-toy`"
         )
     info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR), attention_only=True)
-    return load_directory(TOY_IOI_DIR, info, torch.device(device), dtype, compatibility_mode)
+    dev = None if device is None else torch.device(device)
+    return load_directory(TOY_IOI_DIR, info, dev, dtype, compatibility_mode)
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from mi_cluster.core.ioi_prompts import IOIPrompt, fill_template
+from mi_cluster.core.ioi_prompts import IOIPrompt, Order, fill_template
 
 NAMES: tuple[str, ...] = (
     "Mary", "John", "Adam", "Eve", "Mark", "Emily", "Chris", "Diana", "Paul", "Sarah",
@@ -90,7 +90,7 @@ def vocabulary() -> list[str]:
 def ioi_example(rng: random.Random, names: tuple[str, ...], templates: range) -> IOIPrompt:
     io, s = rng.sample(names, 2)
     t = rng.choice(list(templates))
-    order = rng.choice(["ABBA", "BABA"])
+    order: Order = rng.choice(["ABBA", "BABA"])
     text = fill_template(IOI_TEMPLATES[t], io, s, order, rng.choice(PLACES), rng.choice(OBJECTS))
     return IOIPrompt(text=text, io=io, s=s, template=t, order=order)
 

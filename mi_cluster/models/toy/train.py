@@ -78,8 +78,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, bos_id: int):
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(hf_cfg)
-    for block in model.transformer.h:
-        for p in block.mlp.parameters():
+    for name, p in model.named_parameters():
+        if ".mlp." in name:  # attention-only: every block's MLP fixed at zero
             p.data.zero_()
             p.requires_grad_(False)
     return model
@@ -205,7 +205,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=(__doc__ or COMMAND).splitlines()[0])
     parser.add_argument(
         "--out",
         type=Path,

@@ -22,23 +22,24 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from mi_cluster.core.ioi_prompts import IOIPrompt
 from mi_cluster.core.model_info import require_meaningful_logits
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.stats.resampling import make_generator
 from mi_cluster.studies.ioi.claims import (
     Head,
-    _ablation_drops,
-    _check_heads,
-    _interval,
+    ablation_drops,
     ablation_setup,
+    bootstrap_ci,
+    check_heads,
     random_head_sets,
     random_set_p_value,
 )
-from mi_cluster.studies.ioi.heads import _logit_difference
+from mi_cluster.studies.ioi.heads import prepared_logit_difference
 
 __all__ = ["CircuitEvaluation", "evaluate_circuit"]
 
@@ -107,7 +108,7 @@ def _subsets(heads: tuple[Head, ...], n: int, gen: torch.Generator) -> list[tupl
 
 
 def evaluate_circuit(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
     *,
@@ -123,7 +124,7 @@ def evaluate_circuit(
     same layers. ``reference``: the prompts whose mean (or samples) replace ablated heads
     (default: ``prompts`` themselves; the IOI paper uses ABC prompts)."""
     require_meaningful_logits(model, "a circuit evaluation")
-    heads = tuple(dict.fromkeys(_check_heads(model, heads))) if heads else ()
+    heads = tuple(dict.fromkeys(check_heads(model, heads))) if heads else ()
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     every = tuple((a, b) for a in range(n_layers) for b in range(n_heads))
     prep, replace = ablation_setup(model, prompts, reference, method, seed)
@@ -146,8 +147,8 @@ def evaluate_circuit(
         + [outside(r) for r in randoms]
     )
     with torch.no_grad():
-        clean = _logit_difference(model, prep, [])  # [prompt]
-        metric = clean[None] - _ablation_drops(model, prep, sets, replace, rows_per_pass)
+        clean = prepared_logit_difference(model, prep, [])  # [prompt]
+        metric = clean[None] - ablation_drops(model, prep, sets, replace, rows_per_pass)
     f_c, f_empty = metric[0], metric[1]
     n_h, n_k = len(heads), len(subsets)
     minus_v = metric[2 : 2 + n_h]
@@ -161,13 +162,13 @@ def evaluate_circuit(
         heads=heads,
         method=method,
         model_metric=model_metric,
-        model_ci=_interval(clean, seed),
+        model_ci=bootstrap_ci(clean, seed),
         circuit_metric=circuit_metric,
-        circuit_ci=_interval(f_c, seed),
+        circuit_ci=bootstrap_ci(f_c, seed),
         empty_metric=float(f_empty.mean()),
         kept=circuit_metric / model_metric if model_metric else float("nan"),
         faithfulness=abs(model_metric - circuit_metric),
-        faithfulness_ci=_interval(clean - f_c, seed),
+        faithfulness_ci=bootstrap_ci(clean - f_c, seed),
         completeness_mean=float(complete.mean()) if n_k else 0.0,
         completeness_worst=float(complete.max()) if n_k else 0.0,
         completeness_subsets=n_k,

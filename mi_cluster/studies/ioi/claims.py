@@ -34,24 +34,30 @@ from mi_cluster.collection.activations import hook_name, pad_tokens
 from mi_cluster.core.ioi_prompts import IOIPrompt
 from mi_cluster.core.model_info import require_meaningful_logits
 from mi_cluster.core.prompts import tokenize_prompt
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.stats import paired_test
 from mi_cluster.methods.stats.resampling import Alternative, make_generator
 from mi_cluster.studies.ioi.heads import (
-    _each_layer,
-    _logit_difference,
-    _prepare,
-    _Prepared,
-    _run,
+    PaddedBatch,
+    PreparedPrompts,
     attention_between,
     copy_hits,
+    prepare_prompts,
+    prepared_logit_difference,
+    read_each_layer,
+    run_hooked,
     token_mean,
 )
 
 __all__ = [
     "HeadClaim",
+    "ablation_drops",
     "ablation_hooks",
+    "ablation_setup",
     "ablation_test",
     "attention_test",
+    "bootstrap_ci",
+    "check_heads",
     "copy_score_test",
     "direct_effect_test",
     "random_head_sets",
@@ -105,7 +111,8 @@ class HeadClaim:
         )
 
 
-def _check_heads(model: Any, heads: Sequence[Head]) -> tuple[Head, ...]:
+def check_heads(model: HookedModel, heads: Sequence[Head]) -> tuple[Head, ...]:
+    """The heads as distinct ``(layer, head)`` int pairs of ``model``, or an error."""
     out = tuple((int(a), int(b)) for a, b in heads)
     if not out or len(set(out)) != len(out):
         raise ValueError("give one or more distinct heads (layer, head)")
@@ -118,7 +125,7 @@ def _check_heads(model: Any, heads: Sequence[Head]) -> tuple[Head, ...]:
 
 
 def _pool_sets(
-    model: Any, heads: tuple[Head, ...], pool: Pool
+    model: HookedModel, heads: tuple[Head, ...], pool: Pool
 ) -> tuple[list[list[Head]], list[int]]:
     """Per group of the pool, (the heads to choose from, how many to choose)."""
     n_heads, n_layers = model.cfg.n_heads, model.cfg.n_layers
@@ -132,7 +139,7 @@ def _pool_sets(
 
 
 def random_head_sets(
-    model: Any, heads: Sequence[Head], n: int, pool: Pool = "same_layers", seed: int = 0
+    model: HookedModel, heads: Sequence[Head], n: int, pool: Pool = "same_layers", seed: int = 0
 ) -> tuple[list[tuple[Head, ...]], bool]:
     """Head sets like ``heads`` to compare a claim with, and whether they are exhaustive.
 
@@ -140,7 +147,7 @@ def random_head_sets(
     ``pool="all"``: the same number from any layer. When no more than ``n`` distinct sets
     exist, every one of them (the claimed set included) is returned and the flag is True
     (an exact test); otherwise ``n`` random draws (seeded)."""
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     groups, counts = _pool_sets(model, heads, pool)
     if n < 1:
         raise ValueError(f"n_random must be positive, got {n}")
@@ -196,7 +203,7 @@ def _against_sets(
     """A claim whose effect is the mean of ``per_unit`` (prompts or names; bootstrapped for
     the interval), compared with the same effect of other head sets (``null``)."""
     effect = float(per_unit.mean())
-    low, high = _interval(per_unit, seed)
+    low, high = bootstrap_ci(per_unit, seed)
     where = "from the same layers" if pool == "same_layers" else "from any layer"
     count = f"all {len(sets)}" if exact else f"{len(sets)} random"
     return HeadClaim(
@@ -212,7 +219,9 @@ def _against_sets(
     )
 
 
-def _interval(per_prompt: Tensor, seed: int) -> tuple[float, float]:
+def bootstrap_ci(per_prompt: Tensor, seed: int) -> tuple[float, float]:
+    """The 95% BCa bootstrap interval of the prompts' mean (percentile when the bootstrap
+    is degenerate: every prompt the same)."""
     iv = paired_test(
         per_prompt.double()[None], n_permutations=100, n_bootstrap=4000, seed=seed
     ).interval
@@ -222,14 +231,14 @@ def _interval(per_prompt: Tensor, seed: int) -> tuple[float, float]:
     return low, high
 
 
-def _ablation_drops(
-    model: Any, prep, sets: Sequence[Sequence[Head]], replace: dict[int, Tensor], rows: int
+def ablation_drops(
+    model: HookedModel, prep, sets: Sequence[Sequence[Head]], replace: dict[int, Tensor], rows: int
 ) -> Tensor:
     """Drop in logit difference, ``[set, prompt]``, when each set's heads' z are replaced
     (``replace[layer]`` broadcast to z). Several sets share one forward pass: the prompts
     are repeated once per set (up to ``rows`` rows a pass) and each copy ablates its set."""
     n, n_heads = prep.tokens.shape[0], model.cfg.n_heads
-    clean = _logit_difference(model, prep, [])
+    clean = prepared_logit_difference(model, prep, [])
     per_pass = max(1, rows // n)
     out = []
     for start in range(0, len(sets), per_pass):
@@ -242,17 +251,19 @@ def _ablation_drops(
 
         layers = sorted({a for hs in chunk for a, _ in hs})
         hooks = [(hook_name("z", a), _set_ablation(chosen[a], replace[a], n)) for a in layers]
-        repeated = _Prepared(prep.pos.repeat(k), prep.tokens.repeat(k, 1), prep.mask.repeat(k, 1))
-        out.append(clean - _logit_difference(model, repeated, hooks).view(k, n))
+        repeated = PreparedPrompts(
+            prep.tokens.repeat(k, 1), prep.mask.repeat(k, 1), prep.pos.repeat(k)
+        )
+        out.append(clean - prepared_logit_difference(model, repeated, hooks).view(k, n))
     return torch.cat(out)
 
 
-def _reference(model: Any, prompts: Sequence[IOIPrompt | str]) -> _Prepared:
+def _reference(model: HookedModel, prompts: Sequence[IOIPrompt | str]) -> PaddedBatch:
     """Reference prompts as a padded batch (their names need not be located: ABC prompts
     mention neither IO nor S)."""
     texts = [p if isinstance(p, str) else p.text for p in prompts]
     tokens, mask, _ = pad_tokens(model, [tokenize_prompt(model, t) for t in texts], "right")
-    return _Prepared(None, tokens, mask)
+    return PaddedBatch(tokens, mask)
 
 
 def _set_ablation(chosen: Tensor, replacement: Tensor, n: int):
@@ -269,12 +280,19 @@ def _set_ablation(chosen: Tensor, replacement: Tensor, n: int):
 
 
 def _replacements(
-    model: Any, prep, ref, method: str, seed: int, same_prompts: bool
+    model: HookedModel,
+    prep: PaddedBatch,
+    ref: PaddedBatch,
+    method: str,
+    seed: int,
+    same_prompts: bool,
 ) -> dict[int, Tensor]:
     """What each layer's z is replaced by: its mean over the reference's tokens, or, per
     prompt, the z of a random reference prompt of the same token length."""
     zs: dict[int, Tensor] = {}
-    _run(model, ref.tokens, ref.mask, _each_layer("z", range(model.cfg.n_layers), zs.__setitem__))
+    run_hooked(
+        model, ref.tokens, ref.mask, read_each_layer("z", range(model.cfg.n_layers), zs.__setitem__)
+    )
     if method == "mean":
         return {layer: token_mean(z, ref.mask) for layer, z in zs.items()}
     if method != "resample":
@@ -297,22 +315,22 @@ def _replacements(
 
 
 def ablation_setup(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[IOIPrompt],
     reference: Sequence[IOIPrompt | str] | None,
     method: Literal["mean", "resample"],
     seed: int,
     repeated: bool = True,
-) -> tuple[_Prepared, dict[int, Tensor]]:
+) -> tuple[PreparedPrompts, dict[int, Tensor]]:
     """The prepared prompts and, per layer, what replaces an ablated head's ``hook_z``
     (its mean over ``reference``, default the prompts, or a resampled reference prompt)."""
-    prep = _prepare(model, prompts, repeated=repeated)
+    prep = prepare_prompts(model, prompts, repeated=repeated)
     ref = _reference(model, reference) if reference is not None else prep
     return prep, _replacements(model, prep, ref, method, seed, reference is None)
 
 
 def ablation_hooks(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
     reference: Sequence[IOIPrompt | str] | None = None,
@@ -321,7 +339,7 @@ def ablation_hooks(
 ) -> list:
     """Hooks that ablate ``heads`` when running ``prompts`` (as :func:`ablation_test` does),
     to measure anything else under the ablation, e.g. which heads take over."""
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     prep, replace = ablation_setup(model, prompts, reference, method, seed, repeated=False)
     chosen = torch.zeros(model.cfg.n_layers, 1, model.cfg.n_heads, dtype=torch.bool)
     for a, b in heads:
@@ -331,7 +349,7 @@ def ablation_hooks(
 
 
 def ablation_test(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
     *,
@@ -354,18 +372,18 @@ def ablation_test(
     time when other heads compensate (backup name movers). Sets are ablated many at a time,
     ``rows_per_pass`` prompt rows in one forward pass."""
     require_meaningful_logits(model, "an ablation test")
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     prep, replace = ablation_setup(model, prompts, reference, method, seed)
 
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
-    drops = _ablation_drops(model, prep, [heads, *sets], replace, rows_per_pass)
+    drops = ablation_drops(model, prep, [heads, *sets], replace, rows_per_pass)
     claim = f"logit difference drop under {method} ablation"
     null = drops[1:].mean(-1).tolist()
     return _against_sets(claim, heads, drops[0], null, sets, exact, pool, alternative, seed)
 
 
 def attention_test(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
     query: str = "end",
@@ -377,14 +395,14 @@ def attention_test(
     """ "The heads attend ``query`` -> ``key`` more than ``query`` -> ``versus``": the
     per-prompt difference of attention probabilities, averaged over the heads, tested by
     flipping the signs of whole prompts' differences (one-sided; exact for few prompts)."""
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     a = attention_between(model, prompts, query, key)
     b = attention_between(model, prompts, query, versus)
     diff = torch.stack([a[h] - b[h] for h in heads]).mean(0).double()  # [prompt]
     test = paired_test(
         diff[None], alternative="greater", n_permutations=n_permutations, n_bootstrap=100, seed=seed
     )
-    low, high = _interval(diff, seed)
+    low, high = bootstrap_ci(diff, seed)
     return HeadClaim(
         claim=f"attention {query}->{key} minus {query}->{versus}",
         heads=heads,
@@ -399,7 +417,7 @@ def attention_test(
 
 
 def copy_score_test(
-    model: Any,
+    model: HookedModel,
     heads: Sequence[Head],
     names: Sequence[str],
     *,
@@ -417,7 +435,7 @@ def copy_score_test(
     IOI paper compares with the distribution over all heads). The interval is a bootstrap
     over names (``n_prompts`` counts names here; with ``variant="paper"``, the IO and S
     names of every prompt)."""
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     hits = copy_hits(model, names, k=k, negative=negative, variant=variant, prompts=prompts)
     scores = hits.double().mean(-1)  # [layer, head]
     per_name = torch.stack([hits[h].double() for h in heads]).mean(0)  # [name]
@@ -428,7 +446,7 @@ def copy_score_test(
 
 
 def direct_effect_test(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[IOIPrompt],
     corrupted: Sequence[IOIPrompt],
     heads: Sequence[Head],
@@ -453,7 +471,7 @@ def direct_effect_test(
     on these prompts (one run serves every head, so several claims can share it)."""
     from mi_cluster.methods.patching import logit_difference, path_patching
 
-    heads = _check_heads(model, heads)
+    heads = check_heads(model, heads)
     if path is None:
         metric = logit_difference(model, [(p.io, p.s) for p in clean])
         texts = [p.text for p in clean], [p.text for p in corrupted]

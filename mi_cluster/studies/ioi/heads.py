@@ -28,6 +28,7 @@ from mi_cluster.core.ioi_prompts import (
 from mi_cluster.core.model_info import model_device, require_meaningful_logits
 from mi_cluster.core.norms import frozen_norm
 from mi_cluster.core.prompts import single_token_id, tokenize_prompt
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.readout import residual_logits
 from mi_cluster.core.writes import (
     HeadWriter,
@@ -40,6 +41,8 @@ from mi_cluster.core.writes import (
 __all__ = [
     "IOIPositions",
     "IOIPrompt",
+    "PaddedBatch",
+    "PreparedPrompts",
     "attention_between",
     "copy_hits",
     "copy_scores",
@@ -48,27 +51,41 @@ __all__ = [
     "ioi_positions",
     "logit_difference",
     "patch_head_attention_effect",
+    "prepare_prompts",
+    "prepared_logit_difference",
+    "read_each_layer",
     "replace_subject",
+    "run_hooked",
     "token_mean",
 ]
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """Prompts tokenized once: their IOI positions and the padded batch to run."""
+class PaddedBatch:
+    """Prompts tokenized once and padded: ``tokens`` and ``mask``, ``[prompt, pos]``."""
 
-    pos: IOIPositions
     tokens: Tensor
     mask: Tensor
 
 
-def _prepare(model: Any, prompts: Sequence[IOIPrompt], repeated: bool = True) -> _Prepared:
+@dataclass(frozen=True)
+class PreparedPrompts(PaddedBatch):
+    """IOI prompts as a padded batch, with their IOI positions ``pos``."""
+
+    pos: IOIPositions
+
+
+def prepare_prompts(
+    model: HookedModel, prompts: Sequence[IOIPrompt], repeated: bool = True
+) -> PreparedPrompts:
+    """Locate the prompts' IOI positions (``repeated``: S must appear twice) and pad them
+    into one batch."""
     pos, tokenized = locate(model, prompts, repeated)
     toks, mask, _ = pad_tokens(model, tokenized, "right")
-    return _Prepared(pos, toks, mask)
+    return PreparedPrompts(toks, mask, pos)
 
 
-def _each_layer(
+def read_each_layer(
     site: str, layers: Iterable[int], store: Callable[[int, Tensor], None]
 ) -> list[tuple[str, Callable]]:
     """One read-only hook per layer at ``site``, handing ``(layer, activation)`` to
@@ -83,27 +100,31 @@ def _each_layer(
     return [(hook_name(site, layer), make(layer)) for layer in layers]
 
 
-def _run(model: Any, tokens: Tensor, mask: Tensor, hooks: list) -> Tensor:
+def run_hooked(model: HookedModel, tokens: Tensor, mask: Tensor, hooks: list) -> Tensor:
+    """The model's logits on a padded batch under ``hooks``, without gradients."""
     dev = model_device(model)
     with torch.no_grad():
         return model.run_with_hooks(tokens.to(dev), fwd_hooks=hooks, attention_mask=mask.to(dev))
 
 
-def _logit_difference(model: Any, prep: _Prepared, hooks: list) -> Tensor:
+def prepared_logit_difference(model: HookedModel, prep: PreparedPrompts, hooks: list) -> Tensor:
+    """logit(IO) - logit(S) at END of each prepared prompt under ``hooks``."""
     pos = prep.pos
-    logits = _run(model, prep.tokens, prep.mask, hooks).float().cpu()
+    logits = run_hooked(model, prep.tokens, prep.mask, hooks).float().cpu()
     end = logits[torch.arange(len(pos.end)), pos.end]
     return end.gather(1, pos.io_id[:, None])[:, 0] - end.gather(1, pos.s_id[:, None])[:, 0]
 
 
 def logit_difference(
-    model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
+    model: HookedModel, prompts: Sequence[IOIPrompt], hooks: list | None = None
 ) -> Float[Tensor, " prompt"]:
     """logit(IO) - logit(S) at END for each prompt (optionally under ``hooks``). Here S may
     be mentioned only once (e.g. prompts whose first S is replaced by another name, to see
     how much the answer depends on S being repeated)."""
     require_meaningful_logits(model, "logit difference")
-    return _logit_difference(model, _prepare(model, prompts, repeated=False), hooks or [])
+    return prepared_logit_difference(
+        model, prepare_prompts(model, prompts, repeated=False), hooks or []
+    )
 
 
 _POSITION_NAMES = ("io", "s1", "s1_next", "s2", "end")
@@ -120,14 +141,14 @@ def _position(pos: IOIPositions, name: str) -> Tensor:
 
 
 def attention_between(
-    model: Any, prompts: Sequence[IOIPrompt], query: str, key: str
+    model: HookedModel, prompts: Sequence[IOIPrompt], query: str, key: str
 ) -> Float[Tensor, "layer head prompt"]:
     """Attention probability from the ``query`` position to the ``key`` position, for every
     head; positions are ``"io"``, ``"s1"``, ``"s1_next"`` (the token after S1), ``"s2"``,
     ``"end"``: e.g. ``"end"``, ``"io"`` for name movers; ``"s2"``, ``"s1"`` for
     duplicate-token heads; ``"s2"``, ``"s1_next"`` for induction heads."""
     _check_positions(query, key)
-    prep = _prepare(model, prompts)
+    prep = prepare_prompts(model, prompts)
     q, k = _position(prep.pos, query), _position(prep.pos, key)
     n_layers = model.cfg.n_layers
     out = torch.empty(n_layers, model.cfg.n_heads, len(prompts))
@@ -136,12 +157,12 @@ def attention_between(
     def store(layer: int, pattern: Tensor) -> None:  # [batch, head, query, key]
         out[layer] = pattern[rows, :, q, k].T.float().cpu()
 
-    _run(model, prep.tokens, prep.mask, _each_layer("pattern", range(n_layers), store))
+    run_hooked(model, prep.tokens, prep.mask, read_each_layer("pattern", range(n_layers), store))
     return out
 
 
 def head_direct_logit_attribution(
-    model: Any, prompts: Sequence[IOIPrompt], hooks: list | None = None
+    model: HookedModel, prompts: Sequence[IOIPrompt], hooks: list | None = None
 ) -> Float[Tensor, "layer head prompt"]:
     """Each head's direct contribution to logit(IO) - logit(S) at END: its write there
     (:class:`~mi_cluster.core.writes.HeadWriter`: ``z_h W_O^h``, through the post-attention norm
@@ -155,7 +176,7 @@ def head_direct_logit_attribution(
     residual stream (post-LayerNorm BERT)."""
     require_meaningful_logits(model, "direct logit attribution")
     require_additive(model, "direct logit attribution")
-    prep = _prepare(model, prompts)
+    prep = prepare_prompts(model, prompts)
     pos = prep.pos
     n_layers, rows = model.cfg.n_layers, torch.arange(len(prompts))
     writer = HeadWriter(model)
@@ -174,7 +195,7 @@ def head_direct_logit_attribution(
         if (name := writer.scale_hook(layer)) is not None
     ]
     reads.append((FINAL_SCALE, at_end("final")))
-    _run(model, prep.tokens, prep.mask, list(hooks or []) + reads)
+    run_hooked(model, prep.tokens, prep.mask, list(hooks or []) + reads)
     w_u = model.W_U.detach()
     writes = torch.stack(
         [
@@ -189,7 +210,7 @@ def head_direct_logit_attribution(
 
 
 def copy_scores(
-    model: Any,
+    model: HookedModel,
     names: Sequence[str],
     k: int = 5,
     negative: bool = False,
@@ -201,7 +222,7 @@ def copy_scores(
 
 
 def copy_hits(
-    model: Any,
+    model: HookedModel,
     names: Sequence[str],
     k: int = 5,
     negative: bool = False,
@@ -245,14 +266,14 @@ def copy_hits(
         else:
             if not prompts:
                 raise ValueError("the paper's copy score needs IOI prompts (names read in context)")
-            prep = _prepare(model, prompts)
+            prep = prepare_prompts(model, prompts)
             rows = torch.arange(len(prompts))
             kept: dict[str, Tensor] = {}
 
             def keep(act: Tensor, hook: Any) -> None:
                 kept["x"] = torch.cat([act[rows, prep.pos.io], act[rows, prep.pos.s1]])
 
-            _run(model, prep.tokens, prep.mask, [(hook_name("resid_post", 0), keep)])
+            run_hooked(model, prep.tokens, prep.mask, [(hook_name("resid_post", 0), keep)])
             x = kept["x"]
             ids = torch.cat([prep.pos.io_id, prep.pos.s_id])
         hits = [_copies(model, layer, x, ids, k, negative) for layer in range(model.cfg.n_layers)]
@@ -260,7 +281,7 @@ def copy_hits(
 
 
 def _copies(
-    model: Any, layer: int, x: Tensor, ids: Tensor, k: int, negative: bool
+    model: HookedModel, layer: int, x: Tensor, ids: Tensor, k: int, negative: bool
 ) -> Bool[Tensor, "head name"]:
     """Whether each head of ``layer`` copies each name: ``x`` (one residual vector per
     name) through the block's pre-attention norm, the head's OV circuit (grouped key/value
@@ -291,19 +312,21 @@ def token_mean(act: Float[Tensor, "batch pos ..."], mask: Tensor) -> Float[Tenso
     return (act * w).sum((0, 1)) / w.sum()
 
 
-def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor, "layer head"]:
+def head_mean_ablation(
+    model: HookedModel, prompts: Sequence[IOIPrompt]
+) -> Float[Tensor, "layer head"]:
     """Change in mean logit difference when one head's output (``hook_z``) is replaced by
     its mean over the prompts' tokens at every position (a negative value: the head helps)."""
     require_meaningful_logits(model, "mean ablation of the logit difference")
-    prep = _prepare(model, prompts)
-    base = _logit_difference(model, prep, []).mean()
+    prep = prepare_prompts(model, prompts)
+    base = prepared_logit_difference(model, prep, []).mean()
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     means: dict[int, Tensor] = {}
 
     def store(layer: int, z: Tensor) -> None:
         means[layer] = token_mean(z, prep.mask)  # [head, d_head]
 
-    _run(model, prep.tokens, prep.mask, _each_layer("z", range(n_layers), store))
+    run_hooked(model, prep.tokens, prep.mask, read_each_layer("z", range(n_layers), store))
     out = torch.empty(n_layers, n_heads)
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -313,13 +336,13 @@ def head_mean_ablation(model: Any, prompts: Sequence[IOIPrompt]) -> Float[Tensor
                 z[:, :, head] = means[layer][head]
                 return z
 
-            ablated = _logit_difference(model, prep, [(hook_name("z", layer), ablate)])
+            ablated = prepared_logit_difference(model, prep, [(hook_name("z", layer), ablate)])
             out[layer, head] = ablated.mean() - base
     return out
 
 
 def patch_head_attention_effect(
-    model: Any,
+    model: HookedModel,
     clean: Sequence[IOIPrompt],
     corrupt: Sequence[IOIPrompt],
     sender: tuple[int, int],
@@ -338,7 +361,7 @@ def patch_head_attention_effect(
     layers = sorted({r for r, _ in receivers})
     if any(r <= s_layer for r in layers):
         raise ValueError("receivers must be in layers after the sender")
-    prep = _prepare(model, clean)
+    prep = prepare_prompts(model, clean)
     c_pos = prep.pos
     tokenized = [tokenize_prompt(model, p.text) for p in corrupt]  # S is not repeated there
     if [len(t) for t in tokenized] != [int(e) + 1 for e in c_pos.end]:
@@ -352,7 +375,7 @@ def patch_head_attention_effect(
     def save(z: Tensor, hook: Any) -> None:
         stored["z"] = z[rows, where.to(z.device), s_head].clone()
 
-    _run(model, c_toks, c_mask, [(hook_name("z", s_layer), save)])
+    run_hooked(model, c_toks, c_mask, [(hook_name("z", s_layer), save)])
 
     def patch(z: Tensor, hook: Any) -> Tensor:
         z = z.clone()
@@ -370,7 +393,7 @@ def patch_head_attention_effect(
                     other = p[rows, c_pos.end, _position(c_pos, key)]
                     pref[(r_layer, r_head)] = (io - other).mean().float().cpu()
 
-        _run(model, prep.tokens, prep.mask, hooks + _each_layer("pattern", layers, store))
+        run_hooked(model, prep.tokens, prep.mask, hooks + read_each_layer("pattern", layers, store))
         return torch.stack([pref[r] for r in receivers])
 
     return preference([(hook_name("z", s_layer), patch)]) - preference([])

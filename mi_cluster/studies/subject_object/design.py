@@ -41,6 +41,7 @@ from mi_cluster.core.prompts import (
     unknown_tokens,
     word_positions,
 )
+from mi_cluster.core.protocols import HookedModel, Tokenizer
 
 __all__ = [
     "FAMILIES",
@@ -246,7 +247,7 @@ class RoleDesign:
 def _items_for(
     word: str,
     word_type: WordType,
-    context: str,
+    context: Sequence[str],
     families: Sequence[TemplateFamily],
     capitalize: bool,
     alone: bool,
@@ -294,7 +295,7 @@ def _lowercase_only(tokenizer: Any, objects: Sequence[str]) -> bool:
 
 
 def role_design(
-    model_or_tokenizer: Any,
+    model_or_tokenizer: HookedModel | Tokenizer,
     names: Sequence[str] = NAMES,
     objects: Sequence[str] = OBJECTS,
     families: Sequence[TemplateFamily] = FAMILIES,

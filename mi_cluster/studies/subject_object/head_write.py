@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from mi_cluster.collection.activations import Positions, collect_many
 from mi_cluster.core.model_info import model_info
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.projections import head_circuit_directions
 from mi_cluster.methods.stats import fit_subjecthood_axis
 
@@ -86,7 +86,7 @@ class HeadWrite:
 
 
 def head_write_view(
-    model: Any,
+    model: HookedModel,
     prompts: Sequence[str],
     positions: Positions | str,
     layer: int,

@@ -36,15 +36,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_cluster.collection.activations import Positions, collect, hook_name
+from mi_cluster.collection.activations import Positions, collect, site_hooks
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import has_mlps, model_info
 from mi_cluster.core.prompts import tokenize_prompt, word_positions
+from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching import (
     ATTRIBUTION_SITES,
     Metric,
@@ -64,10 +66,15 @@ from mi_cluster.methods.stats import (
     share_basis,
 )
 from mi_cluster.studies.subject_object.design import RoleDesign
+from mi_cluster.studies.subject_object.role_shift_report import (
+    role_shift_answer,
+    role_shift_record,
+)
 
 __all__ = [
     "DEFAULT_SITES",
     "ComponentShare",
+    "ReliableComponent",
     "RolePairs",
     "RoleShiftAttribution",
     "attribute_role_shift",
@@ -113,7 +120,7 @@ class RolePairs:
         return out
 
 
-def role_pairs(model: Any, design: RoleDesign, word_type: str = "object") -> RolePairs:
+def role_pairs(model: HookedModel, design: RoleDesign, word_type: str = "object") -> RolePairs:
     """The (subject form, object form) pairs of ``design`` for words of ``word_type``
     (``"object"`` or ``"name"``); an error names any pair whose read word is not at the
     same token index in both forms."""
@@ -187,6 +194,17 @@ def projection_metric(
         return torch.cat([scalar.fn(inp)[:, None], x @ basis.to(x).T], 1)
 
     return Metric(scalar.name, fn, None, (name,), (1 + basis.shape[0],))
+
+
+class ReliableComponent(NamedTuple):
+    """A component whose share is reliable in one scope: its label, fraction, 95%
+    interval and Holm-corrected p-value."""
+
+    component: str
+    fraction: float
+    low: float
+    high: float
+    p_holm: float
 
 
 @dataclass(frozen=True)
@@ -274,13 +292,10 @@ class RoleShiftAttribution:
     paths: dict[str, ComponentShare]
     alpha: float = 0.05
 
-    def reliable(
-        self, share: ComponentShare, interval: str = "crossed"
-    ) -> list[tuple[str, float, float, float, float]]:
-        """``(component, fraction, low, high, Holm p)`` of the components whose effect is
-        significant (Holm p < alpha) and whose interval excludes 0, in one scope
-        (``"crossed"``: templates in general; ``"words"``: these templates), largest
-        first."""
+    def reliable(self, share: ComponentShare, interval: str = "crossed") -> list[ReliableComponent]:
+        """The components whose effect is significant (Holm p < alpha) and whose interval
+        excludes 0, in one scope (``"crossed"``: templates in general; ``"words"``: these
+        templates), largest first."""
         if interval not in ("crossed", "words"):
             raise ValueError(f"interval must be 'crossed' or 'words', got {interval!r}")
         low, high, p_holm = (
@@ -299,8 +314,8 @@ class RoleShiftAttribution:
         )
         for label, f, lo, hi, p in flat:
             if p < self.alpha and (lo > 0 or hi < 0):
-                out.append((label, f, lo, hi, p))
-        return sorted(out, key=lambda r: -abs(r[1]))
+                out.append(ReliableComponent(label, f, lo, hi, p))
+        return sorted(out, key=lambda r: -abs(r.fraction))
 
     def shift(self, scope: str = SCOPES[0]) -> dict[str, float]:
         """The total shift of ``word_type`` words (subject minus object form) at the read
@@ -313,11 +328,11 @@ class RoleShiftAttribution:
 
     def answer(self) -> str:
         """The result in words, with its numbers."""
-        return _answer(self)
+        return role_shift_answer(self)
 
     def summary(self) -> dict[str, Any]:
         """Every number, JSON-ready."""
-        return _summary(self)
+        return role_shift_record(self)
 
 
 def _offsets(values: Tensor, pos_axis: int, read: Tensor, span: range) -> Tensor:
@@ -386,7 +401,7 @@ def _role_cells(x: Tensor, design: RoleDesign, in_context: Tensor) -> Tensor:
 
 
 def attribute_role_shift(
-    model: Any,
+    model: HookedModel,
     design: RoleDesign,
     *,
     layer: int | str | None = None,
@@ -415,93 +430,32 @@ def attribute_role_shift(
         alpha: significance level.
         max_batch_size, progress: patching settings.
     """
-    n_layers = model.cfg.n_layers
-    if isinstance(layer, str) and layer != "peak":
-        raise ValueError(f"layer must be a block index, None or 'peak', got {layer!r}")
-    if isinstance(layer, int) and not 0 <= layer < n_layers:
-        raise ValueError(f"layer {layer} does not exist: the model has {n_layers} layers")
-    unknown = [s for s in sites if s not in ATTRIBUTION_SITES]
-    if unknown:
-        raise ValueError(f"unknown site kinds {unknown}; use some of {ATTRIBUTION_SITES}")
-    sites = [s for s in sites if has_mlps(model) or not s.startswith("mlp")]
-    if not sites:
-        raise ValueError(
-            "no site to patch: the model is attention-only, so give a head site "
-            "('head_out', 'head_out_by_pos')"
-        )
-    in_context = ~design.mask("alone")
-    texts = [t for t, keep in zip(design.texts, in_context.tolist(), strict=True) if keep]
-    words = [it.word for it, keep in zip(design.items, in_context.tolist(), strict=True) if keep]
-    acts = collect(
-        model, texts, "resid_post", Positions.word(words, subtoken="last"), progress=progress
-    )
-    is_name = torch.arange(len(design.words)) < len(design.names)
-    all_cells = _role_cells(acts.tensor, design, in_context)  # [layer, word, family, role, d]
+    sites = _check_request(model, layer, sites)
+    all_cells, is_name = _study_cells(model, design, progress)  # [layer, word, family, role, d]
     shifts = role_shift_inference(all_cells, is_name)
     pairs = role_pairs(model, design, word_type)
-    chosen = "last" if layer is None else "peak" if layer == "peak" else "given"
-    if layer == "peak":  # the block with the largest mean shift (index 0: the embedding)
-        total = shifts.objects if word_type == "object" else shifts.names
-        layer = int(total[SCOPES[0]].estimate[1:].argmax())
-    elif layer is None:
-        layer = n_layers - 1
-    metric = subjecthood_metric(shifts, layer, pairs)  # attribution: one gradient
-    cells = all_cells[layer + 1]
-    vector = projection_metric(shifts, layer, pairs, share_basis(cells))
-    common = dict(cells=cells, is_name=is_name)
-    kw = dict(lengths="pad", max_batch_size=max_batch_size, progress=progress)
-    layers = list(range(layer + 1))
-    read = pairs.read_position
-    before = int(read.min())
-    after = min(
-        len(tokenize_prompt(model, t)) - 1 - int(p)
-        for texts_ in (pairs.subject, pairs.object)
-        for t, p in zip(texts_, read.tolist(), strict=True)
+    read_layer, chosen = _read_layer(layer, shifts, word_type, model.cfg.n_layers)
+    job = _ShareJob(
+        model=model,
+        pairs=pairs,
+        metric=projection_metric(shifts, read_layer, pairs, share_basis(all_cells[read_layer + 1])),
+        cells=all_cells[read_layer + 1],
+        is_name=is_name,
+        layer=read_layer,
+        max_batch_size=max_batch_size,
+        progress=progress,
     )
-    span = range(-before, after + 1)
-    offset_labels = [f"W{o:+d}" if o else "W" for o in span]
-    att = {}
-    if attribution:
-        att = attribution_patching(model, pairs.subject, pairs.object, metric, sites, lengths="pad")
-    components: dict[str, ComponentShare] = {}
-    for site in sites:
-        res = activation_patching(
-            model, pairs.subject, pairs.object, vector, site, layers=layers, **kw
-        )
-        shift = res.clean[:, 0] - res.corrupted[:, 0]
-        values, axes_, labels = res.values, res.axes, dict(res.labels)
-        a = att[site].values[: layer + 1] if site in att else None
-        if "pos" in res.axes:
-            p_axis = res.axes.index("pos")
-            values = _offsets(values.movedim(-1, 0), p_axis + 1, read, span).movedim(0, -1)
-            a = None if a is None else _offsets(a, p_axis, read, span)
-            axes_ = tuple("offset" if x == "pos" else x for x in res.axes)
-            labels = {("offset" if k == "pos" else k): v for k, v in labels.items()}
-            labels["offset"] = offset_labels
-        components[site] = _share(site, res, values, pairs, axes_, labels, attribution=a, **common)
-    paths = {}
+    att: dict[str, PatchResult] = {}
+    if attribution:  # one gradient, of the scalar subjecthood
+        scalar = subjecthood_metric(shifts, read_layer, pairs)
+        att = attribution_patching(model, pairs.subject, pairs.object, scalar, sites, lengths="pad")
+    components, shift = _component_shares(job, sites, att)
     heads = components.get("head_out")
-    if heads is not None and n_receivers > 0 and layer >= 1:
-        frac = heads.fraction.clone()
-        frac[0] = -float("inf")  # layer-0 heads have no upstream heads
-        order = frac.flatten().argsort(descending=True)[:n_receivers]
-        for k in order.tolist():
-            rl, rh = divmod(k, model.cfg.n_heads)
-            if not frac[rl, rh] > 0:
-                continue
-            recv = [(rl, rh, w) for w in ("q", "k", "v")]
-            res = path_patching(
-                model, pairs.subject, pairs.object, vector, recv, direction="denoise", **kw
-            )
-            values = res.values[:rl]
-            labels = {"layer": res.labels["layer"][:rl], "head": res.labels["head"]}
-            paths[f"L{rl}H{rh}"] = _share(
-                f"path to L{rl}H{rh}", res, values, pairs, res.axes, labels, **common
-            )
+    paths = _path_shares(job, heads, n_receivers) if heads is not None else {}
     return RoleShiftAttribution(
         model_name=model_info(model).name,
-        layer=layer,
-        layer_label=acts.layer_labels[layer + 1],
+        layer=read_layer,
+        layer_label=site_hooks("resid_post", model.cfg.n_layers)[read_layer + 1][1],
         word_type=word_type,
         pairs=pairs,
         shifts=shifts,
@@ -513,165 +467,144 @@ def attribute_role_shift(
     )
 
 
-_KIND_NAMES = {
-    "head_out": "heads (all positions)",
-    "head_out_by_pos": "heads at one position",
-    "mlp_out_all": "MLPs (all positions)",
-    "mlp_out": "MLPs at one position",
-    "resid_pre": "residual-stream positions (a whole residual at one position)",
-}
+def _check_request(model: HookedModel, layer: int | str | None, sites: Sequence[str]) -> list[str]:
+    """The site kinds to patch (MLP kinds dropped on an attention-only model), after
+    checking the read layer and the site names."""
+    n_layers = model.cfg.n_layers
+    if isinstance(layer, str) and layer != "peak":
+        raise ValueError(f"layer must be a block index, None or 'peak', got {layer!r}")
+    if isinstance(layer, int) and not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} does not exist: the model has {n_layers} layers")
+    unknown = [s for s in sites if s not in ATTRIBUTION_SITES]
+    if unknown:
+        raise ValueError(f"unknown site kinds {unknown}; use some of {ATTRIBUTION_SITES}")
+    kept = [s for s in sites if has_mlps(model) or not s.startswith("mlp")]
+    if not kept:
+        raise ValueError(
+            "no site to patch: the model is attention-only, so give a head site "
+            "('head_out', 'head_out_by_pos')"
+        )
+    return kept
 
 
-def _pct(f: float, lo: float, hi: float) -> str:
-    return f"{100 * f:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
-
-
-def _listed(
-    rows: list[tuple[str, float, float, float, float]], n: int = 4, interval: str = "crossed"
-) -> str:
-    tag = " (these templates)" if interval == "words" else ""
-    shown = ", ".join(f"{r[0]} {_pct(*r[1:4])}{tag}" for r in rows[:n])
-    return shown + (f" and {len(rows) - n} more" if len(rows) > n else "")
-
-
-def _shift_text(a: RoleShiftAttribution, scope: str) -> str:
-    t = a.shift(scope)
-    p = "< 0.0001" if t["p"] < 1e-4 else f"= {t['p']:.4f}"
-    return (
-        f"{t['estimate']:+.3f} (95% CI [{t['low']:+.3f}, {t['high']:+.3f}], p {p}, "
-        f"{t['df']:.1f} df)"
+def _study_cells(
+    model: HookedModel, design: RoleDesign, progress: bool
+) -> tuple[Float[Tensor, "layer word family role d_model"], Tensor]:
+    """The design's in-context readings of each word at every layer as the study's cells,
+    and which words are names."""
+    in_context = ~design.mask("alone")
+    keep = in_context.tolist()
+    texts = [t for t, k in zip(design.texts, keep, strict=True) if k]
+    words = [it.word for it, k in zip(design.items, keep, strict=True) if k]
+    acts = collect(
+        model, texts, "resid_post", Positions.word(words, subtoken="last"), progress=progress
     )
+    is_name = torch.arange(len(design.words)) < len(design.names)
+    return _role_cells(acts.tensor, design, in_context), is_name
 
 
-def _answer(a: RoleShiftAttribution) -> str:
-    n_w, n_f = len(a.pairs.words), len(a.pairs.families)
-    chosen = {
-        "peak": " (the layer of the largest shift, chosen on these data, so its test is "
-        "optimistic)",
-        "last": " (the last block)",
-    }.get(a.layer_chosen, "")
-    lines = [
-        f"Model {a.model_name}, read layer {a.layer_label}{chosen}: {a.word_type}s' "
-        f"subjecthood (held-out objects 0, names 1) is higher in subject than in object "
-        f"position by {_shift_text(a, SCOPES[0])} for these templates, "
-        f"{_shift_text(a, SCOPES[1])} for templates in general ({n_w} words x {n_f} "
-        f"families; the axis refitted in every jackknife replicate)."
-    ]
-    if a.shift(SCOPES[0])["p"] >= a.alpha:
-        lines.append(
-            "There is no reliable shift at this layer, so the fractions below attribute noise."
+def _read_layer(
+    layer: int | str | None, shifts: RoleShifts, word_type: str, n_layers: int
+) -> tuple[int, str]:
+    """The read block and how it was chosen (``"given"``, ``"last"`` or ``"peak"``: the
+    block with the largest mean shift of ``word_type`` words, index 0 being the embedding)."""
+    if layer == "peak":
+        total = shifts.objects if word_type == "object" else shifts.names
+        return int(total[SCOPES[0]].estimate[1:].argmax()), "peak"
+    if layer is None:
+        return n_layers - 1, "last"
+    return int(layer), "given"
+
+
+@dataclass(frozen=True)
+class _ShareJob:
+    """What every component sweep of one attribution shares: the model and pairs, the
+    metric (subjecthood, then projections on the share basis), the read layer's cells for
+    the inference, and the patching settings."""
+
+    model: HookedModel
+    pairs: RolePairs
+    metric: Metric
+    cells: Tensor
+    is_name: Tensor
+    layer: int
+    max_batch_size: int | None
+    progress: bool
+
+    def offsets(self) -> range:
+        """Positions relative to the read word that every pair has (W-k .. W+m)."""
+        read = self.pairs.read_position
+        after = min(
+            len(tokenize_prompt(self.model, t)) - 1 - int(p)
+            for texts in (self.pairs.subject, self.pairs.object)
+            for t, p in zip(texts, read.tolist(), strict=True)
         )
-    elif a.shift(SCOPES[1])["p"] >= a.alpha:
-        lines.append(
-            "The shift does not hold for templates in general (its test there is not "
-            "significant), so every fraction's interval for templates in general is wide; "
-            "the intervals for these templates speak for these families alone."
+        return range(-int(read.min()), after + 1)
+
+    def share(self, site: str, result: PatchResult, **view: Any) -> ComponentShare:
+        return _share(
+            site, result, pairs=self.pairs, cells=self.cells, is_name=self.is_name, **view
         )
-    found = []
-    for site, share in a.components.items():
-        kind = _KIND_NAMES.get(site, site)
-        rows = [r for r in a.reliable(share) if r[1] > 0]
-        local = [r for r in a.reliable(share, "words") if r[1] > 0]
-        r_txt = (
-            f" (attribution patching vs exact: r = {share.attribution_r:.3f})"
-            if share.attribution_r is not None
-            else ""
+
+
+def _component_shares(
+    job: _ShareJob, sites: Sequence[str], att: dict[str, PatchResult]
+) -> tuple[dict[str, ComponentShare], Tensor]:
+    """Each site kind's shares (positions re-indexed by offset from the read word), and
+    the shift per pair (subject minus object form: the same unpatched runs for every
+    site, read from the first)."""
+    span, read = job.offsets(), job.pairs.read_position
+    offset_labels = [f"W{o:+d}" if o else "W" for o in span]
+    components: dict[str, ComponentShare] = {}
+    shift: Tensor | None = None
+    for site in sites:
+        res = activation_patching(
+            job.model, job.pairs.subject, job.pairs.object, job.metric, site,
+            layers=list(range(job.layer + 1)), lengths="pad",
+            max_batch_size=job.max_batch_size, progress=job.progress,
+        )  # fmt: skip
+        if shift is None:
+            shift = res.clean[:, 0] - res.corrupted[:, 0]
+        values, axes, labels = res.values, res.axes, dict(res.labels)
+        a = att[site].values[: job.layer + 1] if site in att else None
+        if "pos" in res.axes:
+            p_axis = res.axes.index("pos")
+            values = _offsets(values.movedim(-1, 0), p_axis + 1, read, span).movedim(0, -1)
+            a = None if a is None else _offsets(a, p_axis, read, span)
+            axes = tuple("offset" if x == "pos" else x for x in res.axes)
+            labels = {("offset" if k == "pos" else k): v for k, v in labels.items()}
+            labels["offset"] = offset_labels
+        components[site] = job.share(
+            site, res, values=values, axes=axes, labels=labels, attribution=a
         )
-        if rows:
-            found.append(site)
-            lines.append(
-                f"{kind.capitalize()} carrying a reliable share for templates in general "
-                f"(Holm p < {a.alpha}): {_listed(rows)}{r_txt}."
-            )
-        elif local:
-            found.append(site)
-            lines.append(
-                f"Among {kind}, none carries a share that holds for templates in general; "
-                f"for these {n_f} templates (Holm p < {a.alpha}): "
-                f"{_listed(local, interval='words')}{r_txt}."
-            )
-        else:
-            best = int(share.fraction.flatten().argmax())
-            f, lo, hi = (float(t.flatten()[best]) for t in (share.fraction, share.low, share.high))
-            lines.append(
-                f"No single component among {kind} carries a reliable share; the largest is "
-                f"{share.component_labels()[best]} {_pct(f, lo, hi)}{r_txt}."
-            )
-    if not found:
-        lines.append("No component carries a reliable share of the shift on its own.")
-    for receiver, share in a.paths.items():
-        rows = [r for r in a.reliable(share) if r[1] > 0]
-        local = [r for r in a.reliable(share, "words") if r[1] > 0]
-        if rows:
-            lines.append(
-                f"{receiver} reads its share (queries, keys, values) from {_listed(rows)}."
-            )
-        elif local:
-            lines.append(
-                f"For these templates, {receiver} reads its share from "
-                f"{_listed(local, interval='words')}."
-            )
-        else:
-            lines.append(f"No single upstream head reliably writes what {receiver} reads.")
-    lines.append(
-        "Fractions are sum(effect) / sum(shift) over words and families, with 95% intervals "
-        "for templates in general unless marked; one component at a time, so they need not "
-        "add to 100%. Every interval and test carries the axis's estimation error (each "
-        "jackknife replicate refits every axis), so a component that moves words off the "
-        "name-object direction does not register; they are conservative."
-    )
-    return " ".join(lines)
+    if shift is None:
+        raise ValueError("no site to patch")
+    return components, shift
 
 
-def _nested(t: Tensor) -> list:
-    return [round(float(v), 6) for v in t] if t.ndim == 1 else [_nested(r) for r in t]
-
-
-def _share_json(a: RoleShiftAttribution, share: ComponentShare) -> dict[str, Any]:
-    return {
-        "axes": list(share.axes),
-        "labels": share.labels,
-        "fraction": _nested(share.fraction),
-        "inference": "jackknife over words (these templates) and words and families "
-        "(templates in general), every axis refitted; conservative",
-        "these_templates": {
-            "ci95": [_nested(share.low_words), _nested(share.high_words)],
-            "p": _nested(share.p_value),
-            "p_holm": _nested(share.p_holm),
-        },
-        "templates_in_general": {
-            "ci95": [_nested(share.low), _nested(share.high)],
-            "p": _nested(share.p_value_general),
-            "p_holm": _nested(share.p_holm_general),
-        },
-        "attribution_r": share.attribution_r,
-        "reliable": [
-            {"component": r[0], "fraction": r[1], "ci95": [r[2], r[3]], "p_holm": r[4]}
-            for r in a.reliable(share)
-        ],
-        "reliable_within_these_families": [
-            {"component": r[0], "fraction": r[1], "ci95": [r[2], r[3]], "p_holm": r[4]}
-            for r in a.reliable(share, "words")
-        ],
-    }
-
-
-def _summary(a: RoleShiftAttribution) -> dict[str, Any]:
-    return {
-        "answer": a.answer(),
-        "model": a.model_name,
-        "read_layer": a.layer_label,
-        "word_type": a.word_type,
-        "words": list(a.pairs.words),
-        "families": list(a.pairs.families),
-        "n_pairs": len(a.pairs.subject),
-        "metric": "subjecthood of the read word on the centroid axis fitted without the word, "
-        "calibrated: held-out objects average 0, held-out names 1",
-        "shift": {scope: {k: round(v, 6) for k, v in a.shift(scope).items()} for scope in SCOPES},
-        "shift_inference": "jackknife over words (and families, for templates in general) "
-        "with the axis refitted in every replicate; t with Satterthwaite's degrees of freedom",
-        "layer_chosen": a.layer_chosen,
-        "components": {site: _share_json(a, sh) for site, sh in a.components.items()},
-        "paths": {recv: _share_json(a, sh) for recv, sh in a.paths.items()},
-        "alpha": a.alpha,
-    }
+def _path_shares(
+    job: _ShareJob, heads: ComponentShare, n_receivers: int
+) -> dict[str, ComponentShare]:
+    """Path patching from every upstream head into the ``n_receivers`` heads carrying the
+    largest positive fractions (their queries, keys and values together)."""
+    paths: dict[str, ComponentShare] = {}
+    if n_receivers <= 0 or job.layer < 1:
+        return paths
+    frac = heads.fraction.clone()
+    frac[0] = -float("inf")  # layer-0 heads have no upstream heads
+    order = frac.flatten().argsort(descending=True)[:n_receivers]
+    for k in order.tolist():
+        rl, rh = divmod(k, job.model.cfg.n_heads)
+        if not frac[rl, rh] > 0:
+            continue
+        recv = [(rl, rh, w) for w in ("q", "k", "v")]
+        res = path_patching(
+            job.model, job.pairs.subject, job.pairs.object, job.metric, recv,
+            direction="denoise", lengths="pad",
+            max_batch_size=job.max_batch_size, progress=job.progress,
+        )  # fmt: skip
+        labels = {"layer": res.labels["layer"][:rl], "head": res.labels["head"]}
+        paths[f"L{rl}H{rh}"] = job.share(
+            f"path to L{rl}H{rh}", res, values=res.values[:rl], axes=res.axes, labels=labels
+        )
+    return paths
