@@ -22,13 +22,13 @@ each component carries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.core.protocols import HookedModel
+from mi_cluster.core.protocols import HookedModel, RowStore, is_store
 from mi_cluster.methods.stats.inputs import check_layered
 
 __all__ = [
@@ -131,7 +131,7 @@ def pca_by_layer(
         fit_layer: for ``"shared"``, the layer (index) to fit the basis on; ``None`` fits
             on all layers stacked, each centred and scaled to unit RMS norm.
     """
-    if hasattr(x, "batches"):  # an on-disk ActivationStore
+    if is_store(x):  # an on-disk ActivationStore
         return _store_pca(x, n_components, basis, fit_layer)
     x = _check(x)
     n_layers, n, d = x.shape
@@ -167,7 +167,7 @@ def pca_by_layer(
     )
 
 
-def _store_pca(store: Any, k: int, basis: str, fit_layer: int | None) -> LayerProjection:
+def _store_pca(store: RowStore, k: int, basis: str, fit_layer: int | None) -> LayerProjection:
     """:func:`pca_by_layer` of a store: covariances in one pass, coordinates in another."""
     if basis not in BASES:
         raise ValueError(f"unknown basis {basis!r}; use one of {BASES}")

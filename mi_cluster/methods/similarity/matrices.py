@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.core.protocols import is_store
 from mi_cluster.methods.similarity.cca import (
     pwcca_from_bases,
     require_cca_samples,
@@ -292,7 +293,7 @@ def pairwise(
     """
     if metric not in METRICS:
         raise SimilarityInputError(f"unknown metric {metric!r}; use one of {METRICS}")
-    if hasattr(xs, "batches"):  # an on-disk ActivationStore: stream over its rows
+    if is_store(xs):  # an on-disk ActivationStore: stream over its rows
         if metric != "linear_cka" or ys is not None:
             raise SimilarityInputError(
                 "a store streams linear_cka within itself; for other metrics or two stores "

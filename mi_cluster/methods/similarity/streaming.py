@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.core.protocols import RowStore
 from mi_cluster.methods.similarity.inputs import SimilarityInputError, no_variation
 
 __all__ = ["StreamingLinearCKA", "store_linear_cka"]
@@ -75,7 +75,7 @@ class StreamingLinearCKA:
 
 
 def store_linear_cka(
-    store: Any,
+    store: RowStore,
     rows: int = 4096,
     layers: Sequence[int] | None = None,
     max_memory: int = 2 * 1024**3,
@@ -105,7 +105,7 @@ def store_linear_cka(
     return out
 
 
-def _one_pass(store: Any, layers: list[int], rows: int) -> Tensor:
+def _one_pass(store: RowStore, layers: list[int], rows: int) -> Tensor:
     acc = StreamingLinearCKA()
     for batch in store.batches(rows=rows, layers=layers):
         acc.update(batch)

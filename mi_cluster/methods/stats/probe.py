@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mi_cluster.core.protocols import RowStore, is_store
 from mi_cluster.methods.stats.inputs import (
     StatsInputError,
     check_labels,
@@ -40,7 +41,6 @@ from mi_cluster.methods.stats.resampling import Seed, make_generator
 from mi_cluster.methods.stats.sufficient import (
     batch_rows,
     check_row_unit_map,
-    is_store,
     layer_blocks,
     source_shape,
     stream_rows,
@@ -268,7 +268,7 @@ class FoldFit:
 
 
 def fold_fits(
-    store: Any,
+    store: RowStore,
     row_fold: Int[Tensor, " row"],
     row_group: Int[Tensor, " row"],
     group_fold: Int[Tensor, " group"],
@@ -297,7 +297,7 @@ def fold_fits(
 
 
 def _store_fold_fits(
-    store: Any,
+    store: RowStore,
     row_fold: Tensor,
     row_group: Tensor,
     group_fold: Tensor,
@@ -342,7 +342,7 @@ def _store_fold_fits(
 
 
 def _apply_fits(
-    store: Any, layers: list[int], row_fold: Tensor, fits: dict[int, FoldFit], out: Tensor
+    store: RowStore, layers: list[int], row_fold: Tensor, fits: dict[int, FoldFit], out: Tensor
 ) -> None:
     """``out[:, i] = (x_i - mean) @ coef + share`` of row ``i``'s fold (a second pass)."""
     d = math.prod(store.row_shape)

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from mi_cluster.core.protocols import RowSource, is_store
 from mi_cluster.methods.stats.corrections import benjamini_hochberg, holm
 from mi_cluster.methods.stats.inputs import (
     StatsInputError,
@@ -48,7 +49,6 @@ from mi_cluster.methods.stats.resampling import (
 from mi_cluster.methods.stats.sufficient import (
     UnitGram,
     distance_sums,
-    is_store,
     source_shape,
     unit_gram,
 )
@@ -96,7 +96,11 @@ class UnitReduction:
 
 
 def reduce_to_units(
-    x: Any, row_unit: Tensor, n_units: int, statistic: str, max_memory: int = DEFAULT_MAX_MEMORY
+    x: RowSource,
+    row_unit: Tensor,
+    n_units: int,
+    statistic: str,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> UnitReduction:
     """Reduce rows ``x`` (``[layer, row, d_model]`` or a store), each in unit
     ``row_unit[row]`` of ``n_units``, to what ``statistic`` needs."""
@@ -157,7 +161,7 @@ def weighted_statistic(
     return _centroid_family(red.gram, w, a, red.statistic)
 
 
-def _plain(x: Any, labels: Tensor, statistic: str) -> Tensor:
+def _plain(x: RowSource, labels: Tensor, statistic: str) -> Tensor:
     _, n, _ = source_shape(x)
     lab = check_labels(labels, n)
     red = reduce_to_units(x, (~lab).long(), 2, statistic)  # unit 0: the first group, 1: the second
@@ -258,17 +262,18 @@ def separation_test(
     """
     if statistic not in STATISTICS:
         raise StatsInputError(f"unknown statistic {statistic!r}; use one of {STATISTICS}")
-    store = is_store(x)
     n_layers, n, _ = source_shape(x)
-    if not store:
+    if is_store(x):  # reduced in float64 on the CPU
+        dev, dt = torch.device("cpu"), torch.float64
+    else:
         x = check_layered(x, "x", 3)
+        dev, dt = x.device, x.dtype
     lab = check_labels(labels, n)
     row_unit, unit_label = check_units(units, lab)
     for group in (True, False):
         if int((unit_label == group).sum()) < 2:
             raise StatsInputError("each group needs at least 2 units (words)")
     gen = make_generator(seed)
-    dev, dt = (torch.device("cpu"), torch.float64) if store else (x.device, x.dtype)
     n_units = unit_label.shape[0]
     row_unit_d = row_unit.to(dev)
     item = torch.finfo(dt).bits // 8

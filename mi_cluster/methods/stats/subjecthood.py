@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mi_cluster.core.protocols import RowStore, is_store
 from mi_cluster.methods.stats.inputs import (
     StatsInputError,
     check_labels,
@@ -36,7 +37,6 @@ from mi_cluster.methods.stats.resampling import Seed
 from mi_cluster.methods.stats.sufficient import (
     batch_rows,
     group_sums,
-    is_store,
     source_shape,
     stream_rows,
 )
@@ -128,7 +128,7 @@ def _store_axis(sums: Tensor, counts: Tensor) -> SubjecthoodAxis:
 
 
 def _store_probe_axes(
-    store: Any,
+    store: RowStore,
     row_fold: Tensor,
     row_cell: Tensor,
     n_cells: int,
@@ -221,8 +221,7 @@ def cross_fitted_subjecthood(
     cross-products for ``"probe"``; then the scores), float64 on the CPU, equal to the
     scores in memory.
     """
-    store = is_store(x)
-    if store:
+    if is_store(x):
         _check_method(method)
     else:
         x = check_layered(x, "x", 3)
@@ -233,7 +232,7 @@ def cross_fitted_subjecthood(
         raise StatsInputError(f"fit_rows has {fit.shape[0]} entries for {lab.shape[0]} rows")
     folds = unit_folds(unit_label, n_folds, seed)
     row_fold = folds[row_unit]
-    if store:
+    if is_store(x):
         return _store_cross_fitted(x, lab, fit, row_fold, folds, n_folds, method, ridge)
     scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
     axes = []
@@ -246,7 +245,7 @@ def cross_fitted_subjecthood(
 
 
 def _store_cross_fitted(
-    store: Any,
+    store: RowStore,
     lab: Tensor,
     fit: Tensor,
     row_fold: Tensor,

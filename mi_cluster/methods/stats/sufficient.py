@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mi_cluster.core.protocols import RowSource, RowStore, is_store
 from mi_cluster.methods.stats.inputs import StatsInputError, check_layered
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "check_row_unit_map",
     "distance_sums",
     "group_sums",
-    "is_store",
     "layer_blocks",
     "source_shape",
     "stream_rows",
@@ -50,12 +49,7 @@ __all__ = [
 _F64 = 8  # bytes
 
 
-def is_store(source: Any) -> bool:
-    """Whether ``source`` is an on-disk store rather than a tensor."""
-    return not isinstance(source, Tensor) and hasattr(source, "batches")
-
-
-def source_shape(source: Any, name: str = "x") -> tuple[int, int, int]:
+def source_shape(source: RowSource, name: str = "x") -> tuple[int, int, int]:
     """``(layers, rows, features)`` of a tensor or a store (a row's trailing dimensions
     flattened)."""
     if is_store(source):
@@ -88,7 +82,7 @@ def batch_rows(n_layers: int, width: int, max_memory: int) -> int:
     return int(max(1, min(4096, max_memory // (4 * _F64 * n_layers * width))))
 
 
-def stream_rows(store: Any, layers: list[int], rows: int) -> Iterator[tuple[int, Tensor]]:
+def stream_rows(store: RowStore, layers: list[int], rows: int) -> Iterator[tuple[int, Tensor]]:
     """``(first row, batch [layer, rows, features] float64)`` over the store."""
     start = 0
     for batch in store.batches(rows=rows, layers=layers, dtype=torch.float64):
@@ -133,7 +127,7 @@ class GroupSums:
 
 
 def group_sums(
-    source: Any,
+    source: RowSource,
     group: Int[Tensor, " row"],
     n_groups: int,
     layers: list[int] | None = None,
@@ -182,7 +176,7 @@ class UnitGram:
 
 
 def unit_gram(
-    source: Any, row_unit: Int[Tensor, " row"], n_units: int, max_memory: int = 2**30
+    source: RowSource, row_unit: Int[Tensor, " row"], n_units: int, max_memory: int = 2**30
 ) -> UnitGram:
     """The units' Gram of centred sums and their squared norms at every layer. A tensor is
     centred first, in its dtype; a store is summed in float64 in one pass per block of
@@ -209,7 +203,7 @@ def unit_gram(
 
 
 def distance_sums(
-    source: Any, row_unit: Int[Tensor, " row"], n_units: int, max_memory: int = 2**30
+    source: RowSource, row_unit: Int[Tensor, " row"], n_units: int, max_memory: int = 2**30
 ) -> Float[Tensor, "layer row unit"]:
     """Summed Euclidean distance from every row to the rows of every unit, per layer.
     A store is read once per block of rows that fits ``max_memory`` (plus once)."""
