@@ -33,6 +33,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _runtime_types(request):
+    """Tests marked ``unchecked`` feed bad input as a user would, without the runtime type
+    checker the suite otherwise runs under, so that they see the library's own errors."""
+    if request.node.get_closest_marker("unchecked") is None:
+        yield
+        return
+    from unchecked import unchecked
+
+    with unchecked():
+        yield
+
+
 @pytest.fixture(scope="session")
 def hf_toy():
     """The toy model as plain Hugging Face GPT-2 (no TransformerLens), for references."""

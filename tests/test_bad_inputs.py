@@ -38,6 +38,7 @@ from mi_cluster.models.toy.train import TrainConfig, train
 from mi_cluster.plotting.export import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.unchecked  # the library's own errors, as a user meets them
 
 
 # -- commands that write models never destroy -----------------------------------------------

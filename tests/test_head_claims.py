@@ -167,6 +167,7 @@ def test_resample_ablation_and_token_mean(compiled, data):
     torch.testing.assert_close(token_mean(act, mask), want)
 
 
+@pytest.mark.unchecked
 def test_bad_input_is_named(compiled, data):
     clean, abc, path = data[0]
     with pytest.raises(ValueError, match="does not exist"):

@@ -37,6 +37,14 @@ class GPT2Tokens:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor([[self.tokenizer.bos_token_id] * bool(prepend_bos) + ids])
 
+    # the rest of what mi_cluster asks of a model (core.protocols.HookedModel): no weights
+    hook_dict: dict = {}
+
+    def _no_weights(self, *args, **kwargs):
+        raise NotImplementedError("a tokenizer-only stand-in for GPT-2 has no weights")
+
+    run_with_hooks = run_with_cache = parameters = __call__ = _no_weights
+
 
 @pytest.fixture(scope="module")
 def gpt2():

@@ -97,12 +97,13 @@ def test_minilm_logits_refused(minilm):
     assert minilm.cfg.n_layers == 6 and minilm.cfg.d_model == 384
 
 
+@pytest.mark.unchecked
 def test_unknown_source_type():
     with pytest.raises(TypeError, match="cannot load a model from int"):
         load_model(3)
 
 
-def test_named_models_come_from_a_registry_packages_add_to():
+def test_named_models_come_from_a_registry_packages_add_to(tiny):
     from mi_cluster.models.registry import register_model, registered_models
 
     named = registered_models()
@@ -111,10 +112,10 @@ def test_named_models_come_from_a_registry_packages_add_to():
 
     def load(device, dtype, compat):
         calls.append((device, dtype, compat))
-        return "a model"
+        return tiny
 
     register_model("test-only-model", load, "a test")
-    assert load_model("test-only-model", device="cpu", dtype=torch.float64) == "a model"
+    assert load_model("test-only-model", device="cpu", dtype=torch.float64) is tiny
     assert calls == [(torch.device("cpu"), torch.float64, True)]
     with pytest.raises(ValueError, match="already registered"):
         register_model("test-only-model", lambda *a: None, "another")

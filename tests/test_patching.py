@@ -565,6 +565,7 @@ class _AttentionOnly:
         raise AssertionError(f"a forward pass was attempted ({name})")
 
 
+@pytest.mark.unchecked
 def test_bad_inputs_fail_before_any_forward_pass(tiny):
     fake = _AttentionOnly(tiny)
     metric, _ = _logit_gap(tiny, "Mary", "John")

@@ -153,6 +153,7 @@ def test_power_and_coverage_on_a_real_share():
     assert min(cover.values()) >= 0.9, cover
 
 
+@pytest.mark.unchecked
 def test_bad_input_is_refused_by_name():
     x, is_name, pw, pf, effect = _simulate(0, 1, 0.0, 0.2)
     x, effect = x[0], effect[0]

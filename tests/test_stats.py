@@ -323,6 +323,7 @@ def test_cross_fitting_never_uses_the_scored_word(method):
     torch.testing.assert_close(again.scores[:, same_fold], res.scores[:, same_fold])
 
 
+@pytest.mark.unchecked
 def test_errors_name_the_problem():
     x, lab = _data(n=12, d=3)
     with pytest.raises(S.StatsInputError, match="at least 2"):

@@ -399,6 +399,7 @@ def test_plain_statistics_and_centroid_axes_stream_from_a_store(word_store):
             assert (a.n_names, a.n_objects) == (b.n_names, b.n_objects)
 
 
+@pytest.mark.unchecked
 def test_store_statistics_refuse_what_does_not_fit(word_store):
     import mi_cluster.methods.stats as S
 

@@ -105,14 +105,17 @@ class Positions:
 
     @classmethod
     def last(cls) -> Positions:
+        """The last token of each prompt."""
         return cls("last")
 
     @classmethod
     def mean(cls, exclude_special: bool = True) -> Positions:
+        """The mean over each prompt's tokens (special tokens left out by default)."""
         return cls("mean", exclude_special=exclude_special)
 
     @classmethod
     def all(cls, exclude_special: bool = False) -> Positions:
+        """Every token of each prompt, one row each."""
         return cls("all", exclude_special=exclude_special)
 
     @classmethod
@@ -123,6 +126,7 @@ class Positions:
         occurrence: int = 0,
         case_sensitive: bool = True,
     ) -> Positions:
+        """The tokens of a word in each prompt: one word for all prompts or one per prompt."""
         if subtoken not in ("first", "last", "mean"):
             raise ValueError(f"subtoken must be 'first', 'last' or 'mean', got {subtoken!r}")
         if isinstance(occurrence, bool) or not isinstance(occurrence, int):
@@ -145,6 +149,7 @@ class Positions:
         return cls("word", w, subtoken, occurrence, case_sensitive=case_sensitive)
 
     def describe(self) -> str:
+        """The position rule in words."""
         if self.kind == "word":
             w = self.words if isinstance(self.words, str) else "per-prompt words"
             return f"word {w!r} ({self.subtoken} sub-token, occurrence {self.occurrence})"
@@ -248,10 +253,12 @@ class Activations:
 
     @property
     def n_layers(self) -> int:
+        """Layers (the first axis of ``tensor``)."""
         return self.tensor.shape[0]
 
     @property
     def n_rows(self) -> int:
+        """Rows (the second axis of ``tensor``)."""
         return self.tensor.shape[1]
 
     @property

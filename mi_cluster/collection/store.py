@@ -202,8 +202,11 @@ def collect_to_store(
     size or dtype is refused.
 
     Args:
-        model, prompts, site, positions, batch_size: as for
-            :func:`~mi_cluster.collection.activations.collect`.
+        model: the model, as for :func:`~mi_cluster.collection.activations.collect`.
+        prompts: the prompts, as for ``collect``.
+        site: the site, as for ``collect``.
+        positions: the position rule, as for ``collect``.
+        batch_size: prompts per forward pass, as for ``collect``.
         out: the store's directory (created if needed).
         shard_size: prompts per shard.
         dtype: storage dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"``; the rounding
@@ -214,7 +217,15 @@ def collect_to_store(
         wait: seconds to wait for another process writing the same store to finish (then
             a :class:`StoreError` names it).
     """
-    spec = _checked_spec(model, prompts, site, positions, shard_size, dtype, batch_size)
+    spec = _checked_spec(
+        model,
+        prompts,
+        site,
+        positions=positions,
+        shard_size=shard_size,
+        dtype=dtype,
+        batch_size=batch_size,
+    )
     directory = Path(out)
     rank, world = distributed_rank()
     # rank 0 holds the lock for the whole job; the others write only their own shards
@@ -258,6 +269,7 @@ def _checked_spec(
     model: HookedModel,
     prompts: Sequence[str],
     site: str,
+    *,
     positions: Positions | str,
     shard_size: int,
     dtype: str,

@@ -87,6 +87,7 @@ class StoreSpec:
 
     @property
     def n_shards(self) -> int:
+        """Shards the prompts fill."""
         return math.ceil(self.n_prompts / self.shard_size)
 
     @property
@@ -95,14 +96,17 @@ class StoreSpec:
         return json_sha256(asdict(self))
 
     def prompt_range(self, shard: int) -> range:
+        """The prompts of shard ``shard``."""
         return range(shard * self.shard_size, min(self.n_prompts, (shard + 1) * self.shard_size))
 
 
 def shard_name(k: int) -> str:
+    """The file name of shard ``k``."""
     return f"shard-{k:05d}.safetensors"
 
 
 def sidecar_name(k: int) -> str:
+    """The file name of shard ``k``'s sidecar (its record)."""
     return f"shard-{k:05d}.json"
 
 

@@ -244,6 +244,7 @@ class IOIPositions:
 
     @property
     def s1_next(self) -> Tensor:
+        """The token after S1 (where induction heads look)."""
         return self.s1 + 1
 
     def repeat(self, k: int) -> IOIPositions:

@@ -244,10 +244,12 @@ class WordTokenization:
 
     @property
     def n_no_space(self) -> int:
+        """Tokens of the word without a leading space."""
         return len(self.no_space)
 
     @property
     def n_with_space(self) -> int:
+        """Tokens of the word with a leading space."""
         return len(self.with_space)
 
 

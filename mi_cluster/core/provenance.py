@@ -80,6 +80,7 @@ class Provenance:
     versions: dict
 
     def as_dict(self) -> dict:
+        """The record as a JSON-ready dict."""
         return asdict(self)
 
 

@@ -78,6 +78,7 @@ class HeadWriter:
         self._w_o: dict[int, Tensor] = {}
 
     def scale_hook(self, layer: int) -> str | None:
+        """The post-attention norm's scale hook of ``layer`` (None: the block has none)."""
         return post_attention_scale(layer) if layer in self._maps else None
 
     def write(

@@ -109,6 +109,7 @@ class AttentionPatterns:
     model_name: str
 
     def layer_index(self, layer: int) -> int:
+        """The index in ``patterns`` of model layer ``layer`` (an error if it was not kept)."""
         if layer not in self.layers:
             raise ValueError(f"layer {layer} was not kept; kept layers: {list(self.layers)}")
         return self.layers.index(layer)
@@ -179,7 +180,7 @@ def attention_patterns(
 # -- head summaries -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeadSummary:
-    """Per head, the mean attention from each real (non-special, non-padding) query token:
+    """Per head, the mean attention from each real (non-special, non-padding) query token.
 
     Fields:
         previous: to the token just before it.

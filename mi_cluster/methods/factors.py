@@ -151,6 +151,7 @@ class ActivationFactors:
 
     @property
     def n_components(self) -> int:
+        """Factors (the first axis of ``activations``)."""
         return self.activations.shape[0]
 
     def top_tokens(self, n: int = 10) -> list[list[tuple[str, float]]]:
@@ -177,11 +178,15 @@ def activation_factors(
     """NMF of ``model``'s activations over the tokens of ``text``.
 
     Args:
+        model: a TransformerLens model.
+        text: the passage whose tokens are the rows.
+        n_components: factors to fit.
         site: ``"mlp_post"`` (MLP neurons after the non-linearity) or ``"resid_post"``.
         layers: which layers (default all), their neurons side by side.
         negative: ``"clip"`` (default for MLP neurons) or ``"shift"`` (default for the
             residual stream).
         exclude_special: leave out BOS/CLS/SEP tokens (their activations are atypical).
+        max_iter: NMF iterations at most.
     """
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]

@@ -127,6 +127,9 @@ def compare_prompts(
     """Compare ``prompts_a[i]`` with ``prompts_b[i]`` at aligned positions, layer by layer.
 
     Args:
+        model: a TransformerLens model.
+        prompts_a: the first prompt of each pair.
+        prompts_b: the second prompt of each pair.
         positions: the rows read from the ``a`` prompts (``"all"``: every token, so pairs
             must have equal token lengths; ``"last"``; or ``Positions.word(...)``).
         positions_b: the rows read from the ``b`` prompts (default: ``positions``); each
@@ -134,6 +137,8 @@ def compare_prompts(
         lens: a tuned lens (default: the logit lens).
         use_lens: compute KL and JS (needs real logits); False for encoders like MiniLM,
             which then get cosine and CKA only.
+        seed: seeds the bootstrap intervals over pairs.
+        batch_size: prompts per forward pass.
     """
     if len(prompts_a) != len(prompts_b) or not prompts_a:
         raise ValueError(

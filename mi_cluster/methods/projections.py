@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.core.protocols import HookedModel, RowStore, is_store
+from mi_cluster.core.protocols import HookedModel, RowSource, RowStore, is_store
 from mi_cluster.methods.stats.inputs import check_layered
 
 __all__ = [
@@ -112,7 +112,7 @@ def _fixed_signs(comps: Tensor) -> Tensor:
 
 
 def pca_by_layer(
-    x: Float[Tensor, "layer prompt d_model"],
+    x: RowSource,
     n_components: int = 2,
     basis: Basis = "aligned",
     fit_layer: int | None = None,

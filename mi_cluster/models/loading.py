@@ -245,9 +245,11 @@ def load_model(
             - ``"hf"``: norm weights folded only, so every activation (residual stream,
               ``z``, per-head results, logits) is the one Hugging Face computes: for
               studies of geometry (cosines, PCA, CKA of raw vectors).
-        device_map, n_devices, max_memory: split a hub or directory model across devices
-            (Hugging Face Accelerate's ``device_map``, e.g. ``"auto"``; or ``n_devices``
-            GPUs), passed to the bridge; instead of ``device``. Not for the shipped models.
+        device_map: split a hub or directory model across devices (Hugging Face
+            Accelerate's ``device_map``, e.g. ``"auto"``), passed to the bridge; instead
+            of ``device``. Not for the shipped models.
+        n_devices: split it over this many GPUs instead.
+        max_memory: Accelerate's per-device memory limits for the split.
 
     Offline, a hub name that is not cached fails within about two seconds with a
     :class:`ModelUnavailableError` that says how to point at a local directory.

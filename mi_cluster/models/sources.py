@@ -58,6 +58,7 @@ def registered_names() -> list[str]:
 
 
 def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (to 1, true, yes or on)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 

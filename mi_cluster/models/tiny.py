@@ -96,14 +96,17 @@ class TinyConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of each head."""
         return self.d_head or self.d_model // self.n_heads
 
     @property
     def kv_heads(self) -> int:
+        """Key/value heads (fewer than the query heads under grouped-query attention)."""
         return self.n_key_value_heads or self.n_heads
 
     @property
     def default_name(self) -> str:
+        """A short name: architecture, layers and width."""
         return self.name or f"tiny-{self.architecture}-{self.n_layers}L-{self.d_model}d"
 
 

@@ -243,7 +243,7 @@ def write_experiment(
     provenance: Provenance | None = None,
     headlines: Mapping[str, str] | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Write an experiment's outputs to ``out``:
+    """Write an experiment's outputs to ``out``.
 
     - ``<stem>.json``: ``record`` (with ``"provenance"`` added when given);
     - per figure, ``<stem>_<kind>.html`` and ``.png`` and ``.svg`` (only HTML when ``png``

@@ -28,6 +28,7 @@ _TITLES = {
 def similarity_heatmaps(
     matrices: Sequence[SimilarityMatrix],
     row_labels: Sequence[str],
+    *,
     col_labels: Sequence[str] | None = None,
     title: str = "",
     zmin: float | None = 0.0,

@@ -35,6 +35,7 @@ class Band:
 def layer_bands(
     panels: Mapping[str, Mapping[str, Band]],
     layer_labels: Sequence[str],
+    *,
     title: str = "",
     y_titles: Mapping[str, str] | None = None,
     colors: Mapping[str, str] | None = None,

@@ -18,6 +18,7 @@ def layer_scatter(
     labels: Sequence[str],
     groups: Sequence[str],
     layer_labels: Sequence[str],
+    *,
     hover: Sequence[str] | None = None,
     title: str = "",
     normalise: bool = True,

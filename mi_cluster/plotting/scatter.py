@@ -16,6 +16,7 @@ def value_scatter(
     y: Sequence[float],
     x_title: str,
     y_title: str,
+    *,
     title: str = "",
     hover: Sequence[str] | None = None,
     groups: Sequence[str] | None = None,

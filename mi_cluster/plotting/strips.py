@@ -39,6 +39,7 @@ def keyframe_strip(
         fig: a figure with ``frames`` (e.g. :func:`mi_cluster.plotting.layer_scatter`).
         frames: which frames, by index, name or slider label (``"L3"``); default up to
             ``max_frames`` evenly spaced, first and last included.
+        max_frames: how many frames at most when ``frames`` is not given.
         columns: panels per row (default: all in one row up to 4, else 3 a row).
         panel: each panel's size in pixels.
     """

@@ -72,11 +72,13 @@ def rgba(color: str, alpha: float) -> str:
 
 
 def color_for(group: str, order: list[str]) -> str:
+    """The colour of a point group: its fixed colour, else one from the palette by order."""
     style = GROUP_STYLES.get(group)
     return style[0] if style else PALETTE[order.index(group) % len(PALETTE)]
 
 
 def marker_for(group: str, order: list[str]) -> str:
+    """The marker of a point group: its fixed symbol, else a circle."""
     style = GROUP_STYLES.get(group)
     symbols = ("circle", "diamond", "square", "triangle-up", "cross", "x", "star", "hexagon")
     return style[1] if style else symbols[order.index(group) % len(symbols)]

@@ -119,6 +119,7 @@ class LensResult:
 
     @property
     def n_layers(self) -> int:
+        """Layers read (rows of every per-layer result)."""
         return len(self.layer_labels)
 
     def rows_of(self, prompt: int) -> list[int]:
@@ -195,6 +196,9 @@ def logit_lens(
         answers: one ``(correct, incorrect)`` pair for all prompts or one per prompt (ids
             or one-token strings); gives the logit difference per layer.
         keep_log_probs: also keep the full ``[layer, row, d_vocab]`` log-probabilities.
+        batch_size: prompts per forward pass.
+        padding_side: where shorter prompts of a batch are padded.
+        progress: a progress bar over batches.
     """
     require_meaningful_logits(model, "the logit lens")
     check_readout(model)

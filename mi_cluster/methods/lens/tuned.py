@@ -59,6 +59,7 @@ class TunedLens:
 
     @property
     def n_translators(self) -> int:
+        """Translators: one per layer the lens reads."""
         return self.weight.shape[0]
 
     def translate(
@@ -153,10 +154,13 @@ def train_tuned_lens(
     Args:
         model: a model with real logits.
         texts: the corpus (its distribution is the one the lens is good for).
-        steps: optimiser steps; tokens_per_step: positions per step, drawn with
-            replacement by a generator seeded with ``seed``.
+        steps: optimiser steps.
+        tokens_per_step: positions per step, drawn with replacement.
+        batch_size: texts per forward pass when collecting the residuals.
+        seed: seeds the draws of positions.
         lr: Adam's initial learning rate, decayed linearly to zero.
         log: called with a progress line every 50 steps (the library never prints).
+        progress: a progress bar while collecting the residuals.
     """
     require_meaningful_logits(model, "a tuned lens")
     check_readout(model)

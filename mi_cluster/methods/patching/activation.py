@@ -128,8 +128,8 @@ class PatchResult:
     labels: dict[str, list[str]]
     direction: str
     metric: str
-    clean: Float[Tensor, " prompt"]
-    corrupted: Float[Tensor, " prompt"]
+    clean: Float[Tensor, "prompt *value"]
+    corrupted: Float[Tensor, "prompt *value"]
     value_shape: tuple[int, ...] = ()
 
     def mean(self) -> Float[Tensor, "..."]:
@@ -167,6 +167,7 @@ class Runs:
     batch: int
 
     def offset(self, which: str) -> int:
+        """The first row of the ``"clean"`` or ``"corrupted"`` prompts in the runs' batch."""
         return 0 if which == "clean" else self.batch
 
     def cache(self, name: str, which: str) -> Tensor:
@@ -253,8 +254,9 @@ def activation_patching(
 
     Args:
         model: a TransformerLens model.
-        clean, corrupted: prompts (strings, pairs must tokenize to equal lengths) or token
-            tensors ``[prompt, pos]`` of equal shape.
+        clean: prompts (strings, each pair tokenizing to equal lengths) or token tensors
+            ``[prompt, pos]``.
+        corrupted: their corrupted partners, as ``clean`` (the same shape).
         metric: what to measure (:mod:`mi_cluster.methods.patching.metrics`).
         site: a key of :data:`SITE_KINDS`.
         direction: ``"denoise"`` (clean into corrupted) or ``"noise"``.
@@ -315,7 +317,14 @@ def activation_patching(
             patches.append((name, patch))
         row_start = layer_numbers[layer_index]
         out = run_with_metric(
-            runs, base, metric, prompt, row_start, patches, positions, clean_logits
+            runs,
+            base,
+            metric,
+            prompt,
+            row_start=row_start,
+            hooks=patches,
+            positions=positions,
+            clean_logits=clean_logits,
         )
         flat_values[flat] = out.view(len(flat), pair.batch, *metric.shape)
     sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
@@ -357,6 +366,7 @@ def run_with_metric(
     base: str,
     metric: Metric,
     prompt: Tensor,
+    *,
     row_start: int | Tensor,
     hooks: list,
     positions: Tensor | None,

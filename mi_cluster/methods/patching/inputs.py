@@ -42,10 +42,12 @@ class PromptPair:
 
     @property
     def batch(self) -> int:
+        """Prompts in the pair (rows of each side)."""
         return self.clean.shape[0]
 
     @property
     def n_pos(self) -> int:
+        """Token positions (the padded length)."""
         return self.clean.shape[1]
 
     def attention_mask(self, which: str) -> Int[Tensor, "prompt pos"] | None:

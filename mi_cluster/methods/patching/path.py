@@ -84,8 +84,11 @@ def path_patching(
     """Path-patch every head as a sender to ``receivers``; the metric per sender and prompt.
 
     Args:
-        model, clean, corrupted, metric: as for
+        model: a TransformerLens model.
+        clean: the clean prompts, as for
             :func:`~mi_cluster.methods.patching.activation.activation_patching`.
+        corrupted: the corrupted prompts, as there.
+        metric: what to measure, as there.
         receivers: ``"logits"``, or ``[(layer, head, "q" | "k" | "v"), ...]``: heads whose
             query, key or value input receives the path.
         direction: ``"noise"`` (source: corrupted, into the clean run; the IOI paper's) or
@@ -168,12 +171,27 @@ def path_patching(
             frozen.append((z_names[layer], freeze))
         if not recv:
             out = run_with_metric(
-                runs, base, metric, prompt, sender_layer, frozen, positions, clean_logits,
-                final_scale,
-            )  # fmt: skip
+                runs,
+                base,
+                metric,
+                prompt,
+                row_start=sender_layer,
+                hooks=frozen,
+                positions=positions,
+                clean_logits=clean_logits,
+                final_scale=final_scale,
+            )
         else:
             out = _to_receivers(
-                runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits
+                runs,
+                base,
+                metric,
+                prompt,
+                sender_layer=sender_layer,
+                frozen=frozen,
+                recv=recv,
+                positions=positions,
+                clean_logits=clean_logits,
             )
         flat_values[senders] = out.view(len(senders), pair.batch, *metric.shape)
     sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
@@ -192,7 +210,9 @@ def path_patching(
     )
 
 
-def _to_receivers(runs, base, metric, prompt, sender_layer, frozen, recv, positions, clean_logits):
+def _to_receivers(
+    runs, base, metric, prompt, *, sender_layer, frozen, recv, positions, clean_logits
+):
     """Step 3 recording the receivers' inputs, then step 4 patching only them. A receiver
     at or before a row's sender layer keeps its base value: that row does not reach it
     (rows join at their sender's layer) or reaches it unchanged."""
@@ -222,4 +242,13 @@ def _to_receivers(runs, base, metric, prompt, sender_layer, frozen, recv, positi
 
         patches.append((name, patch))
     start = min(layer for layer, _, _ in recv)
-    return run_with_metric(runs, base, metric, prompt, start, patches, positions, clean_logits)
+    return run_with_metric(
+        runs,
+        base,
+        metric,
+        prompt,
+        row_start=start,
+        hooks=patches,
+        positions=positions,
+        clean_logits=clean_logits,
+    )

@@ -1,6 +1,7 @@
-"""Functions that reproduce ``ecco.analysis.cka / cca / svcca / pwcca``, for users
-reproducing published ecco notebooks. They are *not* the paper-faithful metrics of
-:mod:`mi_cluster.methods.similarity`; the differences are kept on purpose:
+"""Functions that reproduce ``ecco.analysis.cka / cca / svcca / pwcca``.
+
+They are for users reproducing published ecco notebooks. They are *not* the
+paper-faithful metrics of :mod:`mi_cluster.methods.similarity`; the differences are kept on purpose:
 
 - inputs are ``(neurons, tokens)``, ecco's layout (the rest of mi_cluster uses
   ``(tokens, neurons)``);

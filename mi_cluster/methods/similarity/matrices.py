@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_cluster.core.protocols import is_store
+from mi_cluster.core.protocols import RowStore, is_store
 from mi_cluster.methods.similarity.cca import (
     pwcca_from_bases,
     require_cca_samples,
@@ -80,7 +80,12 @@ Stack = Tensor | Sequence[Tensor]
 Progress = Callable[[int, int], None]
 
 
-def _layers(stack: Stack, name: str) -> list[Tensor]:
+def _layers(stack: Stack | RowStore, name: str) -> list[Tensor]:
+    if is_store(stack):
+        raise SimilarityInputError(
+            f"{name} is a store: a store streams linear_cka within itself, as xs only; for "
+            "other metrics or two stores load it with store.to_activations() (when it fits)"
+        )
     if isinstance(stack, Tensor):
         if stack.ndim != 3:
             raise SimilarityInputError(
@@ -262,7 +267,7 @@ def _pair_loop(prep_x, prep_y, compare, symmetric: bool, progress: Progress | No
 
 
 def pairwise(
-    xs: Stack,
+    xs: Stack | RowStore,
     ys: Stack | None = None,
     metric: str = "linear_cka",
     *,
@@ -283,9 +288,13 @@ def pairwise(
             :class:`~mi_cluster.collection.store.ActivationStore`
             (``linear_cka`` only, streamed in bounded memory, exact).
         ys: a second stack over the same samples (another model); widths may differ.
-        metric: one of ``METRICS``. ``threshold`` sets the RBF bandwidth; ``variance`` /
-            ``dims`` the SVCCA reduction; ``ridge`` the CCA/PWCCA regularisation;
-            ``rdm_metric`` and ``compare`` the RSA variant.
+        metric: one of ``METRICS``.
+        threshold: the RBF kernel's bandwidth (``rbf_cka``).
+        variance: the share of variance SVCCA keeps.
+        dims: SVCCA's number of directions (instead of ``variance``).
+        ridge: the CCA/PWCCA regularisation.
+        rdm_metric: the RSA dissimilarity.
+        compare: how RSA compares two RDMs.
         max_memory: bytes the Gram/kernel blocks may take; larger stacks are streamed.
         progress: called as ``progress(done, total)`` while the matrix is filled.
 
@@ -302,6 +311,31 @@ def pairwise(
         from mi_cluster.methods.similarity.streaming import store_linear_cka
 
         return SimilarityMatrix(store_linear_cka(xs), metric, True)
+    lx, ly, dtype = _aligned(xs, ys)
+    if metric in ("debiased_cka", "debiased_rbf_cka") and lx[0].shape[0] < 4:
+        raise SimilarityInputError("debiased CKA needs at least 4 samples")
+    settings = _Settings(threshold, variance, dims, ridge, rdm_metric, compare, max_memory)
+    values = _values(metric, lx, ly, settings, progress)
+    values = values.to(dtype=dtype, device=lx[0].device)
+    return SimilarityMatrix(values, metric, ly is None and metric in SYMMETRIC)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The metric parameters of :func:`pairwise`."""
+
+    threshold: float
+    variance: float
+    dims: int | None
+    ridge: float
+    rdm_metric: str
+    compare: str
+    max_memory: int
+
+
+def _aligned(xs: Stack, ys: Stack | None) -> tuple[list[Tensor], list[Tensor] | None, torch.dtype]:
+    """Both stacks as lists of ``(n, d_l)`` matrices of one dtype (the promoted one), after
+    checking they hold the same samples on the same device."""
     lx = _layers(xs, "xs")
     ly = None if ys is None else _layers(ys, "ys")
     if ly is not None:
@@ -314,47 +348,60 @@ def pairwise(
     dtype = lx[0].dtype
     for t in lx + (ly or []):
         dtype = torch.promote_types(dtype, t.dtype)
-    lx = [x.to(dtype) for x in lx]
-    ly = None if ly is None else [y.to(dtype) for y in ly]
-    n = lx[0].shape[0]
-    if metric in ("debiased_cka", "debiased_rbf_cka") and n < 4:
-        raise SimilarityInputError("debiased CKA needs at least 4 samples")
+    return [x.to(dtype) for x in lx], None if ly is None else [y.to(dtype) for y in ly], dtype
 
+
+def _values(
+    metric: str,
+    lx: list[Tensor],
+    ly: list[Tensor] | None,
+    s: _Settings,
+    progress: Progress | None,
+) -> Tensor:
+    """The ``[layer_x, layer_y]`` values of ``metric``."""
     if metric in ("linear_cka", "debiased_cka"):
-        values = _linear_cka(lx, ly, metric == "debiased_cka", max_memory, progress)
-    elif metric in ("rbf_cka", "debiased_rbf_cka"):
+        return _linear_cka(lx, ly, metric == "debiased_cka", s.max_memory, progress)
+    if metric in ("rbf_cka", "debiased_rbf_cka"):
         deb = metric == "debiased_rbf_cka"
-        vx = [_kernel_vector(x, threshold, deb) for x in lx]
-        vy = None if ly is None else [_kernel_vector(y, threshold, deb) for y in ly]
-        values = _vector_similarity(vx, vy, max_memory, progress)
-    elif metric == "rsa":
-        vx = [_rdm_vector(x, rdm_metric, compare) for x in lx]
-        vy = None if ly is None else [_rdm_vector(y, rdm_metric, compare) for y in ly]
-        values = _vector_similarity(vx, vy, max_memory, progress)
-    elif metric == "procrustes":
+        vx = [_kernel_vector(x, s.threshold, deb) for x in lx]
+        vy = None if ly is None else [_kernel_vector(y, s.threshold, deb) for y in ly]
+        return _vector_similarity(vx, vy, s.max_memory, progress)
+    if metric == "rsa":
+        vx = [_rdm_vector(x, s.rdm_metric, s.compare) for x in lx]
+        vy = None if ly is None else [_rdm_vector(y, s.rdm_metric, s.compare) for y in ly]
+        return _vector_similarity(vx, vy, s.max_memory, progress)
+    if metric == "procrustes":
         px = [unit_centred(x, f"xs[{i}]") for i, x in enumerate(lx)]
         py = None if ly is None else [unit_centred(y, f"ys[{i}]") for i, y in enumerate(ly)]
-        values = _pair_loop(px, py, procrustes_of_normalised, True, progress)
-    else:
-        if metric == "svcca":
-            lx = [svd_reduce(x, variance, dims) for x in lx]
-            ly = None if ly is None else [svd_reduce(y, variance, dims) for y in ly]
-        if ridge == 0:
-            for name, stack in (("xs", lx), ("ys", ly or [])):
-                for i, x in enumerate(stack):
-                    where = f"{name}[{i}]" + (" after the SVD step" if metric == "svcca" else "")
-                    require_cca_samples(x, where, metric.upper())
-        bx = [(x, whitened_basis(x, ridge)) for x in lx]
-        by = None if ly is None else [(y, whitened_basis(y, ridge)) for y in ly]
-        hint = "use more samples, fewer kept dims or ridge > 0"
+        return _pair_loop(px, py, procrustes_of_normalised, True, progress)
+    return _cca_values(metric, lx, ly, s, progress)
 
-        def comp(a, b):
-            if ridge == 0:
-                require_joint_rank(a[1], b[1], metric.upper(), hint)
-            if metric == "pwcca":
-                return pwcca_from_bases(a[0], a[1], b[1])
-            return torch.linalg.svdvals(a[1].T @ b[1]).clamp(0, 1).mean()
 
-        values = _pair_loop(bx, by, comp, metric in SYMMETRIC, progress)
-    values = values.to(dtype=dtype, device=lx[0].device)
-    return SimilarityMatrix(values, metric, ly is None and metric in SYMMETRIC)
+def _cca_values(
+    metric: str,
+    lx: list[Tensor],
+    ly: list[Tensor] | None,
+    s: _Settings,
+    progress: Progress | None,
+) -> Tensor:
+    """CCA, SVCCA or PWCCA between every pair of layers, each layer whitened once."""
+    if metric == "svcca":
+        lx = [svd_reduce(x, s.variance, s.dims) for x in lx]
+        ly = None if ly is None else [svd_reduce(y, s.variance, s.dims) for y in ly]
+    if s.ridge == 0:
+        for name, stack in (("xs", lx), ("ys", ly or [])):
+            for i, x in enumerate(stack):
+                where = f"{name}[{i}]" + (" after the SVD step" if metric == "svcca" else "")
+                require_cca_samples(x, where, metric.upper())
+    bx = [(x, whitened_basis(x, s.ridge)) for x in lx]
+    by = None if ly is None else [(y, whitened_basis(y, s.ridge)) for y in ly]
+    hint = "use more samples, fewer kept dims or ridge > 0"
+
+    def comp(a, b):
+        if s.ridge == 0:
+            require_joint_rank(a[1], b[1], metric.upper(), hint)
+        if metric == "pwcca":
+            return pwcca_from_bases(a[0], a[1], b[1])
+        return torch.linalg.svdvals(a[1].T @ b[1]).clamp(0, 1).mean()
+
+    return _pair_loop(bx, by, comp, metric in SYMMETRIC, progress)

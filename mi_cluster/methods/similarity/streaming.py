@@ -35,6 +35,7 @@ class StreamingLinearCKA:
         self.n = 0
 
     def update(self, batch: Float[Tensor, "layer rows d"]) -> None:
+        """Add a batch of rows, ``[layer, rows, d]`` (the same layers and width every time)."""
         if batch.ndim != 3:
             raise SimilarityInputError(
                 f"a batch must be [layer, rows, d], got shape {tuple(batch.shape)}"
@@ -56,6 +57,7 @@ class StreamingLinearCKA:
         self.n += rows
 
     def compute(self) -> Float[Tensor, "layer layer"]:
+        """Linear CKA between every pair of layers, from every row added so far."""
         if self._sums is None or self.n < 2:
             raise SimilarityInputError("linear CKA needs at least 2 rows")
         zz, zsum, (n_layers, d) = self._sums

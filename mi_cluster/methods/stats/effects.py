@@ -111,7 +111,7 @@ def _observed_and_null(
     return null[0], null[1:]
 
 
-def _result(kind, estimate, interval, size, p, alternative, n_perm, exact, n) -> EffectTest:
+def _result(kind, estimate, interval, *, size, p, alternative, n_perm, exact, n) -> EffectTest:
     return EffectTest(
         kind=kind,
         estimate=estimate,
@@ -162,7 +162,17 @@ def paired_test(
     sd = d.std(-1)
     size = torch.where(sd > 0, estimate / sd, torch.full_like(sd, float("nan")))
     n_flips, exact = flips.n_resamples, flips.exact
-    return _result("paired", estimate, interval, size, p, alternative, n_flips, exact, (n,))
+    return _result(
+        "paired",
+        estimate,
+        interval,
+        size=size,
+        p=p,
+        alternative=alternative,
+        n_perm=n_flips,
+        exact=exact,
+        n=(n,),
+    )
 
 
 def two_sample_test(
@@ -220,7 +230,17 @@ def two_sample_test(
     sd = pooled_var.sqrt().to(dtype)
     size = torch.where(sd > 0, estimate / sd, torch.full_like(sd, float("nan")))
     n_perm = labels.n_resamples
-    return _result("two-sample", estimate, interval, size, p, alternative, n_perm, exact, (na, nb))
+    return _result(
+        "two-sample",
+        estimate,
+        interval,
+        size=size,
+        p=p,
+        alternative=alternative,
+        n_perm=n_perm,
+        exact=exact,
+        n=(na, nb),
+    )
 
 
 def _standardise(v: Tensor) -> Tensor:
@@ -286,7 +306,15 @@ def correlation_test(
         device=x.device,
     )
     return _result(
-        "correlation", observed, interval, observed, p, alternative, orders.n_resamples, exact, (n,)
+        "correlation",
+        observed,
+        interval,
+        size=observed,
+        p=p,
+        alternative=alternative,
+        n_perm=orders.n_resamples,
+        exact=exact,
+        n=(n,),
     )
 
 
@@ -326,5 +354,13 @@ def correspondence_test(
     interval = BootstrapInterval(observed, observed, observed, observed, observed, 0.0, 0)
     size = torch.full_like(observed, float("nan"))
     return _result(
-        "correspondence", observed, interval, size, p, "greater", orders.n_resamples, exact, (n,)
+        "correspondence",
+        observed,
+        interval,
+        size=size,
+        p=p,
+        alternative="greater",
+        n_perm=orders.n_resamples,
+        exact=exact,
+        n=(n,),
     )

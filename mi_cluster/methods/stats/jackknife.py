@@ -84,6 +84,7 @@ def jackknife_scopes(
     values: Tensor,
     is_name: Tensor,
     n_families: int,
+    *,
     residual: Tensor,
     overlap: Tensor,
     confidence: float,

@@ -229,7 +229,14 @@ def decision_map(
         out = torch.zeros((n_layers, n, n_units), dtype=torch.float64)
         row_fold = fold_of_unit[row_unit]
         for layers, fits in _store_fold_fits(
-            x, row_fold, row_unit, fold_of_unit, unit_y, folds, ridge, max_memory
+            x,
+            row_fold,
+            row_unit,
+            fold_of_unit,
+            unit_y,
+            held_out=folds,
+            ridge=ridge,
+            max_memory=max_memory,
         ):
             block = out[layers[0] : layers[-1] + 1]  # a view: the blocks are consecutive
             _apply_fits(x, layers, row_fold, dict(zip(folds, fits, strict=True)), block)
@@ -274,6 +281,7 @@ def fold_fits(
     group_fold: Int[Tensor, " group"],
     group_y: Tensor,
     held_out: list[int | None],
+    *,
     ridge: float = 1.0,
     max_memory: int = 2**30,
 ) -> list[FoldFit]:
@@ -283,7 +291,14 @@ def fold_fits(
     (``group_fold``) and ``group_y`` (``±1``) are the labels each fit is checked for."""
     parts = list(
         _store_fold_fits(
-            store, row_fold, row_group, group_fold, group_y, held_out, ridge, max_memory
+            store,
+            row_fold,
+            row_group,
+            group_fold,
+            group_y,
+            held_out=held_out,
+            ridge=ridge,
+            max_memory=max_memory,
         )
     )
     return [
@@ -302,6 +317,7 @@ def _store_fold_fits(
     row_group: Tensor,
     group_fold: Tensor,
     group_y: Tensor,
+    *,
     held_out: list[int | None],
     ridge: float,
     max_memory: int,

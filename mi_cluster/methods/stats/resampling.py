@@ -121,6 +121,7 @@ class Draws:
             yield self.make(gen, start, min(self.n_resamples, start + rows))
 
     def materialise(self) -> Tensor:
+        """Every resample at once (for when they fit in memory)."""
         return torch.cat(list(self.chunks(DRAW_ROWS)))
 
 

@@ -253,9 +253,12 @@ def separation_test(
             (``labels_per_prompt[store.prompt_index()]``).
         statistic: see the module docstring.
         units: unit id per row (rows of one word share it); default: each row its own.
-        n_permutations, n_bootstrap: resamples; the permutation test is exact when the
-            distinct relabellings number at most ``n_permutations``.
-        n_folds, ridge: the probe's cross-validation and relative penalty.
+        n_permutations: label permutations; the test is exact when the distinct
+            relabellings number at most ``n_permutations``.
+        n_bootstrap: bootstrap resamples of units for the intervals.
+        n_folds: the probe's cross-validation folds (of units).
+        ridge: the probe's relative penalty.
+        confidence: the intervals' level.
         seed: an int or a CPU ``torch.Generator``; the same seed gives the same result.
         max_memory: bytes of intermediates per chunk of resamples, and of what a store
             is reduced to (too little is refused, naming the sizes).

@@ -95,7 +95,8 @@ def component_share_inference(
         is_name: per word, True for names.
         effects: each component's effect on each pair's reading (patched minus
             unpatched) projected on :func:`share_basis`'s rows.
-        pair_word, pair_family: each pair's word and family (indices into ``cells``).
+        pair_word: each pair's word (an index into ``cells``).
+        pair_family: each pair's family (an index into ``cells``).
         confidence: the intervals' level.
     """
     x, name, e, pw, pf = _check(cells, is_name, effects, pair_word, pair_family)
@@ -112,7 +113,15 @@ def component_share_inference(
         raise StatsInputError("the shift sums to zero in a replicate: shares are undefined")
     values = num / den[:, None]  # [J, component]
     zero = torch.zeros_like(values[0])
-    share = jackknife_scopes(values, name, n_families, zero, zero, confidence, effects.dtype)
+    share = jackknife_scopes(
+        values,
+        name,
+        n_families,
+        residual=zero,
+        overlap=zero,
+        confidence=confidence,
+        dtype=effects.dtype,
+    )
     return ComponentShares(share=share, n_pairs=len(pw))
 
 

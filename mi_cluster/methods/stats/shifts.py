@@ -180,7 +180,7 @@ def _fit_axis(rows: Tensor, label: Tensor, method: str, ridge: float) -> tuple[T
 
 
 def _folded(
-    x: Tensor, is_name: Tensor, ww: Tensor, fw: Tensor, folds: Tensor, method: str, ridge: float
+    x: Tensor, is_name: Tensor, ww: Tensor, fw: Tensor, folds: Tensor, *, method: str, ridge: float
 ) -> _Replicates:
     """Axes fitted on folds of words, refitted in every replicate: word ``k`` is scored by
     the axis fitted on the replicate's readings of the words outside ``k``'s fold."""
@@ -321,12 +321,20 @@ def _influences(
 def _word_scoped(
     values: Tensor, is_name: Tensor, overlap: Tensor, confidence: float, dtype: torch.dtype
 ) -> ScopedShift:
-    """ "These templates" inference of an estimate from its data and word replicates."""
+    """The inference for these templates of an estimate, from its data and word replicates."""
     n_families = 2  # unused: no family replicates enter the word scope
     dummy = torch.zeros(n_families, values.shape[1], dtype=values.dtype, device=values.device)
     full = torch.cat([values[: 1 + is_name.shape[0]], dummy])
     zero = torch.zeros_like(values[0])
-    return jackknife_scopes(full, is_name, n_families, zero, overlap, confidence, dtype)[SCOPES[0]]
+    return jackknife_scopes(
+        full,
+        is_name,
+        n_families,
+        residual=zero,
+        overlap=overlap,
+        confidence=confidence,
+        dtype=dtype,
+    )[SCOPES[0]]
 
 
 def role_shift_inference(
@@ -363,7 +371,7 @@ def role_shift_inference(
     if n_folds is None:
         rep = _lowo_centroid(x, name, ww, fw)
     else:
-        rep = _folded(x, name, ww, fw, unit_folds(name, n_folds, seed), method, ridge)
+        rep = _folded(x, name, ww, fw, unit_folds(name, n_folds, seed), method=method, ridge=ridge)
     cal = _calibrate(rep, name, ww, fw)
     gap = cal.held_names[0] - cal.held_objects[0]
     infl = _influences(x, cal.cells[0], name, gap, axis=method == "centroid")
@@ -379,7 +387,15 @@ def role_shift_inference(
         over = {"objects": zero[:, 0], "names": zero[:, 0]}
         over |= {"family_objects": zero[:, 1:], "family_names": zero[:, 1:]}
     scoped = {
-        key: jackknife_scopes(values, name, n_families, res_v, over_v, confidence, cells.dtype)
+        key: jackknife_scopes(
+            values,
+            name,
+            n_families,
+            residual=res_v,
+            overlap=over_v,
+            confidence=confidence,
+            dtype=cells.dtype,
+        )
         for key, values, res_v, over_v in (
             ("objects", cal.objects, res["objects"], over["objects"]),
             ("names", cal.names, res["names"], over["names"]),

@@ -142,7 +142,7 @@ def _store_probe_axes(
     counts = torch.bincount(row_cell[row_fold >= 0], minlength=n_cells)
     axes = []
     for h, fit in zip(
-        held_out, fold_fits(store, row_fold, row_cell, cell_fold, cell_y, held_out, ridge),
+        held_out, fold_fits(store, row_fold, row_cell, cell_fold, cell_y, held_out, ridge=ridge),
         strict=True,
     ):  # fmt: skip
         trained = cell_fold != h if h is not None else torch.ones(n_cells, dtype=torch.bool)
@@ -233,7 +233,9 @@ def cross_fitted_subjecthood(
     folds = unit_folds(unit_label, n_folds, seed)
     row_fold = folds[row_unit]
     if is_store(x):
-        return _store_cross_fitted(x, lab, fit, row_fold, folds, n_folds, method, ridge)
+        return _store_cross_fitted(
+            x, lab, fit, row_fold, folds, n_folds=n_folds, method=method, ridge=ridge
+        )
     scores = torch.empty(x.shape[:2], dtype=x.dtype, device=x.device)
     axes = []
     for f in range(n_folds):
@@ -250,6 +252,7 @@ def _store_cross_fitted(
     fit: Tensor,
     row_fold: Tensor,
     folds: Tensor,
+    *,
     n_folds: int,
     method: str,
     ridge: float,

@@ -82,6 +82,7 @@ class CompiledSpec:
 
     @property
     def d_head(self) -> int:
+        """Width of each head."""
         return self.d_model // self.n_heads
 
 
@@ -109,100 +110,152 @@ def _scale(layer_heads_before: int, d: int) -> float:
 
 def build_weights(spec: CompiledSpec) -> dict[str, np.ndarray]:
     """Hugging Face GPT-2 state-dict arrays (float64) for ``spec``."""
-    d, dh, nh = spec.d_model, spec.d_head, spec.n_heads
-    F = _Features(d)
-    names = spec.names
-    const, bos, isname, other = F.vec("CONST"), F.vec("BOS"), F.vec("ISNAME"), F.vec("OTHER")
-    name_vec = {n: F.vec(f"NAME:{n}") for n in names}
-    pos = [F.vec(f"POS:{p}") for p in range(spec.n_ctx)]
-    a = b = 2**-0.5  # a name's embedding: a ISNAME + b NAME:n (unit identity part)
-    w: dict[str, np.ndarray] = {}
-    wte = np.zeros((len(spec.vocab), d))
+    v = _Vectors.of(spec)
+    heads, written = _circuit_heads(spec, v)  # (feature directions are allotted in order)
+    w = {"transformer.wte.weight": v.embedding(spec), "transformer.wpe.weight": np.stack(v.pos)}
+    for layer in range(spec.n_layers):
+        w.update(_layer_weights(spec, heads, layer))
+    w["transformer.ln_f.weight"], w["transformer.ln_f.bias"] = (
+        np.ones(spec.d_model),
+        np.zeros(spec.d_model),
+    )
+    final = _scale(spec.n_heads * spec.n_layers, spec.d_model)
+    lm_head = np.zeros((len(spec.vocab), spec.d_model))
     for t, tok in enumerate(spec.vocab):
-        if tok == "<|endoftext|>":
-            wte[t] = const + bos
-        elif tok in name_vec:
-            wte[t] = const + a * isname + b * name_vec[tok]
-        else:
-            wte[t] = const + other
-    w["transformer.wte.weight"] = wte
-    w["transformer.wpe.weight"] = np.stack(pos)
+        if tok in v.name:
+            lm_head[t] = final * sum(LOGIT[h] * written[h][tok] for h in LOGIT)
+    w["lm_head.weight"] = lm_head
+    return w
 
-    def name_block(out_prefix: str) -> dict[str, np.ndarray]:
-        return {n: F.vec(f"{out_prefix}:{n}") for n in names}
 
-    heads: dict[tuple[int, int], tuple[list, list, list, list]] = {}
-    # each head: (q columns, k columns, v columns, o rows) as lists of d-vectors; the score is
-    # sum_c (x_q . q_c)(x_k . k_c), the output sum_c (x_k . v_c) o_c, before LayerNorm scaling.
+A = B = 2**-0.5  # a name's embedding: A ISNAME + B NAME:n (a unit identity part)
+
+# A head: (q columns, k columns, v columns, o rows) as lists of d-vectors; its score is
+# sum_c (x_q . q_c)(x_k . k_c), its output sum_c (x_k . v_c) o_c, before LayerNorm scaling.
+Head = tuple[list, list, list, list]
+
+
+@dataclass(frozen=True)
+class _Vectors:
+    """The embedding's feature directions: constant, BOS, is-a-name, other token, each
+    name's identity, each position."""
+
+    features: _Features
+    const: np.ndarray
+    bos: np.ndarray
+    isname: np.ndarray
+    other: np.ndarray
+    name: dict[str, np.ndarray]
+    pos: list[np.ndarray]
+
+    @staticmethod
+    def of(spec: CompiledSpec) -> _Vectors:
+        F = _Features(spec.d_model)
+        const, bos, isname, other = F.vec("CONST"), F.vec("BOS"), F.vec("ISNAME"), F.vec("OTHER")
+        name = {n: F.vec(f"NAME:{n}") for n in spec.names}
+        return _Vectors(
+            F, const, bos, isname, other, name, [F.vec(f"POS:{p}") for p in range(spec.n_ctx)]
+        )
+
+    def block(self, prefix: str) -> dict[str, np.ndarray]:
+        """A direction per name, under ``prefix`` (what a head writes about each name)."""
+        return {n: self.features.vec(f"{prefix}:{n}") for n in self.name}
+
+    def embedding(self, spec: CompiledSpec) -> np.ndarray:
+        wte = np.zeros((len(spec.vocab), spec.d_model))
+        for t, tok in enumerate(spec.vocab):
+            if tok == "<|endoftext|>":
+                wte[t] = self.const + self.bos
+            elif tok in self.name:
+                wte[t] = self.const + A * self.isname + B * self.name[tok]
+            else:
+                wte[t] = self.const + self.other
+        return wte
+
+
+def _circuit_heads(
+    spec: CompiledSpec, v: _Vectors
+) -> tuple[dict[tuple[int, int], Head], dict[str, dict[str, np.ndarray]]]:
+    """Every head's directions, and what each name mover writes per name."""
+    F, names = v.features, spec.names
+    heads: dict[tuple[int, int], Head] = {}
     s, m = np.sqrt(SCORE), np.sqrt(MARGIN)
     # L0H0: duplicate token. score = SCORE [same name] - SCORE [same position] + MARGIN [BOS]
     dup, dup_null = F.vec("DUP"), F.vec("L0H0:null")
-    q = [s * name_vec[n] / b for n in names] + [-s * p for p in pos] + [m * const]
-    k = [s * name_vec[n] / b for n in names] + [s * p for p in pos] + [m * bos]
-    heads[(0, 0)] = (q, k, [isname / a, bos], [dup, dup_null])
+    q = [s * v.name[n] / B for n in names] + [-s * p for p in v.pos] + [m * v.const]
+    k = [s * v.name[n] / B for n in names] + [s * p for p in v.pos] + [m * v.bos]
+    heads[(0, 0)] = (q, k, [v.isname / A, v.bos], [dup, dup_null])
     # L1H0: S-inhibition. score = SCORE [key has DUP] + MARGIN [BOS]; copies the name to INHIBIT
-    inhibit, si_null = name_block("INHIBIT"), F.vec("L1H0:null")
+    inhibit, si_null = v.block("INHIBIT"), F.vec("L1H0:null")
     heads[(1, 0)] = (
-        [s * const, m * const],
-        [s * dup, m * bos],
-        [name_vec[n] / b for n in names] + [bos],
+        [s * v.const, m * v.const],
+        [s * dup, m * v.bos],
+        [v.name[n] / B for n in names] + [v.bos],
         [inhibit[n] for n in names] + [si_null],
     )
-    has_inhibit = sum(inhibit.values())  # reads 1 wherever any INHIBIT is written
-
-    def mover(out: dict[str, np.ndarray], null: np.ndarray, suppress: Sequence[dict] = ()):
-        """score = SCORE [key is a name, INHIBIT present] - SCORE [key is the inhibited name]
-        - MARGIN [key is a name already written by ``suppress``] + MARGIN [BOS]."""
-        q = [s * has_inhibit] + [-s * inhibit[n] for n in names]
-        k = [s * isname / a] + [s * name_vec[n] / b for n in names]
-        for block in suppress:
-            q += [-m * block[n] for n in names]
-            k += [m * name_vec[n] / b for n in names]
-        q, k = q + [m * const], k + [m * bos]
-        return (q, k, [name_vec[n] / b for n in names] + [bos], [out[n] for n in names] + [null])
-
-    written = {h: name_block(f"WRITTEN:{h}") for h in LOGIT}
-    heads[(2, 0)] = mover(written["L2H0"], F.vec("L2H0:null"))
-    heads[(2, 1)] = mover(written["L2H1"], F.vec("L2H1:null"))
-    heads[(2, 2)] = mover(written["L2H2"], F.vec("L2H2:null"))
-    heads[(3, 0)] = mover(written["L3H0"], F.vec("L3H0:null"), (written["L2H0"], written["L2H1"]))
+    written = {h: v.block(f"WRITTEN:{h}") for h in LOGIT}
+    for label, suppress in (("L2H0", ()), ("L2H1", ()), ("L2H2", ()), ("L3H0", ("L2H0", "L2H1"))):
+        layer, h = int(label[1]), int(label[3])
+        blocks = [written[x] for x in suppress]
+        heads[(layer, h)] = _mover(v, inhibit, written[label], F.vec(f"{label}:null"), blocks)
     for layer in range(spec.n_layers):  # distractors: attend BOS, write a constant
         for h in range(spec.n_heads):
             if (layer, h) not in heads:
-                heads[(layer, h)] = ([m * const], [m * bos], [bos], [F.vec(f"L{layer}H{h}:const")])
+                const = F.vec(f"L{layer}H{h}:const")
+                heads[(layer, h)] = ([m * v.const], [m * v.bos], [v.bos], [const])
+    return heads, written
 
-    sqrt_dh = np.sqrt(dh)
-    for layer in range(spec.n_layers):
-        scale = _scale(nh * layer, d)  # LayerNorm divides by this; the weights multiply it back
-        c_attn, c_proj = np.zeros((d, 3 * d)), np.zeros((d, d))
-        for h in range(nh):
-            q, k, v, o = heads[(layer, h)]
-            if max(len(q), len(v)) > dh:
-                raise ValueError(f"head L{layer}H{h} needs more than d_head={dh} dimensions")
-            base = h * dh
-            for c, (qc, kc) in enumerate(zip(q, k, strict=True)):
-                c_attn[:, base + c] = qc * scale * sqrt_dh  # GPT-2 divides scores by sqrt(d_head)
-                c_attn[:, d + base + c] = kc * scale
-            for c, (vc, oc) in enumerate(zip(v, o, strict=True)):
-                c_attn[:, 2 * d + base + c] = vc * scale
-                c_proj[base + c] = oc
-        prefix = f"transformer.h.{layer}."
-        w[prefix + "attn.c_attn.weight"] = c_attn
-        w[prefix + "attn.c_attn.bias"] = np.zeros(3 * d)
-        w[prefix + "attn.c_proj.weight"] = c_proj
-        w[prefix + "attn.c_proj.bias"] = np.zeros(d)
-        for ln in ("ln_1", "ln_2"):
-            w[prefix + f"{ln}.weight"], w[prefix + f"{ln}.bias"] = np.ones(d), np.zeros(d)
-        w[prefix + "mlp.c_fc.weight"], w[prefix + "mlp.c_fc.bias"] = np.zeros((d, 4)), np.zeros(4)
-        w[prefix + "mlp.c_proj.weight"], w[prefix + "mlp.c_proj.bias"] = (
-            np.zeros((4, d)),
-            np.zeros(d),
-        )
-    w["transformer.ln_f.weight"], w["transformer.ln_f.bias"] = np.ones(d), np.zeros(d)
-    final = _scale(nh * spec.n_layers, d)
-    lm_head = np.zeros((len(spec.vocab), d))
-    for t, tok in enumerate(spec.vocab):
-        if tok in name_vec:
-            lm_head[t] = final * sum(LOGIT[h] * written[h][tok] for h in LOGIT)
-    w["lm_head.weight"] = lm_head
+
+def _mover(
+    v: _Vectors,
+    inhibit: dict[str, np.ndarray],
+    out: dict[str, np.ndarray],
+    null: np.ndarray,
+    suppress: Sequence[dict[str, np.ndarray]],
+) -> Head:
+    """A name mover: score = SCORE [key is a name, INHIBIT present] - SCORE [key is the
+    inhibited name] - MARGIN [key is a name already written by ``suppress``] + MARGIN [BOS];
+    it copies the attended name into ``out``."""
+    s, m, names = np.sqrt(SCORE), np.sqrt(MARGIN), list(v.name)
+    q = [s * sum(inhibit.values())] + [-s * inhibit[n] for n in names]
+    k = [s * v.isname / A] + [s * v.name[n] / B for n in names]
+    for block in suppress:
+        q += [-m * block[n] for n in names]
+        k += [m * v.name[n] / B for n in names]
+    q, k = q + [m * v.const], k + [m * v.bos]
+    return (q, k, [v.name[n] / B for n in names] + [v.bos], [out[n] for n in names] + [null])
+
+
+def _layer_weights(
+    spec: CompiledSpec, heads: dict[tuple[int, int], Head], layer: int
+) -> dict[str, np.ndarray]:
+    """Block ``layer``'s weights: its heads' directions scaled back from LayerNorm, zero
+    MLP (attention only), identity norms."""
+    d, dh, nh = spec.d_model, spec.d_head, spec.n_heads
+    scale = _scale(nh * layer, d)  # LayerNorm divides by this; the weights multiply it back
+    c_attn, c_proj = np.zeros((d, 3 * d)), np.zeros((d, d))
+    for h in range(nh):
+        q, k, v, o = heads[(layer, h)]
+        if max(len(q), len(v)) > dh:
+            raise ValueError(f"head L{layer}H{h} needs more than d_head={dh} dimensions")
+        base = h * dh
+        for c, (qc, kc) in enumerate(zip(q, k, strict=True)):
+            c_attn[:, base + c] = qc * scale * np.sqrt(dh)  # GPT-2 divides scores by sqrt(d_head)
+            c_attn[:, d + base + c] = kc * scale
+        for c, (vc, oc) in enumerate(zip(v, o, strict=True)):
+            c_attn[:, 2 * d + base + c] = vc * scale
+            c_proj[base + c] = oc
+    prefix = f"transformer.h.{layer}."
+    w = {
+        prefix + "attn.c_attn.weight": c_attn,
+        prefix + "attn.c_attn.bias": np.zeros(3 * d),
+        prefix + "attn.c_proj.weight": c_proj,
+        prefix + "attn.c_proj.bias": np.zeros(d),
+        prefix + "mlp.c_fc.weight": np.zeros((d, 4)),
+        prefix + "mlp.c_fc.bias": np.zeros(4),
+        prefix + "mlp.c_proj.weight": np.zeros((4, d)),
+        prefix + "mlp.c_proj.bias": np.zeros(d),
+    }
+    for ln in ("ln_1", "ln_2"):
+        w[prefix + f"{ln}.weight"], w[prefix + f"{ln}.bias"] = np.ones(d), np.zeros(d)
     return w

@@ -88,6 +88,7 @@ def vocabulary() -> list[str]:
 
 
 def ioi_example(rng: random.Random, names: tuple[str, ...], templates: range) -> IOIPrompt:
+    """One IOI prompt: two names, a template from ``templates``, ABBA or BABA order."""
     io, s = rng.sample(names, 2)
     t = rng.choice(list(templates))
     order: Order = rng.choice(["ABBA", "BABA"])
@@ -150,7 +151,7 @@ def _story(rng: random.Random) -> tuple[str, str]:
 
 
 def _roll_call(rng: random.Random) -> str:
-    """ "N went ." on a name's first mention, "N returned ." on a repeat: predicting the
+    """Texts with "N went ." on a name's first mention, "N returned ." on a repeat: predicting the
     word after each name needs "was this name seen before?" (a duplicate-token head)."""
     names = rng.sample(NAMES, rng.randint(2, 5))
     seen: set[str] = set()

@@ -61,6 +61,7 @@ def _positive_int(value: object) -> bool:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, bos_id: int):
+    """The toy model: GPT-2's architecture, attention only (every MLP fixed at zero)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_cfg = GPT2Config(
@@ -86,6 +87,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, bos_id: int):
 
 
 def encode(tokenizer, text: str, bos_id: int) -> list[int]:
+    """A text's token ids, BOS first."""
     return [bos_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -205,6 +207,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``mi-cluster train-toy`` command: train, then install into ``--out``."""
     parser = argparse.ArgumentParser(prog=COMMAND, description=(__doc__ or COMMAND).splitlines()[0])
     parser.add_argument(
         "--out",

@@ -1,4 +1,4 @@
-"""Evaluating a hypothesised circuit (Wang et al. 2022, Section 4): does a set of heads,
+r"""Evaluating a hypothesised circuit (Wang et al. 2022, Section 4): does a set of heads,
 with every other head knocked out, do what the model does?
 
 For a metric F (here the IOI logit difference IO - S, averaged over prompts), M the model
@@ -7,9 +7,9 @@ replaced by its mean over a reference distribution (the paper's choice: ABC prom
 resampled from a reference prompt of the same length:
 
 - faithfulness: ``|F(M) - F(C)|`` and the share ``F(C) / F(M)`` the circuit keeps;
-- completeness: for subsets K of C, ``|F(C \\ K) - F(M \\ K)|`` (a complete circuit loses
+- completeness: for subsets K of C, ``|F(C \ K) - F(M \ K)|`` (a complete circuit loses
   what the model loses when K is removed), worst and mean over K;
-- minimality: each head's marginal contribution ``F(C) - F(C \\ {v})``;
+- minimality: each head's marginal contribution ``F(C) - F(C \ {v})``;
 - chance: the same F for random circuits of the same size drawn from the same layers, and
   the p-value of "C keeps more than such a circuit".
 
@@ -46,7 +46,7 @@ __all__ = ["CircuitEvaluation", "evaluate_circuit"]
 
 @dataclass(frozen=True)
 class CircuitEvaluation:
-    """A circuit's faithfulness, completeness and minimality, and its comparison with chance.
+    r"""A circuit's faithfulness, completeness and minimality, and its comparison with chance.
 
     Fields:
         heads: the circuit.
@@ -56,7 +56,7 @@ class CircuitEvaluation:
         empty_metric: F with every head ablated (what no circuit keeps).
         kept: F(C) / F(M), the share of the model's metric the circuit keeps.
         faithfulness: |F(M) - F(C)|; faithfulness_ci: interval of F(M) - F(C) over prompts.
-        completeness_mean, completeness_worst: |F(C \\ K) - F(M \\ K)| over the subsets K
+        completeness_mean, completeness_worst: |F(C \ K) - F(M \ K)| over the subsets K
             tried (``completeness_subsets`` of them, all non-empty ones when few).
         minimality: per head ``"LxHy"``, F(C) - F(C without it).
         random_mean: mean F of the random circuits; random_metrics: each one's F.

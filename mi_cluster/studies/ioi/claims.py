@@ -193,6 +193,7 @@ def _against_sets(
     heads: tuple[Head, ...],
     per_unit: Tensor,
     null: Sequence[float],
+    *,
     sets: list,
     exact: bool,
     pool: Pool,
@@ -379,20 +380,31 @@ def ablation_test(
     drops = ablation_drops(model, prep, [heads, *sets], replace, rows_per_pass)
     claim = f"logit difference drop under {method} ablation"
     null = drops[1:].mean(-1).tolist()
-    return _against_sets(claim, heads, drops[0], null, sets, exact, pool, alternative, seed)
+    return _against_sets(
+        claim,
+        heads,
+        drops[0],
+        null,
+        sets=sets,
+        exact=exact,
+        pool=pool,
+        alternative=alternative,
+        seed=seed,
+    )
 
 
 def attention_test(
     model: HookedModel,
     prompts: Sequence[IOIPrompt],
     heads: Sequence[Head],
+    *,
     query: str = "end",
     key: str = "io",
     versus: str = "s1",
     n_permutations: int = 10_000,
     seed: int = 0,
 ) -> HeadClaim:
-    """ "The heads attend ``query`` -> ``key`` more than ``query`` -> ``versus``": the
+    """The claim "the heads attend ``query`` -> ``key`` more than ``query`` -> ``versus``": the
     per-prompt difference of attention probabilities, averaged over the heads, tested by
     flipping the signs of whole prompts' differences (one-sided; exact for few prompts)."""
     heads = check_heads(model, heads)
@@ -442,7 +454,17 @@ def copy_score_test(
     sets, exact = random_head_sets(model, heads, n_random, pool, seed)
     null = [float(torch.stack([scores[h] for h in hs]).mean()) for hs in sets]
     claim = f"{'negative ' if negative else ''}copy score (top-{k}, {variant})"
-    return _against_sets(claim, heads, per_name, null, sets, exact, pool, "greater", seed)
+    return _against_sets(
+        claim,
+        heads,
+        per_name,
+        null,
+        sets=sets,
+        exact=exact,
+        pool=pool,
+        alternative="greater",
+        seed=seed,
+    )
 
 
 def direct_effect_test(
@@ -487,6 +509,14 @@ def direct_effect_test(
     null = [float(sum(mean_drop[h] for h in hs)) for hs in sets]
     ln = "frozen" if "frozen" in path.site else "recomputed"
     return _against_sets(
-        f"direct effect (path to logits, final LN {ln})", heads, per_prompt, null, sets, exact,
-        pool, alternative, seed, ", sums of single-head effects",
-    )  # fmt: skip
+        f"direct effect (path to logits, final LN {ln})",
+        heads,
+        per_prompt,
+        null,
+        sets=sets,
+        exact=exact,
+        pool=pool,
+        alternative=alternative,
+        seed=seed,
+        note=", sums of single-head effects",
+    )

@@ -347,6 +347,7 @@ def patch_head_attention_effect(
     corrupt: Sequence[IOIPrompt],
     sender: tuple[int, int],
     receivers: Sequence[tuple[int, int]],
+    *,
     at: str = "end",
     key: str = "s1",
 ) -> Float[Tensor, " receiver"]:

@@ -193,6 +193,7 @@ class RoleDesign:
 
     @property
     def texts(self) -> list[str]:
+        """Every prompt of the design, in order."""
         return [it.text for it in self.items]
 
     def positions(self) -> Positions:
@@ -212,6 +213,7 @@ class RoleDesign:
 
     @property
     def is_name(self) -> torch.Tensor:
+        """Whether each prompt's word is a name."""
         return torch.tensor([it.word_type == "name" for it in self.items])
 
     def cell_index(self, role: str) -> torch.Tensor:
@@ -309,7 +311,8 @@ def role_design(
 
     Args:
         model_or_tokenizer: the model (or its tokenizer) that will read the prompts.
-        names, objects: the words (at least two of each must survive the checks).
+        names: the name words (at least two must survive the checks).
+        objects: the object words (at least two must survive the checks).
         families: template families (each needs ``{W}``; ``{X}`` is optional).
         capitalize: capitalise a read word that starts a sentence (``"Lamp went ..."``).
             ``"auto"``: unless the tokenizer knows some object only in lowercase (a
@@ -321,6 +324,46 @@ def role_design(
         subtoken: the sub-token rule for ``"reduce"``.
         alone: also read each word alone.
     """
+    _check_arguments(names, objects, families, multi_token, subtoken)
+    tokenizer = get_tokenizer(model_or_tokenizer)
+    if capitalize == "auto":
+        capitalize = not _lowercase_only(tokenizer, objects)
+    elif not isinstance(capitalize, bool):
+        raise ValueError(f"capitalize must be True, False or 'auto', got {capitalize!r}")
+    survey = _survey(tokenizer, _build(names, objects, families, capitalize, alone))
+    dropped, reduced = _resolve(survey, multi_token, subtoken)
+    kept_names = tuple(w for w in names if w not in dropped)
+    kept_objects = tuple(w for w in objects if w not in dropped)
+    if len(kept_names) < 2 or len(kept_objects) < 2:
+        raise ValueError(
+            f"too few words left after the tokenizer checks ({len(kept_names)} names, "
+            f"{len(kept_objects)} objects; at least 2 of each): "
+            + "; ".join(f"{w}: {why}" for w, why in list(dropped.items())[:6])
+        )
+    gaps = tuple(
+        (fam.name, survey.position_gap(kept_names + kept_objects, fam.name)) for fam in families
+    )
+    return RoleDesign(
+        items=tuple(_build(kept_names, kept_objects, families, capitalize, alone)),
+        names=kept_names,
+        objects=kept_objects,
+        families=tuple(families),
+        dropped=tuple(dropped.items()),
+        reduced=reduced,
+        subtoken=subtoken,
+        capitalize=capitalize,
+        tokenizer=str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
+        position_gaps=gaps,
+    )
+
+
+def _check_arguments(
+    names: Sequence[str],
+    objects: Sequence[str],
+    families: Sequence[TemplateFamily],
+    multi_token: str,
+    subtoken: str,
+) -> None:
     if multi_token not in ("drop", "reduce", "error"):
         raise ValueError(f"multi_token must be 'drop', 'reduce' or 'error', got {multi_token!r}")
     if subtoken not in ("first", "last", "mean"):
@@ -335,17 +378,32 @@ def role_design(
     overlap = set(names) & set(objects)
     if overlap:
         raise ValueError(f"words listed both as names and objects: {sorted(overlap)}")
-    tokenizer = get_tokenizer(model_or_tokenizer)
-    if capitalize == "auto":
-        capitalize = not _lowercase_only(tokenizer, objects)
-    elif not isinstance(capitalize, bool):
-        raise ValueError(f"capitalize must be True, False or 'auto', got {capitalize!r}")
-    dropped: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """What the tokenizer makes of every word in every prompt: the words it does not know
+    and the words it splits (each with why, in words), and where each word first sits in
+    each family and role."""
+
+    unknown: dict[str, str]
+    split: dict[str, str]
+    first_pos: dict[tuple[str, str, str], int]  # (word, family, role) -> first position
+
+    def position_gap(self, words: Sequence[str], family: str) -> int:
+        """The largest shift of a word's position between a family's two roles."""
+        at = self.first_pos
+        return max(abs(at[(w, family, "object")] - at[(w, family, "subject")]) for w in words)
+
+
+def _survey(tokenizer: Tokenizer, items: Sequence[RoleItem]) -> _Survey:
+    """Tokenize every item, refusing a template word the tokenizer does not know."""
+    unknown_words: dict[str, str] = {}
     split: dict[str, str] = {}
-    first_pos: dict[tuple[str, str, str], int] = {}  # (word, family, role) -> first position
-    for item in _build(names, objects, families, capitalize, alone):
+    first_pos: dict[tuple[str, str, str], int] = {}
+    for item in items:
         tp = tokenize_prompt(tokenizer, item.text)
-        span = word_positions(tp, item.word, allow_unknown=True)  # dropped below, named
+        span = word_positions(tp, item.word, allow_unknown=True)  # dropped later, named
         unknown = unknown_tokens(tokenizer, tp)
         outside = [t for p, t in unknown if p not in span]
         if outside:
@@ -353,17 +411,23 @@ def role_design(
                 f"the tokenizer does not know {sorted(set(outside))} in template prompt "
                 f"{item.text!r}; use templates made of words it knows"
             )
-        pieces = [tp.str_tokens[p] for p in span]
         first_pos[(item.lemma, item.family, item.role)] = span[0]
-        if unknown and item.lemma not in dropped:
-            hint = (
-                " (capitalised at a sentence start; try capitalize=False)"
-                if item.word != item.lemma
-                else ""
-            )
-            dropped[item.lemma] = f"unknown to the tokenizer as {item.word!r}{hint}"
+        if unknown and item.lemma not in unknown_words:
+            hint = " (capitalised at a sentence start; try capitalize=False)"
+            why = f"unknown to the tokenizer as {item.word!r}"
+            unknown_words[item.lemma] = why + (hint if item.word != item.lemma else "")
         elif len(span) > 1 and item.lemma not in split:
+            pieces = [tp.str_tokens[p] for p in span]
             split[item.lemma] = f"{len(span)} tokens {pieces!r} in {item.text!r}"
+    return _Survey(unknown_words, split, first_pos)
+
+
+def _resolve(
+    survey: _Survey, multi_token: str, subtoken: str
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The words dropped (with why) and those read by the sub-token rule, each set named
+    in a warning; a split word under ``multi_token="error"`` is refused."""
+    dropped, split = dict(survey.unknown), survey.split
     if multi_token == "error" and split:
         word, why = next(iter(split.items()))
         raise NotSingleTokenError(
@@ -380,46 +444,16 @@ def role_design(
             f"dropped {len(dropped)} word(s) from the design: "
             + "; ".join(f"{w}: {why}" for w, why in dropped.items()),
             UnknownWordWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if reduced:
         warnings.warn(
             f"{len(reduced)} word(s) are several tokens and are read as the {subtoken} of "
             f"their sub-tokens: {', '.join(reduced)}",
             UnknownWordWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    kept_names = tuple(w for w in names if w not in dropped)
-    kept_objects = tuple(w for w in objects if w not in dropped)
-    if len(kept_names) < 2 or len(kept_objects) < 2:
-        raise ValueError(
-            f"too few words left after the tokenizer checks ({len(kept_names)} names, "
-            f"{len(kept_objects)} objects; at least 2 of each): "
-            + "; ".join(f"{w}: {why}" for w, why in list(dropped.items())[:6])
-        )
-    items = _build(kept_names, kept_objects, families, capitalize, alone)
-    gaps = tuple(
-        (
-            fam.name,
-            max(
-                abs(first_pos[(w, fam.name, "object")] - first_pos[(w, fam.name, "subject")])
-                for w in kept_names + kept_objects
-            ),
-        )
-        for fam in families
-    )
-    return RoleDesign(
-        items=tuple(items),
-        names=kept_names,
-        objects=kept_objects,
-        families=tuple(families),
-        dropped=tuple(dropped.items()),
-        reduced=reduced,
-        subtoken=subtoken,
-        capitalize=capitalize,
-        tokenizer=str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
-        position_gaps=gaps,
-    )
+    return dropped, reduced
 
 
 @dataclass(frozen=True)

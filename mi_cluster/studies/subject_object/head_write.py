@@ -103,13 +103,17 @@ def head_write_view(
 
     Args:
         model: a TransformerLens model.
-        prompts, positions: what to read; every prompt must give exactly one row.
-        layer, head: the head.
+        prompts: the prompts; each must give exactly one row.
+        positions: which token of each prompt is read.
+        layer: the head's layer.
+        head: the head's index in its layer.
         is_name: per prompt, True for name rows and False for object rows; the second basis
             direction is then the name-minus-object centroid axis of the ``before`` rows.
             Without it, the head's second OV write direction.
-        groups, labels: per prompt, a group (colour) and a hover label.
-        batch_size, progress: collection settings.
+        groups: per prompt, a group (a colour in the figure).
+        labels: per prompt, a hover label.
+        batch_size: prompts per forward pass.
+        progress: a progress bar over batches.
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if not (0 <= layer < n_layers and 0 <= head < n_heads):

@@ -347,6 +347,7 @@ def _offsets(values: Tensor, pos_axis: int, read: Tensor, span: range) -> Tensor
 def _share(
     site: str,
     result: PatchResult,
+    *,
     values: Tensor,
     pairs: RolePairs,
     axes: tuple[str, ...],
@@ -428,7 +429,8 @@ def attribute_role_shift(
             positive fraction (at layers 1 .. ``layer``); 0 for none.
         attribution: also run attribution patching and report its correlation.
         alpha: significance level.
-        max_batch_size, progress: patching settings.
+        max_batch_size: rows per patching forward pass (default: what fits).
+        progress: progress bars over the patching passes.
     """
     sites = _check_request(model, layer, sites)
     all_cells, is_name = _study_cells(model, design, progress)  # [layer, word, family, role, d]

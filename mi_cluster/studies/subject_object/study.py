@@ -137,14 +137,16 @@ def run_subject_object_study(
             :func:`~mi_cluster.studies.subject_object.design.role_design` for the model.
         method: subjecthood axis, ``"centroid"`` (each word left out alone, in closed form)
             or ``"probe"`` (fitted on ``n_folds`` folds of words).
-        n_permutations, n_bootstrap: resamples of the separation tests (bootstraps at most
-            2,000); the shifts' inference is a jackknife and needs none.
-        n_folds, ridge: folds of words for the probe (axis and separation), and its
-            relative penalty.
+        n_permutations: label permutations of the separation tests (the shifts'
+            inference is a jackknife and needs none).
+        n_bootstrap: bootstrap resamples of the separation intervals (at most 2,000).
+        n_folds: folds of words for the probe (axis and separation).
+        ridge: the probe's relative penalty.
         statistics: separation statistics to test.
         seed: one seed for every resample of the study.
         alpha: significance level for :meth:`SubjectObjectStudy.answer`.
-        batch_size, progress: collection settings.
+        batch_size: prompts per forward pass.
+        progress: a progress bar over batches.
         max_memory: bytes of intermediates per chunk of resamples.
     """
     design = design if design is not None else role_design(model)
