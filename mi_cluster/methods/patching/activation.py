@@ -128,8 +128,8 @@ class PatchResult:
     labels: dict[str, list[str]]
     direction: str
     metric: str
-    clean: Float[Tensor, "prompt *value"]
-    corrupted: Float[Tensor, "prompt *value"]
+    clean: Float[Tensor, " prompt *value"]
+    corrupted: Float[Tensor, " prompt *value"]
     value_shape: tuple[int, ...] = ()
 
     def mean(self) -> Float[Tensor, "..."]:
