@@ -82,7 +82,8 @@ def run_children(script: str, methods: tuple[str, ...], args: argparse.Namespace
 def child(method: str, args: argparse.Namespace) -> None:
     import torch
 
-    from mi_cluster.collection.activations import collect, hook_name
+    from mi_cluster.collection.activations import collect
+    from mi_cluster.core.hooks import hook_name
     from mi_cluster.models.loading import load_model
     from mi_cluster.models.tiny import TinyConfig
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mi_cluster.collection.activations import Positions, hook_name
+from mi_cluster.collection.activations import Positions
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.prompts import tokenize_prompt
 from mi_cluster.studies.subject_object.head_write import head_write_view
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformer_lens.patching as TLP
 
-from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.prompts import single_token_id
 from mi_cluster.methods.patching import (
     Metric,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.prompts import tokenize_prompt
 from mi_cluster.methods.stats import SCOPES, StatsInputError, crossed_ratio_interval
 from mi_cluster.methods.stats.resampling import crossed_counts

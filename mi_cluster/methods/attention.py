@@ -20,7 +20,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mi_cluster.collection.activations import hook_name, pad_tokens
+from mi_cluster.collection.activations import pad_tokens
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, model_device, model_info
 from mi_cluster.core.prompts import get_tokenizer, tokenize_prompt, unique_token_labels
 from mi_cluster.core.protocols import HookedModel

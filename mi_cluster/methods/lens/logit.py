@@ -169,6 +169,72 @@ def _answers(
     return per_prompt[torch.tensor(prompt_index, dtype=torch.long)]
 
 
+@dataclass
+class _Readings:
+    """What the lens keeps of every layer and row, filled a chunk of rows at a time (on
+    the CPU, in the residuals' dtype; ranks as longs)."""
+
+    top_ids: Tensor
+    top_lp: Tensor
+    watch: Tensor  # the watched token ids
+    w_ranks: Tensor
+    w_lp: Tensor
+    kl: Tensor
+    answer_ids: Tensor | None
+    diff: Tensor | None
+    a_ranks: Tensor | None
+    full: Tensor | None
+
+    @staticmethod
+    def empty(
+        resid: Tensor,
+        k: int,
+        watch_ids: Sequence[int],
+        answer_ids: Tensor | None,
+        d_vocab: int | None,
+    ) -> _Readings:
+        """Buffers for ``resid [layer, row, d_model]``; ``d_vocab``: keep log-probabilities."""
+        n_layers, n_rows, dt = resid.shape[0], resid.shape[1], resid.dtype
+        answered = answer_ids is not None
+        return _Readings(
+            top_ids=torch.empty((n_layers, n_rows, k), dtype=torch.long),
+            top_lp=torch.empty((n_layers, n_rows, k), dtype=dt),
+            watch=torch.tensor(list(watch_ids), dtype=torch.long),
+            w_ranks=torch.empty((n_layers, n_rows, len(watch_ids)), dtype=torch.long),
+            w_lp=torch.empty((n_layers, n_rows, len(watch_ids)), dtype=dt),
+            kl=torch.empty((n_layers, n_rows), dtype=dt),
+            answer_ids=answer_ids,
+            diff=torch.empty((n_layers, n_rows), dtype=dt) if answered else None,
+            a_ranks=torch.empty((n_layers, n_rows, 2), dtype=torch.long) if answered else None,
+            full=None if d_vocab is None else torch.empty((n_layers, n_rows, d_vocab), dtype=dt),
+        )
+
+    def record(
+        self, layer: int, rows: slice, logits: Tensor, lp: Tensor | None, final: Tensor
+    ) -> None:
+        """Keep layer ``layer``'s readings of ``rows`` from its ``logits`` (``lp``: their
+        log-probabilities when already computed; ``final``: the last layer's). Ranks and
+        logit differences are read off the logits, not the log-probabilities: the same
+        order, without log_softmax's rounding; the logits are where the head is (on a device
+        map, the last device)."""
+        lp = torch.log_softmax(logits, -1) if lp is None else lp
+        dt = self.top_lp.dtype
+        values, ids = lp.topk(self.top_ids.shape[-1], dim=-1)
+        self.top_ids[layer, rows], self.top_lp[layer, rows] = ids.cpu(), values.to(dt).cpu()
+        if len(self.watch):
+            watch = self.watch.to(logits.device)
+            self.w_lp[layer, rows] = lp[:, watch].to(dt).cpu()
+            watched = logits[:, watch]
+            self.w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
+        self.kl[layer, rows] = kl_from_log_probs(final, lp).to(dt).cpu()
+        if self.answer_ids is not None and self.diff is not None and self.a_ranks is not None:
+            answer = logits.gather(1, self.answer_ids[rows].to(logits.device))  # [row, 2]
+            self.diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(dt).cpu()
+            self.a_ranks[layer, rows] = (logits[:, None, :] > answer[:, :, None]).sum(-1).cpu()
+        if self.full is not None:
+            self.full[layer, rows] = lp.to(dt).cpu()
+
+
 def logit_lens(
     model: HookedModel,
     prompts: Sequence[str],
@@ -225,19 +291,11 @@ def logit_lens(
             "a word's mean sub-token) have no next-token prediction"
         )
     resid = acts.tensor  # [layer, row, d_model]
-    n_layers, n_rows = resid.shape[0], resid.shape[1]
     answer_ids = (
         None if answers is None else _answers(model, answers, acts.prompt_index, len(prompts))
     )
-    watch_t = torch.tensor(watch_ids, dtype=torch.long, device=dev)
-    top_ids = torch.empty((n_layers, n_rows, k), dtype=torch.long)
-    top_lp = torch.empty((n_layers, n_rows, k), dtype=resid.dtype)
-    w_ranks = torch.empty((n_layers, n_rows, len(watch_ids)), dtype=torch.long)
-    w_lp = torch.empty((n_layers, n_rows, len(watch_ids)), dtype=resid.dtype)
-    kl = torch.empty((n_layers, n_rows), dtype=resid.dtype)
-    diff = None if answer_ids is None else torch.empty((n_layers, n_rows), dtype=resid.dtype)
-    a_ranks = None if answer_ids is None else torch.empty((n_layers, n_rows, 2), dtype=torch.long)
-    full = torch.empty((n_layers, n_rows, d_vocab), dtype=resid.dtype) if keep_log_probs else None
+    out = _Readings.empty(resid, k, watch_ids, answer_ids, d_vocab if keep_log_probs else None)
+    n_layers, n_rows = resid.shape[0], resid.shape[1]
     chunk = max(1, CHUNK_ELEMENTS // d_vocab)
     with torch.no_grad():
         for start in range(0, n_rows, chunk):
@@ -245,46 +303,30 @@ def logit_lens(
             final_logits = residual_logits(model, resid[-1, rows]).float()
             final = torch.log_softmax(final_logits, -1)
             for layer in range(n_layers):
-                # Ranks and logit differences are read off the logits, not the
-                # log-probabilities: the same order, without log_softmax's rounding.
                 last = layer == n_layers - 1
                 logits = (
                     final_logits if last else layer_logits(model, resid[layer, rows], layer, lens)
                 )
-                lp = final if last else torch.log_softmax(logits, -1)
-                values, ids = lp.topk(k, dim=-1)
-                top_ids[layer, rows], top_lp[layer, rows] = ids.cpu(), values.to(resid.dtype).cpu()
-                if watch_ids:  # (the logits are where the head is: a device map's last)
-                    watch_t = watch_t.to(logits.device)
-                    w_lp[layer, rows] = lp[:, watch_t].to(resid.dtype).cpu()
-                    watched = logits[:, watch_t]
-                    w_ranks[layer, rows] = (logits[:, None, :] > watched[:, :, None]).sum(-1).cpu()
-                kl[layer, rows] = kl_from_log_probs(final, lp).to(resid.dtype).cpu()
-                if diff is not None and answer_ids is not None and a_ranks is not None:
-                    answer = logits.gather(1, answer_ids[rows].to(logits.device))  # [row, 2]
-                    diff[layer, rows] = (answer[:, 0] - answer[:, 1]).to(resid.dtype).cpu()
-                    a_ranks[layer, rows] = (logits[:, None, :] > answer[:, :, None]).sum(-1).cpu()
-                if full is not None:
-                    full[layer, rows] = lp.to(resid.dtype).cpu()
+                out.record(layer, rows, logits, final if last else None, final)
     decode = _decoder(model)
     top_tokens = tuple(
-        tuple(tuple(decode(i) for i in row) for row in layer.tolist()) for layer in top_ids
+        tuple(tuple(decode(i) for i in row) for row in layer.tolist()) for layer in out.top_ids
     )
     return LensResult(
         lens="logit" if lens is None else "tuned",
         layer_labels=acts.layer_labels,
-        top_ids=top_ids,
-        top_log_probs=top_lp,
+        top_ids=out.top_ids,
+        top_log_probs=out.top_lp,
         top_tokens=top_tokens,
         watch_ids=tuple(watch_ids),
         watch_tokens=tuple(decode(i) for i in watch_ids),
-        watch_ranks=w_ranks,
-        watch_log_probs=w_lp,
-        kl_to_final=kl,
+        watch_ranks=out.w_ranks,
+        watch_log_probs=out.w_lp,
+        kl_to_final=out.kl,
         answer_ids=answer_ids,
-        logit_diff=diff,
-        answer_ranks=a_ranks,
-        log_probs=full,
+        logit_diff=out.diff,
+        answer_ranks=out.a_ranks,
+        log_probs=out.full,
         prompts=tuple(prompts),
         prompt_index=acts.prompt_index,
         positions=tuple(p[0] for p in acts.positions),

@@ -37,8 +37,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_cluster.collection.activations import hook_name
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, has_mlps, model_device, site_heads
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.writes import RESID_MID_REFUSAL, is_additive
@@ -301,20 +301,7 @@ def activation_patching(
         grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()
         prompt = torch.arange(pair.batch).repeat(len(flat))
         index = {a: g.repeat_interleave(pair.batch) for a, g in zip(kind.axes, grid, strict=True)}
-        patches = []
-        for li in torch.unique(layer_index).tolist():
-            at_layer = (layer_index == li).nonzero()[:, 0]  # a block-prefix row range
-            name = hook_name(kind.act, layers[li])
-            write = _setter(kind.act, kind.axes, runs.cache(name, source))
-            at = {a: v[at_layer] for a, v in index.items()}
-
-            def patch(
-                act: Tensor, hook: Any, w=write, r=at_layer, p=prompt[at_layer], at=at
-            ) -> Tensor:
-                w(act, r, p, at)
-                return act
-
-            patches.append((name, patch))
+        patches = _patch_hooks(kind, layers, layer_index, index, prompt, runs=runs, source=source)
         row_start = layer_numbers[layer_index]
         out = run_with_metric(
             runs,
@@ -339,6 +326,33 @@ def activation_patching(
         corrupted=corrupted_value,
         value_shape=metric.shape,
     )
+
+
+def _patch_hooks(
+    kind: SiteKind,
+    layers: Sequence[int],
+    layer_index: Tensor,
+    index: dict[str, Tensor],
+    prompt: Tensor,
+    *,
+    runs: Runs,
+    source: str,
+) -> list[tuple[str, Any]]:
+    """One hook per layer a pass patches, writing the ``source`` run's values into each
+    row's site (rows of a layer are a block-prefix row range)."""
+    patches = []
+    for li in torch.unique(layer_index).tolist():
+        at_layer = (layer_index == li).nonzero()[:, 0]
+        name = hook_name(kind.act, layers[li])
+        write = _setter(kind.act, kind.axes, runs.cache(name, source))
+        at = {a: v[at_layer] for a, v in index.items()}
+
+        def patch(act: Tensor, hook: Any, w=write, r=at_layer, p=prompt[at_layer], at=at) -> Tensor:
+            w(act, r, p, at)
+            return act
+
+        patches.append((name, patch))
+    return patches
 
 
 def axis_labels(

@@ -10,12 +10,13 @@ with exact patching (:func:`correlation_with`) before trusting it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.activation import (
     SITE_KINDS,
@@ -24,7 +25,7 @@ from mi_cluster.methods.patching.activation import (
     check_site,
     metric_hook_layer,
 )
-from mi_cluster.methods.patching.inputs import prepare_pair, resolve_positions
+from mi_cluster.methods.patching.inputs import PromptPair, prepare_pair, resolve_positions
 from mi_cluster.methods.patching.metrics import Metric, MetricInput, check_metric_output, validate
 from mi_cluster.methods.patching.runner import PatchingError
 
@@ -68,16 +69,7 @@ def attribution_patching(
     the same axes as :func:`~mi_cluster.methods.patching.activation.activation_patching` and values
     ``m(base) + (a' - a) . grad``, so they are compared with exact patching directly.
     """
-    bad = [s for s in sites if s not in ATTRIBUTION_SITES]
-    if bad:
-        raise PatchingError(f"attribution patching supports {ATTRIBUTION_SITES}, not {bad}")
-    if direction not in ("denoise", "noise"):
-        raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if metric.shape:
-        raise PatchingError(
-            f"attribution patching needs a metric of one number per prompt (one gradient); "
-            f"{metric.name!r} gives shape {metric.shape}"
-        )
+    _check_request(sites, direction, metric)
     pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     layers = range(model.cfg.n_layers)
@@ -95,7 +87,66 @@ def attribution_patching(
         for s, ns in names.items()
         for n in ns
     }
-    wanted = sorted(set(grad_at) | set(grad_at.values()))
+    run = _gradient_run(
+        model, pair, metric, direction, sorted(set(grad_at) | set(grad_at.values()))
+    )
+    out = {}
+    for s in sites:
+        per_layer = [run.first_order(n, grad_at[n], s) for n in names[s]]
+        # [layer, prompt, ...], gathered where the metric is (layers may sit on several GPUs)
+        effect = torch.stack([e.to(run.base_value.device) for e in per_layer])
+        values = run.base_value + effect.movedim(1, -1)  # [layer, ..., prompt]
+        kind = SITE_KINDS[s]
+        out[s] = PatchResult(
+            values=values.detach(),
+            site=f"attribution {s}",
+            axes=("layer", *kind.axes),
+            labels=axis_labels(model, pair, layers, kind.axes),
+            direction=direction,
+            metric=metric.name,
+            clean=run.clean_value,
+            corrupted=run.corrupted_value,
+        )
+    return out
+
+
+def _check_request(sites: Sequence[str], direction: str, metric: Metric) -> None:
+    bad = [s for s in sites if s not in ATTRIBUTION_SITES]
+    if bad:
+        raise PatchingError(f"attribution patching supports {ATTRIBUTION_SITES}, not {bad}")
+    if direction not in ("denoise", "noise"):
+        raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    if metric.shape:
+        raise PatchingError(
+            f"attribution patching needs a metric of one number per prompt (one gradient); "
+            f"{metric.name!r} gives shape {metric.shape}"
+        )
+
+
+@dataclass(frozen=True)
+class _GradientRun:
+    """The source run's activations, the base run's (kept in the graph) and the metric's
+    gradient at each, with the metric on both runs."""
+
+    source: dict[str, Tensor]
+    base: dict[str, Tensor]
+    grad: dict[str, Tensor]
+    base_value: Tensor
+    clean_value: Tensor
+    corrupted_value: Tensor
+
+    def first_order(self, name: str, grad_name: str, site: str) -> Tensor:
+        """``(a' - a) . grad`` at hook ``name`` (the gradient taken at ``grad_name``),
+        reduced to the site kind's components, ``[prompt, ...]``."""
+        delta = self.source[name] - self.base[name].detach()
+        return _reduce(delta * self.grad[grad_name], site)
+
+
+def _gradient_run(
+    model: HookedModel, pair: PromptPair, metric: Metric, direction: str, wanted: list[str]
+) -> _GradientRun:
+    """Forward the source run; forward the base run keeping ``wanted`` in the graph, and
+    take the metric's gradient at each (two forward passes, one backward)."""
     cached = sorted(set(wanted) | set(metric.reads))
     positions = resolve_positions(metric.positions, pair)
     base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
@@ -144,26 +195,8 @@ def attribution_patching(
     clean_value, corrupted_value = (
         (source_value, base_value) if direction == "denoise" else (base_value, source_value)
     )
-    out = {}
-    for s in sites:
-        per_layer = [
-            _reduce((source_cache[n] - kept[n].detach()) * grad[grad_at[n]], s) for n in names[s]
-        ]
-        # [layer, prompt, ...], gathered where the metric is (layers may sit on several GPUs)
-        effect = torch.stack([e.to(base_value.device) for e in per_layer])
-        values = base_value + effect.movedim(1, -1)  # [layer, ..., prompt]
-        kind = SITE_KINDS[s]
-        out[s] = PatchResult(
-            values=values.detach(),
-            site=f"attribution {s}",
-            axes=("layer", *kind.axes),
-            labels=axis_labels(model, pair, layers, kind.axes),
-            direction=direction,
-            metric=metric.name,
-            clean=clean_value,
-            corrupted=corrupted_value,
-        )
-    return out
+    source_acts = {n: source_cache[n] for n in cached}
+    return _GradientRun(source_acts, kept, grad, base_value, clean_value, corrupted_value)
 
 
 def correlation_with(estimate: PatchResult, exact: PatchResult) -> float:

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_cluster.collection.activations import hook_name
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, site_heads
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.activation import (
@@ -109,17 +109,7 @@ def path_patching(
     if direction not in ("denoise", "noise"):
         raise PatchingError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     recv = _check_receivers(model, receivers)
-    if final_ln not in ("recompute", "frozen"):
-        raise PatchingError(f"final_ln must be 'recompute' or 'frozen', got {final_ln!r}")
-    if final_ln == "frozen" and (recv or metric.positions is None):
-        raise PatchingError(
-            "final_ln='frozen' applies to receivers='logits' and a metric read from the logits"
-        )
-    if final_ln == "frozen" and (hasattr(model, "mlm_head") or not hasattr(model, "ln_final")):
-        raise PatchingError(
-            f"final_ln='frozen': a frozen final norm needs a model whose logits follow its final "
-            f"norm; {architecture_name(model)}'s head (a masked-LM transform) has none to freeze"
-        )
+    _check_final_ln(model, final_ln, recv, metric)
     pair = prepare_pair(model, clean, corrupted, lengths)
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -157,18 +147,7 @@ def path_patching(
         prompt = torch.arange(pair.batch).repeat(len(senders))
         sender_layer = (senders // n_heads).repeat_interleave(pair.batch)
         head = (senders % n_heads).repeat_interleave(pair.batch)
-        frozen = []
-        for layer in range(int(sender_layer[0]), n_layers):
-            at = (sender_layer == layer).nonzero()[:, 0]
-
-            def freeze(act: Tensor, hook: Any, layer=layer, r=at, p=prompt, h=head[at]) -> Tensor:
-                # every head of the rows that run this layer at its base value, but each
-                # row's sender, at the sender's layer, at its source value
-                act[:] = base_z[layer][p[: act.shape[0]]]
-                act[r, :, h] = source_z[layer][p[r], :, h]
-                return act
-
-            frozen.append((z_names[layer], freeze))
+        frozen = _frozen_heads(z_names, base_z, source_z, sender_layer, head, prompt)
         if not recv:
             out = run_with_metric(
                 runs,
@@ -208,6 +187,46 @@ def path_patching(
         corrupted=corrupted_value,
         value_shape=metric.shape,
     )
+
+
+def _check_final_ln(
+    model: HookedModel, final_ln: str, recv: Sequence[Receiver], metric: Metric
+) -> None:
+    if final_ln not in ("recompute", "frozen"):
+        raise PatchingError(f"final_ln must be 'recompute' or 'frozen', got {final_ln!r}")
+    if final_ln == "frozen" and (recv or metric.positions is None):
+        raise PatchingError(
+            "final_ln='frozen' applies to receivers='logits' and a metric read from the logits"
+        )
+    if final_ln == "frozen" and (hasattr(model, "mlm_head") or not hasattr(model, "ln_final")):
+        raise PatchingError(
+            f"final_ln='frozen': a frozen final norm needs a model whose logits follow its final "
+            f"norm; {architecture_name(model)}'s head (a masked-LM transform) has none to freeze"
+        )
+
+
+def _frozen_heads(
+    z_names: Sequence[str],
+    base_z: Sequence[Tensor],
+    source_z: Sequence[Tensor],
+    sender_layer: Tensor,
+    head: Tensor,
+    prompt: Tensor,
+) -> list[tuple[str, Any]]:
+    """Hooks on ``z`` from the first sender's layer on: every head of the rows that run a
+    layer at its base value, but each row's sender, at the sender's layer, at its source
+    value (rows are numbered layer by layer, so the rows running a layer are a prefix)."""
+    hooks = []
+    for layer in range(int(sender_layer[0]), len(z_names)):
+        at = (sender_layer == layer).nonzero()[:, 0]
+
+        def freeze(act: Tensor, hook: Any, layer=layer, r=at, p=prompt, h=head[at]) -> Tensor:
+            act[:] = base_z[layer][p[: act.shape[0]]]
+            act[r, :, h] = source_z[layer][p[r], :, h]
+            return act
+
+        hooks.append((z_names[layer], freeze))
+    return hooks
 
 
 def _to_receivers(

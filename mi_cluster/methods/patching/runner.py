@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_cluster.collection.activations import hook_name
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, module_device
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.readout import residual_logits

@@ -20,6 +20,7 @@ decision_map`), which is also what lets every statistic stream from an on-disk s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -223,6 +224,75 @@ class SeparationTest:
     n_units: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class _Resampled:
+    """A statistic under resampling: ``perm_stat`` of unit labellings ``[R, unit]`` and
+    ``boot_stat`` of unit weights ``[R, unit]``, each ``[layer, R]``, with the bytes one
+    resample takes."""
+
+    perm_stat: Callable[[Tensor], Tensor]
+    boot_stat: Callable[[Tensor], Tensor]
+    bytes_per: int
+
+
+def _probe_functions(
+    x: RowSource,
+    row_unit: Tensor,
+    unit_label: Tensor,
+    folds: Tensor,
+    *,
+    ridge: float,
+    max_memory: int,
+    dt: torch.dtype,
+    dev: torch.device,
+) -> _Resampled:
+    """The probe's held-out accuracy, from its decision map: the held-out decisions are
+    linear in the units' labels, so every relabelling is one matrix product."""
+    n_layers, n = source_shape(x)[:2]
+    row_unit_d = row_unit.to(dev)
+    unit_y = unit_label.to(dt) * 2 - 1
+    dmap = decision_map(x, row_unit, folds, unit_y, ridge, max_memory)  # [layer, n, unit]
+
+    def correct_rows(unit_labels: Tensor) -> Tensor:  # [R, unit] bool -> [layer, R, n]
+        decision = dmap @ (unit_labels.to(dt) * 2 - 1).T  # [layer, n, R]
+        return (decision > 0).transpose(1, 2) == unit_labels[:, row_unit_d]
+
+    def perm_stat(unit_labels: Tensor) -> Tensor:
+        return correct_rows(unit_labels).to(dt).mean(-1)
+
+    observed_correct = correct_rows(unit_label.to(dev)[None])[:, 0].to(dt)  # [layer, n]
+
+    def boot_stat(unit_w: Tensor) -> Tensor:
+        w = unit_w[:, row_unit_d]  # [R, n]
+        return (observed_correct @ w.T) / w.sum(-1)
+
+    item = torch.finfo(dt).bits // 8
+    return _Resampled(perm_stat, boot_stat, n_layers * n * item * 4)
+
+
+def _reduced_functions(
+    red: UnitReduction,
+    unit_label: Tensor,
+    n_layers: int,
+    n: int,
+    dt: torch.dtype,
+    dev: torch.device,
+) -> _Resampled:
+    """The centroid statistics and the silhouette, from the rows reduced to units."""
+    unit_label_d = unit_label.to(dev)
+
+    def perm_stat(unit_labels: Tensor) -> Tensor:
+        w = torch.ones(unit_labels.shape, dtype=dt, device=dev)
+        return weighted_statistic(red, w, unit_labels)
+
+    def boot_stat(unit_w: Tensor) -> Tensor:
+        return weighted_statistic(red, unit_w, unit_label_d.expand(unit_w.shape))
+
+    per_row = n if red.statistic == "silhouette" else unit_label.shape[0]
+    item = torch.finfo(dt).bits // 8
+    return _Resampled(perm_stat, boot_stat, n_layers * per_row * item * 8)
+
+
 def separation_test(
     x: Float[Tensor, "layer row d"] | Any,
     labels: Tensor,
@@ -278,60 +348,32 @@ def separation_test(
             raise StatsInputError("each group needs at least 2 units (words)")
     gen = make_generator(seed)
     n_units = unit_label.shape[0]
-    row_unit_d = row_unit.to(dev)
-    item = torch.finfo(dt).bits // 8
     perms = label_permutation_draws(unit_label, n_permutations, gen)
-    exact = perms.exact
-
     if statistic == "probe":
         folds = unit_folds(unit_label, n_folds, gen)
-        unit_y = unit_label.to(dt) * 2 - 1
-        dmap = decision_map(x, row_unit, folds, unit_y, ridge, max_memory)  # [layer, n, unit]
-
-        def correct_rows(unit_labels: Tensor) -> Tensor:  # [R, unit] bool -> [layer, R, n]
-            decision = dmap @ (unit_labels.to(dt) * 2 - 1).T  # [layer, n, R]
-            return (decision > 0).transpose(1, 2) == unit_labels[:, row_unit_d]
-
-        def perm_stat(unit_labels: Tensor) -> Tensor:
-            return correct_rows(unit_labels).to(dt).mean(-1)
-
-        observed_correct = correct_rows(unit_label.to(dev)[None])[:, 0].to(dt)  # [layer, n]
-
-        def boot_stat(unit_w: Tensor) -> Tensor:
-            w = unit_w[:, row_unit_d]  # [R, n]
-            return (observed_correct @ w.T) / w.sum(-1)
-
-        bytes_per = n_layers * n * item * 4
+        fns = _probe_functions(
+            x, row_unit, unit_label, folds, ridge=ridge, max_memory=max_memory, dt=dt, dev=dev
+        )
     else:
         red = reduce_to_units(x, row_unit, n_units, statistic, max_memory)
-        unit_label_d = unit_label.to(dev)
-
-        def perm_stat(unit_labels: Tensor) -> Tensor:
-            w = torch.ones(unit_labels.shape, dtype=dt, device=dev)
-            return weighted_statistic(red, w, unit_labels)
-
-        def boot_stat(unit_w: Tensor) -> Tensor:
-            return weighted_statistic(red, unit_w, unit_label_d.expand(unit_w.shape))
-
-        per_row = n if statistic == "silhouette" else n_units
-        bytes_per = n_layers * per_row * item * 8
-
+        fns = _reduced_functions(red, unit_label, n_layers, n, dt, dev)
     # The observed labels go first through the same computation as the permutations, so
     # the observed statistic ties exactly with the identity permutation.
     parts = []
-    for k, chunk in enumerate(perms.chunks(chunk_rows(bytes_per + n_units, max_memory))):
+    for k, chunk in enumerate(perms.chunks(chunk_rows(fns.bytes_per + n_units, max_memory))):
         labellings = torch.cat([unit_label[None], chunk]) if k == 0 else chunk
-        parts.append(perm_stat(labellings.to(dev)).T)
+        parts.append(fns.perm_stat(labellings.to(dev)).T)
     stats = torch.cat(parts)  # [1 + P, layer]
     observed, null = stats[0], stats[1:]
+    exact = perms.exact
     p = permutation_p_value(null, observed, "greater", exact)
     interval = bootstrap_interval(
-        boot_stat,
+        fns.boot_stat,
         unit_label.long(),
         n_resamples=n_bootstrap,
         confidence=confidence,
         seed=gen,
-        bytes_per_resample=bytes_per,
+        bytes_per_resample=fns.bytes_per,
         max_memory=max_memory,
         dtype=dt,
         device=dev,

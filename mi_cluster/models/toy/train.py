@@ -9,6 +9,7 @@ weights on every run.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import tempfile
@@ -16,8 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from mi_cluster.core.ioi_prompts import IOIPrompt
 from mi_cluster.core.outputs import check_output_dir, fresh_path, install_dir
@@ -135,35 +138,14 @@ def train(
         tokenizer = build_word_tokenizer(tmp, vocabulary())
         bos = tokenizer.bos_token_id
         model = build_model(cfg, len(tokenizer), bos)
-        seqs = training_sequences(cfg.steps * cfg.batch_size, seed=cfg.seed)
-        encoded = tokenizer([t + (f" {a}" if a else "") for t, a in seqs], add_special_tokens=False)
-        data = [
-            ([bos] + ids, ans is not None)
-            for ids, (_, ans) in zip(encoded["input_ids"], seqs, strict=True)
-            if len(ids) + 1 <= cfg.n_ctx
-        ]
+        data = _training_data(cfg, tokenizer, bos)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-
-        def lr_at(step: int) -> float:
-            if step < cfg.warmup:
-                return (step + 1) / cfg.warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / (cfg.steps - cfg.warmup)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        opt, sched = _optimiser(cfg, params)
         evals = {k: eval_examples(k, n=300) for k in ("held_out_pairs", "held_out_templates")}
         start = time.perf_counter()
         model.train()
         for step in range(cfg.steps):
-            batch = data[(step * cfg.batch_size) % len(data) :][: cfg.batch_size]
-            width = max(len(i) for i, _ in batch)
-            toks = torch.full((len(batch), width), bos)
-            weight = torch.zeros((len(batch), width - 1))
-            for b, (ids, has_answer) in enumerate(batch):
-                toks[b, : len(ids)] = torch.tensor(ids)
-                weight[b, : len(ids) - 1] = 1.0
-                if has_answer:
-                    weight[b, len(ids) - 2] = cfg.answer_weight
+            toks, weight = _batch(data, step, cfg, bos)
             logits = model(input_ids=toks).logits[:, :-1]
             ce = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1), reduction="none"
@@ -184,26 +166,72 @@ def train(
                 )
         seconds = time.perf_counter() - start
         model.eval()
-        metrics = {
-            k: dict(
-                zip(
-                    ("accuracy", "logit_diff"),
-                    ioi_accuracy(model, tokenizer, eval_examples(k), bos),
-                    strict=True,
-                )
-            )
-            for k in ("held_out_pairs", "held_out_templates", "unseen_names")
+        record = {
+            "config": asdict(cfg),
+            "train_seconds": round(seconds, 1),
+            "metrics": _final_metrics(model, tokenizer, bos),
         }
         model.save_pretrained(str(tmp), safe_serialization=True)
-        import json
-
-        record = {"config": asdict(cfg), "train_seconds": round(seconds, 1), "metrics": metrics}
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         install_dir(tmp, out_dir, COMMAND)
         return record
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _training_data(cfg: TrainConfig, tokenizer: Any, bos: int) -> list[tuple[list[int], bool]]:
+    """Every training sequence's ids (BOS first) and whether it ends in an IOI answer."""
+    seqs = training_sequences(cfg.steps * cfg.batch_size, seed=cfg.seed)
+    encoded = tokenizer([t + (f" {a}" if a else "") for t, a in seqs], add_special_tokens=False)
+    return [
+        ([bos] + ids, ans is not None)
+        for ids, (_, ans) in zip(encoded["input_ids"], seqs, strict=True)
+        if len(ids) + 1 <= cfg.n_ctx
+    ]
+
+
+def _optimiser(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> tuple[Any, Any]:
+    """AdamW with linear warm-up, then cosine decay to zero."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / (cfg.steps - cfg.warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def _batch(
+    data: list[tuple[list[int], bool]], step: int, cfg: TrainConfig, bos: int
+) -> tuple[Tensor, Tensor]:
+    """Step ``step``'s batch, padded with BOS, and each next-token loss's weight (0 on
+    padding, ``answer_weight`` on an IOI answer)."""
+    batch = data[(step * cfg.batch_size) % len(data) :][: cfg.batch_size]
+    width = max(len(i) for i, _ in batch)
+    toks = torch.full((len(batch), width), bos)
+    weight = torch.zeros((len(batch), width - 1))
+    for b, (ids, has_answer) in enumerate(batch):
+        toks[b, : len(ids)] = torch.tensor(ids)
+        weight[b, : len(ids) - 1] = 1.0
+        if has_answer:
+            weight[b, len(ids) - 2] = cfg.answer_weight
+    return toks, weight
+
+
+def _final_metrics(model: Any, tokenizer: Any, bos: int) -> dict[str, dict[str, float]]:
+    """IOI accuracy and mean logit difference on each held-out evaluation set."""
+    return {
+        k: dict(
+            zip(
+                ("accuracy", "logit_diff"),
+                ioi_accuracy(model, tokenizer, eval_examples(k), bos),
+                strict=True,
+            )
+        )
+        for k in ("held_out_pairs", "held_out_templates", "unseen_names")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mi_cluster.collection.activations import hook_name, pad_tokens
+from mi_cluster.collection.activations import pad_tokens
+from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.ioi_prompts import IOIPrompt
 from mi_cluster.core.model_info import require_meaningful_logits
 from mi_cluster.core.prompts import tokenize_prompt
