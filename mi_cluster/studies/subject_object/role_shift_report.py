@@ -48,6 +48,24 @@ def _shift_text(a: RoleShiftAttribution, scope: str) -> str:
 
 def role_shift_answer(a: RoleShiftAttribution) -> str:
     """The attribution in words, with its numbers."""
+    lines = _shift_lines(a)
+    component_lines = [_component_line(a, site, share) for site, share in a.components.items()]
+    lines += [text for text, _ in component_lines]
+    if not any(found for _, found in component_lines):
+        lines.append("No component carries a reliable share of the shift on its own.")
+    lines += [_path_line(a, receiver, share) for receiver, share in a.paths.items()]
+    lines.append(
+        "Fractions are sum(effect) / sum(shift) over words and families, with 95% intervals "
+        "for templates in general unless marked; one component at a time, so they need not "
+        "add to 100%. Every interval and test carries the axis's estimation error (each "
+        "jackknife replicate refits every axis), so a component that moves words off the "
+        "name-object direction does not register; they are conservative."
+    )
+    return " ".join(lines)
+
+
+def _shift_lines(a: RoleShiftAttribution) -> list[str]:
+    """The total shift at the read layer in both scopes, and what it means for the rest."""
     n_w, n_f = len(a.pairs.words), len(a.pairs.families)
     chosen = {
         "peak": " (the layer of the largest shift, chosen on these data, so its test is "
@@ -71,60 +89,51 @@ def role_shift_answer(a: RoleShiftAttribution) -> str:
             "significant), so every fraction's interval for templates in general is wide; "
             "the intervals for these templates speak for these families alone."
         )
-    found = []
-    for site, share in a.components.items():
-        kind = _KIND_NAMES.get(site, site)
-        rows = [r for r in a.reliable(share) if r.fraction > 0]
-        local = [r for r in a.reliable(share, "words") if r.fraction > 0]
-        r_txt = (
-            f" (attribution patching vs exact: r = {share.attribution_r:.3f})"
-            if share.attribution_r is not None
-            else ""
-        )
-        if rows:
-            found.append(site)
-            lines.append(
-                f"{kind.capitalize()} carrying a reliable share for templates in general "
-                f"(Holm p < {a.alpha}): {_listed(rows)}{r_txt}."
-            )
-        elif local:
-            found.append(site)
-            lines.append(
-                f"Among {kind}, none carries a share that holds for templates in general; "
-                f"for these {n_f} templates (Holm p < {a.alpha}): "
-                f"{_listed(local, interval='words')}{r_txt}."
-            )
-        else:
-            best = int(share.fraction.flatten().argmax())
-            f, lo, hi = (float(t.flatten()[best]) for t in (share.fraction, share.low, share.high))
-            lines.append(
-                f"No single component among {kind} carries a reliable share; the largest is "
-                f"{share.component_labels()[best]} {_pct(f, lo, hi)}{r_txt}."
-            )
-    if not found:
-        lines.append("No component carries a reliable share of the shift on its own.")
-    for receiver, share in a.paths.items():
-        rows = [r for r in a.reliable(share) if r.fraction > 0]
-        local = [r for r in a.reliable(share, "words") if r.fraction > 0]
-        if rows:
-            lines.append(
-                f"{receiver} reads its share (queries, keys, values) from {_listed(rows)}."
-            )
-        elif local:
-            lines.append(
-                f"For these templates, {receiver} reads its share from "
-                f"{_listed(local, interval='words')}."
-            )
-        else:
-            lines.append(f"No single upstream head reliably writes what {receiver} reads.")
-    lines.append(
-        "Fractions are sum(effect) / sum(shift) over words and families, with 95% intervals "
-        "for templates in general unless marked; one component at a time, so they need not "
-        "add to 100%. Every interval and test carries the axis's estimation error (each "
-        "jackknife replicate refits every axis), so a component that moves words off the "
-        "name-object direction does not register; they are conservative."
+    return lines
+
+
+def _component_line(a: RoleShiftAttribution, site: str, share: ComponentShare) -> tuple[str, bool]:
+    """What one kind of component carries, and whether any carries a reliable share."""
+    kind, n_f = _KIND_NAMES.get(site, site), len(a.pairs.families)
+    rows = [r for r in a.reliable(share) if r.fraction > 0]
+    local = [r for r in a.reliable(share, "words") if r.fraction > 0]
+    r_txt = (
+        f" (attribution patching vs exact: r = {share.attribution_r:.3f})"
+        if share.attribution_r is not None
+        else ""
     )
-    return " ".join(lines)
+    if rows:
+        return (
+            f"{kind.capitalize()} carrying a reliable share for templates in general "
+            f"(Holm p < {a.alpha}): {_listed(rows)}{r_txt}.",
+            True,
+        )
+    if local:
+        return (
+            f"Among {kind}, none carries a share that holds for templates in general; "
+            f"for these {n_f} templates (Holm p < {a.alpha}): "
+            f"{_listed(local, interval='words')}{r_txt}.",
+            True,
+        )
+    best = int(share.fraction.flatten().argmax())
+    f, lo, hi = (float(t.flatten()[best]) for t in (share.fraction, share.low, share.high))
+    return (
+        f"No single component among {kind} carries a reliable share; the largest is "
+        f"{share.component_labels()[best]} {_pct(f, lo, hi)}{r_txt}.",
+        False,
+    )
+
+
+def _path_line(a: RoleShiftAttribution, receiver: str, share: ComponentShare) -> str:
+    """Which upstream heads write what a carrier head reads."""
+    rows = [r for r in a.reliable(share) if r.fraction > 0]
+    local = [r for r in a.reliable(share, "words") if r.fraction > 0]
+    if rows:
+        return f"{receiver} reads its share (queries, keys, values) from {_listed(rows)}."
+    if local:
+        shown = _listed(local, interval="words")
+        return f"For these templates, {receiver} reads its share from {shown}."
+    return f"No single upstream head reliably writes what {receiver} reads."
 
 
 def _reliable_json(r: ReliableComponent) -> dict[str, Any]:
