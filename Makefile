@@ -7,13 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo figures test test-slow bench lint format
+.PHONY: install demo figures test test-slow bench lint format docs
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,lint,bert,figures]"
+	$(PY) -m pip install -q -e ".[test,lint,docs,bert,figures]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 
 # ruff; the layers (a module imports only its own layer and those below; no cycles); types
+# The documentation site, offline, warnings as errors (into site/)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports

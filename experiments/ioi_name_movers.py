@@ -49,7 +49,7 @@ GPT2_PAPER = {
     "negative_name_movers": ["L10H7", "L11H10"],
     "clean_logit_difference": 3.56,
 }
-# The compiled model's construction (mi_cluster/compiled/MODEL_CARD.md).
+# The compiled model's construction (mi_cluster/models/compiled/MODEL_CARD.md).
 COMPILED_TRUTH = {
     "name_movers": ["L2H0", "L2H1"],
     "negative_name_movers": ["L2H2"],
@@ -335,7 +335,7 @@ def agreement(name: str, found: dict, record: dict) -> dict:
         }
         ours["largest_direct_effect"] = _label([top])
         ours["L2H2_key_senders"] = _label(_upstream(found, [(2, 2)], "k"))
-        return {"reference": "mi_cluster/toy/MODEL_CARD.md", "found": ours, "checks": checks}
+        return {"reference": "mi_cluster/models/toy/MODEL_CARD.md", "found": ours, "checks": checks}
     if name == "gpt2":
         return {"reference": GPT2_PAPER, "found": ours, "checks": {}}
     return {"reference": None, "found": ours, "checks": {}}

@@ -4,7 +4,8 @@ The clustering study (``subject_object_clustering.py``) finds that an object wor
 subject position ("... Lamp went to the store.") scores as more name-like than the same
 word in object position ("... saw lamp at the store."). This experiment asks which
 components carry that shift, with the same design, words, template families and calibrated
-subjecthood axis (each word's fitted without it) (``mi_cluster/role_shift.py``):
+subjecthood axis (each word's fitted without it)
+(``mi_cluster/studies/subject_object/role_shift.py``):
 
 1. **Attribution.** At the read layer (default the last block, fixed in advance; or the
    block with the largest object shift, ``--layer peak``, which the answer flags as chosen

@@ -5,7 +5,7 @@ position) over five template families, every word read at the same token positio
 roles, plus each word alone; subjecthood is the projection on a name-vs-object axis fitted
 per layer without the scored word; effects are tested per layer with sign-flip and
 label-permutation tests, bootstrap (BCa) intervals over words, and Holm / Benjamini-Hochberg
-corrections across layers (see ``mi_cluster/subject_object.py``).
+corrections across layers (see ``mi_cluster/studies/subject_object/study.py``).
 
 Offline it runs on MiniLM (real BERT weights) and the shipped toy IOI model; with network,
 ``--models gpt2`` (or any hub name). For each model it writes to ``--out``:

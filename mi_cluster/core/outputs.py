@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 MARKER = ".mi_cluster-output.json"
+"""The file that marks a directory as a command's output and lists the files it wrote."""
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mi_cluster/, this file being core/outputs.py
 
 

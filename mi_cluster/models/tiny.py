@@ -288,6 +288,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         note="bidirectional, post-LayerNorm, masked-LM head (WordPiece tokenizer)",
     ),
 }  # fmt: skip
+"""Every architecture a :class:`TinyConfig` builds, by name, with what it exercises."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ SITE_KINDS: dict[str, SiteKind] = {
     "v": SiteKind("v", ("head",), "each head's values, all positions"),
     "pattern": SiteKind("pattern", ("head",), "each head's attention pattern"),
 }
+"""Every kind of site a sweep patches, by name: what it patches and its component axes."""
 
 
 @dataclass(frozen=True)

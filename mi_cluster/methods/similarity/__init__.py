@@ -4,23 +4,23 @@ Inputs are ``Float[Tensor, "n d"]``: **rows are samples (tokens), columns are ne
 (The ``ecco_*`` functions alone take ecco's ``(neurons, tokens)``.) Every metric centres
 features before any product and returns tensors on the inputs' device in their dtype.
 
-=====================  ==============================================================
-``linear_cka``         biased (Kornblith 2019) or ``debiased=True`` (unbiased HSIC)
-``rbf_cka``            RBF kernel, bandwidth = threshold x median distance
-``MinibatchCKA``       unbiased HSIC accumulated over minibatches (Nguyen 2021)
-``cca``                all canonical correlations, mean rho, mean rho^2; ``ridge``
-``svcca``              SVD to 99% variance (or ``dims``), then CCA (Raghu 2017)
-``pwcca``              projection-weighted CCA (Morcos 2018)
-``rsa``                RDMs (correlation/cosine/euclidean) compared by Spearman/Pearson
-``mantel_test``        permutation test of two (dis)similarity matrices (items relabelled)
-``procrustes_distance``  orthogonal Procrustes distance (Ding 2021)
-``token_cosine``       per-row cosine similarity
-``kl_divergence``, ``js_divergence``  between next-token distributions, from logits
-``spectrum_distance``  norm of the difference of singular-value spectra
-``pairwise``           layer-by-layer / model-by-model matrices of any of the above
-``StreamingLinearCKA`` exact linear CKA accumulated over row batches (a store on disk)
-``ecco_cka/cca/svcca/pwcca``  reproduce ecco.analysis exactly (its conventions)
-=====================  ==============================================================
+| name | what |
+|---|---|
+| ``linear_cka`` | biased (Kornblith 2019) or ``debiased=True`` (unbiased HSIC) |
+| ``rbf_cka`` | RBF kernel, bandwidth = threshold x median distance |
+| ``MinibatchCKA`` | unbiased HSIC accumulated over minibatches (Nguyen 2021) |
+| ``cca`` | all canonical correlations, mean rho, mean rho^2; ``ridge`` |
+| ``svcca`` | SVD to 99% variance (or ``dims``), then CCA (Raghu 2017) |
+| ``pwcca`` | projection-weighted CCA (Morcos 2018) |
+| ``rsa`` | RDMs (correlation/cosine/euclidean) compared by Spearman/Pearson |
+| ``mantel_test`` | permutation test of two (dis)similarity matrices (items relabelled) |
+| ``procrustes_distance`` | orthogonal Procrustes distance (Ding 2021) |
+| ``token_cosine`` | per-row cosine similarity |
+| ``kl_divergence``, ``js_divergence`` | between next-token distributions, from logits |
+| ``spectrum_distance`` | norm of the difference of singular-value spectra |
+| ``pairwise`` | layer-by-layer / model-by-model matrices of any of the above |
+| ``StreamingLinearCKA`` | exact linear CKA accumulated over row batches (a store on disk) |
+| ``ecco_cka/cca/svcca/pwcca`` | reproduce ecco.analysis exactly (its conventions) |
 """
 
 from mi_cluster.methods.similarity.cca import CCAResult, cca, pwcca, svcca

@@ -1,29 +1,27 @@
 """Statistics on representations by layer: torch, vectorised over layers and resamples,
 on the inputs' device and dtype, reproducible with a seed or a CPU ``torch.Generator``.
 
-=================================  =====================================================
-``centroid_separation``            centroid distance / RMS within-group spread
-``variance_ratio``                 between / within variance (Calinski-Harabasz, 2 groups)
-``silhouette``                     mean silhouette width (Euclidean)
-``probe_accuracy``                 ridge probe accuracy, whole words held out
-``separation_test``                any of the above: label-permutation test + bootstrap CI
-``fit_subjecthood_axis``           name-vs-object axis per layer (centroid or probe)
-``cross_fitted_subjecthood``       scores from an axis fitted without the scored word
-``role_shift_inference``           role shifts on a name-object axis, the axis's error,
-                                   two scopes (these templates / templates in general)
-``component_share_inference``      the share of a role shift each component carries,
-                                   the axis's error carried, two scopes
-``paired_test``                    mean paired difference: sign-flip test + bootstrap CI
-``crossed_ratio_interval``         ratio of sums, words x templates crossed bootstrap
-``two_sample_test``                difference of means: label-permutation test + CI
-``correlation_test``               Pearson's r with a covariate: permutation test + CI
-``correspondence_test``            matched pairs more similar than random pairings?
-``holm``, ``benjamini_hochberg``   corrections across layers
-=================================  =====================================================
+| name | what |
+|---|---|
+| ``centroid_separation`` | centroid distance / RMS within-group spread |
+| ``variance_ratio`` | between / within variance (Calinski-Harabasz, 2 groups) |
+| ``silhouette`` | mean silhouette width (Euclidean) |
+| ``probe_accuracy`` | ridge probe accuracy, whole words held out |
+| ``separation_test`` | any of the above: label-permutation test + bootstrap CI |
+| ``fit_subjecthood_axis`` | name-vs-object axis per layer (centroid or probe) |
+| ``cross_fitted_subjecthood`` | scores from an axis fitted without the scored word |
+| ``role_shift_inference`` | role shifts on a name-object axis, its error carried, two scopes |
+| ``component_share_inference`` | the share of a role shift a component carries, likewise |
+| ``paired_test`` | mean paired difference: sign-flip test + bootstrap CI |
+| ``crossed_ratio_interval`` | ratio of sums, words x templates crossed bootstrap |
+| ``two_sample_test`` | difference of means: label-permutation test + CI |
+| ``correlation_test`` | Pearson's r with a covariate: permutation test + CI |
+| ``correspondence_test`` | matched pairs more similar than random pairings? |
+| ``holm``, ``benjamini_hochberg`` | corrections across layers |
 
 The separation statistics, their tests, the probe and the subjecthood axes also take an
-on-disk :class:`~mi_cluster.collection.store.ActivationStore` in place of ``x``, streamed in bounded
-memory to the same numbers (:mod:`mi_cluster.methods.stats.sufficient`).
+on-disk :class:`~mi_cluster.collection.store.ActivationStore` in place of ``x``, streamed
+in bounded memory to the same numbers (:mod:`mi_cluster.methods.stats.sufficient`).
 """
 
 from mi_cluster.methods.stats.corrections import benjamini_hochberg, holm
