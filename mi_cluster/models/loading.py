@@ -157,7 +157,7 @@ def _load_tiny(
 def load_directory(
     path: str | os.PathLike,
     info: ModelInfo,
-    device: torch.device | None,
+    device: str | torch.device | None,
     dtype: torch.dtype,
     compatibility_mode: bool | str = True,
     **placement: Any,
@@ -166,8 +166,9 @@ def load_directory(
     ``placement``: ``device_map``, ``n_devices``, ``max_memory`` for the bridge (then
     ``device`` is None)."""
     check_directory(path)
+    dev = None if device is None else torch.device(device)
     try:
-        bridge = boot_bridge(str(path), device=device, dtype=dtype, **placement)
+        bridge = boot_bridge(str(path), device=dev, dtype=dtype, **placement)
     except Exception as err:  # SafetensorError, OSError, a config transformers rejects
         raise ModelUnavailableError(
             f"{path} could not be loaded: {type(err).__name__}: {str(err).splitlines()[0]}"

@@ -100,8 +100,7 @@ def load_compiled_ioi(
             source="mi_cluster.models.compiled (built at load)",
             attention_only=True,
         )
-        dev = None if device is None else torch.device(device)
-        return load_directory(tmp, info, dev, dtype, compatibility_mode)
+        return load_directory(tmp, info, device, dtype, compatibility_mode)
 
 
 def register() -> None:

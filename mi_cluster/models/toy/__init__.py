@@ -31,8 +31,7 @@ def load_toy_ioi(
             "`mi-cluster train-toy`"
         )
     info = ModelInfo(name="toy-ioi", source=str(TOY_IOI_DIR), attention_only=True)
-    dev = None if device is None else torch.device(device)
-    return load_directory(TOY_IOI_DIR, info, dev, dtype, compatibility_mode)
+    return load_directory(TOY_IOI_DIR, info, device, dtype, compatibility_mode)
 
 
 def register() -> None:
