@@ -26,12 +26,12 @@ from mi_cluster.core.hooks import hook_name, post_attention_scale
 from mi_cluster.core.model_info import architecture_name, has_mlps, model_device
 from mi_cluster.core.norms import norm_linear_map
 from mi_cluster.core.protocols import HookedModel
+from mi_cluster.core.weights import head_output_weights
 
 __all__ = [
     "RESID_MID_REFUSAL",
     "HeadWriter",
     "NotAdditiveError",
-    "head_output_weights",
     "is_additive",
     "mlp_write",
     "post_attention_norm",
@@ -50,13 +50,6 @@ def post_attention_norm(model: HookedModel, layer: int) -> Any | None:
     residual stream (Gemma 2/3 and OLMo 2's ``ln1_post``), or None."""
     norm = getattr(model.blocks[layer], "ln1_post", None)
     return norm if norm is not None and hasattr(norm, "hook_scale") else None
-
-
-def head_output_weights(model: HookedModel, layer: int) -> Float[Tensor, "head d_head d_model"]:
-    """``W_O`` of one layer, read from its block (the model's stacked ``W_O`` rebuilds
-    every layer's on each access)."""
-    attn = model.blocks[layer].attn
-    return (attn.W_O if hasattr(attn, "W_O") else model.W_O[layer]).detach()
 
 
 class HeadWriter:

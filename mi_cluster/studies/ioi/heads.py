@@ -30,13 +30,8 @@ from mi_cluster.core.norms import frozen_norm
 from mi_cluster.core.prompts import single_token_id, tokenize_prompt
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.readout import residual_logits
-from mi_cluster.core.writes import (
-    HeadWriter,
-    head_output_weights,
-    mlp_write,
-    post_attention_norm,
-    require_additive,
-)
+from mi_cluster.core.weights import head_input_weights, head_output_weights
+from mi_cluster.core.writes import HeadWriter, mlp_write, post_attention_norm, require_additive
 
 __all__ = [
     "IOIPositions",
@@ -290,10 +285,9 @@ def _copies(
     block = model.blocks[layer]
     norm = getattr(block, "ln1", None)  # OLMo 2 has none before attention
     normed = x if norm is None else norm(x[None])[0]
-    w_v = model.blocks[layer].attn.W_V.detach()  # [kv_head, d, d_head]
+    w_v = head_input_weights(model, layer, "V")  # [head, d, d_head], kv heads expanded
     w_o = head_output_weights(model, layer)  # [head, d_head, d]
-    v = torch.einsum("nm,kmd->knd", normed.to(w_v), w_v)
-    v = v.repeat_interleave(model.cfg.n_heads // v.shape[0], dim=0)  # kv head h // group
+    v = torch.einsum("nm,hmd->hnd", normed.to(w_v), w_v)
     out = torch.einsum("hnd,hdm->hnm", v, w_o)
     out = -out if negative else out
     post = post_attention_norm(model, layer)
