@@ -208,6 +208,7 @@ FIGURE_JOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention_views", ("experiments/attention_views.py",)),
     ("activation_factors", ("experiments/activation_factors.py",)),
     ("object_to_subject_circuit", ("experiments/object_to_subject_circuit.py", "--quiet")),
+    ("embedding_space", ("experiments/embedding_space.py",)),
 )
 
 
