@@ -498,6 +498,9 @@ AXES = {  # mi_cluster's site kinds: (site, axes indexing a patch)
     "q": ("q", ("head",)),
     "k": ("k", ("head",)),
     "v": ("v", ("head",)),
+    "q_by_pos": ("q", ("pos", "head")),
+    "k_by_pos": ("k", ("pos", "head")),
+    "v_by_pos": ("v", ("pos", "head")),
     "pattern": ("pattern", ("head",)),
 }
 

@@ -600,3 +600,67 @@ def test_resid_post_against_output_hidden_states(zoo, name):
             assert not torch.allclose(got, want, atol=1e-3)  # centring (post-LN): equal
             got, want = centred(got), centred(want)
         close(got, want, msg=processing)
+
+
+POSITION_SITES = [k for k, (_, axes) in AXES.items() if "pos" in axes]
+
+
+@pytest.fixture
+def run_starts(monkeypatch):
+    """The positions patched runs started at (``from_pos`` of each ``LayerRunner.run``)."""
+    from mi_cluster.methods.patching.runner import LayerRunner
+
+    starts: list[int] = []
+    run = LayerRunner.run
+
+    def spy(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        starts.append(kwargs.get("from_pos", 0))  # runs that finished
+        return out
+
+    monkeypatch.setattr(LayerRunner, "run", spy)
+    return starts
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_runs_from_the_patched_position_equal_hugging_face(zoo, name, run_starts):
+    """One site per pass, so each patched run starts at its site's own position (the
+    earlier positions' keys and values read from the unpatched run, rotary embeddings at
+    the true positions, sliding windows and masks cut as the model built them): every
+    position-specific site kind equals plain hooks on the Hugging Face model, which
+    recompute every position."""
+    from mi_cluster.methods.patching import activation_patching
+
+    model, ref = zoo.bridge(name), zoo.reference(name)
+    clean, corrupted = _pair(model)
+    metric, theirs = _metrics(model)
+    analyses = Analyses(ref)
+    refused = _refused_sites(name, ref)
+    n_pos = clean.shape[1]
+    for kind in [k for k in POSITION_SITES if k not in refused]:
+        run_starts.clear()
+        got = activation_patching(
+            model, clean, corrupted, metric, kind, max_batch_size=len(clean), progress=False
+        )
+        close(got.values, analyses.sweep(clean, corrupted, kind, "denoise", theirs), msg=kind)
+        assert sorted(set(run_starts)) == list(range(n_pos)), (kind, sorted(set(run_starts)))
+
+
+def test_a_bidirectional_model_recomputes_every_position(zoo, run_starts):
+    """BERT's positions read later ones: prefix reuse is refused by name and every patched
+    run starts at position 0."""
+    from mi_cluster.methods.patching import activation_patching
+    from mi_cluster.methods.patching.activation import cached_runs
+    from mi_cluster.methods.patching.inputs import prepare_pair
+
+    model = zoo.bridge("bert")
+    clean, corrupted = _pair(model)
+    pair = prepare_pair(model, clean, corrupted, "equal")
+    runs = cached_runs(model, pair, [], reuse_prefix="corrupted")
+    assert runs.runner.prefix is None
+    assert "bidirectional" in (runs.runner.prefix_refusal or "")
+    metric, _ = _metrics(model)
+    activation_patching(
+        model, clean, corrupted, metric, "resid_pre", max_batch_size=2, progress=False
+    )
+    assert set(run_starts) == {0}

@@ -40,6 +40,9 @@ TL_FUNCTIONS = {
     "q": TLP.get_act_patch_attn_head_q_all_pos,
     "k": TLP.get_act_patch_attn_head_k_all_pos,
     "v": TLP.get_act_patch_attn_head_v_all_pos,
+    "q_by_pos": TLP.get_act_patch_attn_head_q_by_pos,
+    "k_by_pos": TLP.get_act_patch_attn_head_k_by_pos,
+    "v_by_pos": TLP.get_act_patch_attn_head_v_by_pos,
     "pattern": TLP.get_act_patch_attn_head_pattern_all_pos,
 }
 GPT_CLEAN = [

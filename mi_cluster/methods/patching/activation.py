@@ -50,10 +50,12 @@ from mi_cluster.methods.patching.metrics import (
     n_metric_positions,
     validate,
 )
+from mi_cluster.methods.patching.prefix import prefix_bytes
 from mi_cluster.methods.patching.runner import (
     LayerRunner,
     PatchingError,
     plan_passes,
+    row_bytes,
     rows_per_pass,
 )
 
@@ -69,6 +71,7 @@ __all__ = [
     "metric_hook_layer",
     "metric_on_run",
     "run_with_metric",
+    "site_order",
 ]
 
 
@@ -100,6 +103,9 @@ SITE_KINDS: dict[str, SiteKind] = {
     "q": SiteKind("q", ("head",), "each head's queries, all positions"),
     "k": SiteKind("k", ("head",), "each head's keys, all positions"),
     "v": SiteKind("v", ("head",), "each head's values, all positions"),
+    "q_by_pos": SiteKind("q", ("pos", "head"), "each head's query at one position"),
+    "k_by_pos": SiteKind("k", ("pos", "head"), "each head's key at one position"),
+    "v_by_pos": SiteKind("v", ("pos", "head"), "each head's value at one position"),
     "pattern": SiteKind("pattern", ("head",), "each head's attention pattern"),
 }
 """Every kind of site a sweep patches, by name: what it patches and its component axes."""
@@ -187,14 +193,28 @@ class Runs:
         )
 
 
-def cached_runs(model: HookedModel, pair: PromptPair, cache_sites: Sequence[str]) -> Runs:
-    """Run the clean and corrupted prompts once, together, keeping ``cache_sites``."""
+def cached_runs(
+    model: HookedModel,
+    pair: PromptPair,
+    cache_sites: Sequence[str],
+    *,
+    reuse_prefix: Literal["clean", "corrupted"] | None = None,
+) -> Runs:
+    """Run the clean and corrupted prompts once, together, keeping ``cache_sites`` (and,
+    with ``reuse_prefix``, that run's keys and values at every layer where the model is
+    causal, for patched runs that start at a position: see
+    :class:`~mi_cluster.methods.patching.runner.LayerRunner`)."""
     tokens = torch.cat([pair.clean, pair.corrupted])
     clean_mask, corrupted_mask = pair.attention_mask("clean"), pair.attention_mask("corrupted")
     mask = None
     if clean_mask is not None and corrupted_mask is not None:
         mask = torch.cat([clean_mask, corrupted_mask])
-    return Runs(LayerRunner(model, tokens, mask, sorted(set(cache_sites))), pair.batch)
+    reuse = None
+    if reuse_prefix is not None:
+        start = 0 if reuse_prefix == "clean" else pair.batch
+        reuse = torch.arange(start, start + pair.batch)
+    runner = LayerRunner(model, tokens, mask, sorted(set(cache_sites)), reuse_prefix=reuse)
+    return Runs(runner, pair.batch)
 
 
 def metric_on_run(
@@ -280,12 +300,23 @@ def activation_patching(
     validate(metric, pair.batch, pair.n_pos, model.cfg.d_vocab, model.cfg.dtype)
     k = n_metric_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
-    runs = cached_runs(model, pair, hooks + list(metric.reads))
+    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
+    # A patch at one position leaves a causal model's earlier positions as they were:
+    # passes then start at their sites' first position (not where the metric reads
+    # activations, which would need them at every position), reading the base run's keys
+    # and values, kept where they take less memory than one pass's rows.
+    by_position = (
+        "pos" in kind.axes
+        and not metric.reads
+        and prefix_bytes(model.cfg, pair.batch, pair.n_pos)
+        <= max(rows, pair.batch) * row_bytes(model, pair.n_pos, k)
+    )
+    reuse = base if by_position else None
+    runs = cached_runs(model, pair, hooks + list(metric.reads), reuse_prefix=reuse)
     positions = resolve_positions(metric.positions, pair)
     clean_logits = runs.logits("clean", positions)
     clean_value = metric_on_run(runs, "clean", metric, positions, clean_logits)
     corrupted_value = metric_on_run(runs, "corrupted", metric, positions, clean_logits)
-    base, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
 
     sizes = {"head": site_heads(model, kind.act), "pos": pair.n_pos}
     shape = [len(layers)] + [sizes[a] for a in kind.axes]
@@ -295,14 +326,18 @@ def activation_patching(
     per_layer = int(torch.tensor(shape[1:]).prod())
     flat_values = values.view(len(layers) * per_layer, pair.batch, *metric.shape)
     layer_numbers = torch.tensor(layers)
-    passes = my_share(plan_passes(len(layers) * per_layer, max(1, rows // pair.batch)))
+    order = site_order(shape, kind.axes, by_position and runs.runner.prefix is not None)
+    passes = my_share(plan_passes(len(order), max(1, rows // pair.batch)))
     for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
-        flat = torch.arange(first, stop)  # sites, numbered layer by layer
+        flat = order[first:stop].sort().values  # sites, numbered layer by layer
         layer_index = (flat // per_layer).repeat_interleave(pair.batch)
         grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()
         prompt = torch.arange(pair.batch).repeat(len(flat))
         index = {a: g.repeat_interleave(pair.batch) for a, g in zip(kind.axes, grid, strict=True)}
-        patches = _patch_hooks(kind, layers, layer_index, index, prompt, runs=runs, source=source)
+        from_pos = int(index["pos"].min()) if by_position and runs.runner.prefix is not None else 0
+        patches = _patch_hooks(
+            kind, layers, layer_index, index, prompt, runs=runs, source=source, from_pos=from_pos
+        )
         row_start = layer_numbers[layer_index]
         out = run_with_metric(
             runs,
@@ -313,6 +348,7 @@ def activation_patching(
             hooks=patches,
             positions=positions,
             clean_logits=clean_logits,
+            from_pos=from_pos,
         )
         flat_values[flat] = out.view(len(flat), pair.batch, *metric.shape)
     sum_across_ranks(values)  # under torch.distributed each rank ran its share of passes
@@ -329,6 +365,18 @@ def activation_patching(
     )
 
 
+def site_order(shape: Sequence[int], axes: tuple[str, ...], by_position: bool) -> Tensor:
+    """The order passes take the sites in (numbered layer by layer, ``shape`` being
+    ``[layer, *axes]``): as numbered, or, for runs that start at their first patched
+    position, position by position (so a pass's sites share one position and each row
+    recomputes only the layers and positions its patch can change)."""
+    flat = torch.arange(int(torch.tensor(list(shape)).prod()))
+    if not by_position:
+        return flat
+    pos = torch.unravel_index(flat, tuple(shape))[1 + axes.index("pos")]
+    return flat[torch.argsort(pos * len(flat) + flat)]
+
+
 def _patch_hooks(
     kind: SiteKind,
     layers: Sequence[int],
@@ -338,15 +386,20 @@ def _patch_hooks(
     *,
     runs: Runs,
     source: str,
+    from_pos: int = 0,
 ) -> list[tuple[str, Any]]:
     """One hook per layer a pass patches, writing the ``source`` run's values into each
-    row's site (rows of a layer are a block-prefix row range)."""
+    row's site (rows of a layer are a block-prefix row range); in a run from position
+    ``from_pos`` the activations the hooks see start there."""
     patches = []
     for li in torch.unique(layer_index).tolist():
         at_layer = (layer_index == li).nonzero()[:, 0]
         name = hook_name(kind.act, layers[li])
-        write = _setter(kind.act, kind.axes, runs.cache(name, source))
-        at = {a: v[at_layer] for a, v in index.items()}
+        source_values = runs.cache(name, source)
+        if from_pos:  # [prompt, pos, ...]: the positions the run computes
+            source_values = source_values[:, from_pos:]
+        write = _setter(kind.act, kind.axes, source_values)
+        at = {a: v[at_layer] - (from_pos if a == "pos" else 0) for a, v in index.items()}
 
         def patch(act: Tensor, hook: Any, w=write, r=at_layer, p=prompt[at_layer], at=at) -> Tensor:
             w(act, r, p, at)
@@ -387,12 +440,17 @@ def run_with_metric(
     positions: Tensor | None,
     clean_logits: Tensor | None,
     final_scale: Tensor | None = None,
+    from_pos: int = 0,
 ) -> Tensor:
     """Run copies of the ``base`` run's prompts (``prompt``, ordered by ``row_start``) with
     ``hooks``; the metric per row. An activation the metric reads comes from the run where
     the row has reached it, from the base run's cache where it has not. ``final_scale``
     (``[prompt, k, 1]``): the final LayerNorm's scale per prompt at the metric's positions,
-    used instead of the rows' own."""
+    used instead of the rows' own. ``from_pos``: run positions from there on only
+    (:meth:`~mi_cluster.methods.patching.runner.LayerRunner.run`; not with a metric that
+    reads activations)."""
+    if from_pos and metric.reads:
+        raise PatchingError("a run from a position cannot feed a metric that reads activations")
     runner, offset = runs.runner, runs.offset(base)
     rows = prompt + offset
     start = torch.full((len(prompt),), row_start) if isinstance(row_start, int) else row_start
@@ -413,7 +471,13 @@ def run_with_metric(
     row_pos = None if positions is None else positions[prompt]
     scale = None if final_scale is None else final_scale[prompt.to(final_scale.device)]
     logits = runner.run(
-        rows, start, hooks + read_hooks, positions=row_pos, stop_layer=stop, final_scale=scale
+        rows,
+        start,
+        hooks + read_hooks,
+        positions=row_pos,
+        stop_layer=stop,
+        final_scale=scale,
+        from_pos=from_pos,
     )
     for name, value in kept.items():  # the rows that reached the hook: a prefix
         acts[name][: value.shape[0]] = value
