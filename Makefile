@@ -32,12 +32,13 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_collect.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_similarity.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stats.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py --arch pythia-160m
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py --arch qwen2.5-0.5b
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_patching.py --arch qwen2.5-0.5b --sweeps head_out,resid_pre
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lens.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_store.py
 

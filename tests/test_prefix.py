@@ -12,6 +12,8 @@ import warnings
 import pytest
 import torch
 import transformer_lens.patching as TLP
+from test_patching import GPT_CLEAN as CLEAN
+from test_patching import GPT_CORRUPT as CORRUPT
 
 from mi_cluster.core.hooks import hook_name
 from mi_cluster.methods.patching import (
@@ -31,14 +33,6 @@ from mi_cluster.methods.patching.runner import LayerRunner, row_bytes, rows_per_
 from mi_cluster.models.loading import load_model
 from mi_cluster.models.tiny import TinyConfig
 
-CLEAN = [
-    "When Mary and John went to the store, John gave a book to",
-    "When Eve and Paul went to the store, Paul gave a cup to",
-]
-CORRUPT = [
-    "When Mary and John went to the store, Adam gave a book to",
-    "When Eve and Paul went to the store, Mark gave a cup to",
-]
 TL_BY_POSITION = {
     "resid_pre": TLP.get_act_patch_resid_pre,
     "resid_mid": TLP.get_act_patch_resid_mid,
@@ -52,31 +46,10 @@ TL_BY_POSITION = {
 
 
 @pytest.fixture(scope="module")
-def tiny64():
-    return load_model(
-        TinyConfig(n_layers=2, d_model=64, n_heads=4), device="cpu", dtype=torch.float64
-    )
-
-
-@pytest.fixture(scope="module")
 def llama64():
     """Rotary embeddings and grouped key/value heads."""
     cfg = TinyConfig(architecture="llama", n_layers=2, d_model=64, n_heads=4, n_key_value_heads=2)
     return load_model(cfg, device="cpu", dtype=torch.float64)
-
-
-@pytest.fixture
-def run_starts(monkeypatch):
-    starts: list[int] = []
-    run = LayerRunner.run
-
-    def spy(self, *args, **kwargs):
-        out = run(self, *args, **kwargs)
-        starts.append(kwargs.get("from_pos", 0))  # runs that finished
-        return out
-
-    monkeypatch.setattr(LayerRunner, "run", spy)
-    return starts
 
 
 def _without_prefix(monkeypatch) -> None:
