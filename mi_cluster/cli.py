@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mi_cluster import __version__
 from mi_cluster.core.hooks import SITES
 from mi_cluster.models.sources import check_model_source
 
@@ -396,41 +397,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mi-cluster",
-        description="Mechanistic-interpretability toolkit: residual streams by layer, clustering, "
-        "similarity metrics and patching on TransformerLens models.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
-        help="test whether subject position makes objects name-like (names vs objects in "
-        "subject/object position, per layer, with CIs) and write figures to figures/",
-    )
-    demo.add_argument("--model", default="minilm", help="model to load (default: minilm, offline)")
-    demo.add_argument("--out", default="figures", help="output directory (default: figures)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.add_argument(
-        "--static", action="store_true", help="also PNG/SVG (needs a Chromium), as make figures"
-    )
-    demo.set_defaults(func=_cmd_demo)
-    figures = sub.add_parser(
-        "figures",
-        help="regenerate figures/ offline: the demo and every experiment, deterministically, "
-        "with figures/README.md (run from the repository root)",
-    )
-    figures.add_argument("--out", default="figures", help="output directory (default: figures)")
-    figures.add_argument(
-        "--only",
-        nargs="+",
-        metavar="NAME",
-        choices=[n for n, _ in FIGURE_JOBS],
-        help=f"run only these jobs: {[n for n, _ in FIGURE_JOBS]}",
-    )
-    figures.set_defaults(func=_cmd_figures)
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    """The ``collect`` command's options."""
     col = sub.add_parser(
         "collect",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="collect one site at every layer into a sharded on-disk store (resumable); "
         "under torchrun or srun each rank writes its own shards",
     )
@@ -438,35 +409,50 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--prompts", required=True, help="JSONL: a string or an object a line")
     col.add_argument("--field", default="prompt", help="the prompt's key in JSONL objects")
     col.add_argument("--word-field", help="a per-prompt word to read (positions: that word)")
-    col.add_argument("--site", default="resid_post", choices=SITES)
-    col.add_argument("--positions", default="last", choices=["last", "mean", "all"])
+    col.add_argument("--site", default="resid_post", choices=SITES, help="the site to read")
+    col.add_argument(
+        "--positions",
+        default="last",
+        choices=["last", "mean", "all"],
+        help="the token(s) kept per prompt",
+    )
     col.add_argument("--out", required=True, help="the store's directory")
     col.add_argument("--shard-size", type=int, default=256, help="prompts per shard")
-    col.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    col.add_argument("--batch-size", type=int, default=32)
+    col.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="the dtype activations are stored in",
+    )
+    col.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
     col.add_argument("--max-shards", type=int, help="write at most this many shards per rank")
     col.add_argument("--device", help="default: cuda:LOCAL_RANK when a GPU exists, else cpu")
     col.add_argument(
         "--wait",
         type=float,
         default=0.0,
-        help="seconds to wait for another process writing the same store (default: refuse)",
+        help="seconds to wait for another process writing the same store (0: refuse)",
     )
     col.add_argument("--quiet", action="store_true", help="no progress bar")
     col.set_defaults(func=_cmd_collect)
+
+
+def _add_train_lens(sub: argparse._SubParsersAction) -> None:
+    """The ``train-lens`` command's options."""
     lens = sub.add_parser(
         "train-lens",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "
         "its training distribution. Writes a new file (the shipped lens is read-only)",
     )
-    lens.add_argument("--model", default="toy-ioi", help="model (default: toy-ioi)")
+    lens.add_argument("--model", default="toy-ioi", help="model")
     lens.add_argument(
         "--texts",
         help="corpus file, one text a line (default for toy-ioi: its training distribution)",
     )
     lens.add_argument("--n-texts", type=int, default=3000, help="toy-ioi corpus size")
-    lens.add_argument("--steps", type=int, default=400)
-    lens.add_argument("--seed", type=int, default=0)
+    lens.add_argument("--steps", type=int, default=400, help="optimiser steps")
+    lens.add_argument("--seed", type=int, default=0, help="random seed")
     lens.add_argument(
         "--out",
         help="where to write the lens (.safetensors); default: a new "
@@ -475,6 +461,46 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--force", action="store_true", help="replace an existing file")
     lens.add_argument("--quiet", action="store_true", help="no progress bar")
     lens.set_defaults(func=_cmd_train_lens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mi-cluster",
+        description="Mechanistic-interpretability toolkit: residual streams by layer, clustering, "
+        "similarity metrics and patching on TransformerLens models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="test whether subject position makes objects name-like (names vs objects in "
+        "subject/object position, per layer, with CIs) and write figures to figures/",
+    )
+    demo.add_argument("--model", default="minilm", help="model to load (offline)")
+    demo.add_argument("--out", default="figures", help="output directory")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--static", action="store_true", help="also PNG/SVG (needs a Chromium), as make figures"
+    )
+    demo.set_defaults(func=_cmd_demo)
+    figures = sub.add_parser(
+        "figures",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="regenerate figures/ offline: the demo and every experiment, deterministically, "
+        "with figures/README.md (run from the repository root)",
+    )
+    figures.add_argument("--out", default="figures", help="output directory")
+    figures.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        choices=[n for n, _ in FIGURE_JOBS],
+        help=f"run only these jobs: {[n for n, _ in FIGURE_JOBS]}",
+    )
+    figures.set_defaults(func=_cmd_figures)
+    _add_collect(sub)
+    _add_train_lens(sub)
     train = sub.add_parser(
         "train-toy",
         help="retrain the shipped toy IOI model (1 thread, fixed seed; see its MODEL_CARD.md)",

@@ -19,11 +19,12 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mi_cluster.core.atomic import atomic_path
+from mi_cluster.core.display import Summary, shape_of, short_list, summary_html, summary_repr
 from mi_cluster.core.hooks import SITES, hook_name
 from mi_cluster.core.model_info import architecture_name, model_device, model_info
+from mi_cluster.core.progress import progress_bar
 from mi_cluster.core.prompts import TokenizedPrompt, get_tokenizer, tokenize_prompt, word_positions
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.writes import RESID_MID_REFUSAL, HeadWriter, NotAdditiveError, is_additive
@@ -250,6 +251,26 @@ class Activations:
         for name, (got, want) in lengths.items():
             if got != want:
                 raise ValueError(f"Activations.{name} has {got} entries, tensor implies {want}")
+
+    def summary(self) -> Summary:
+        """What the result shows first: site, model, shape, layers, prompts, positions."""
+        return Summary(
+            "Activations",
+            (
+                ("site", self.site),
+                ("model", self.model_name),
+                ("tensor", shape_of(self.tensor, ["layer", "row"])),
+                ("layers", short_list(self.layer_labels)),
+                ("prompts", str(len(self.prompts))),
+                ("positions", self.position_spec),
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return summary_repr(self.summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(self.summary())
 
     @property
     def n_layers(self) -> int:
@@ -502,7 +523,7 @@ def collect_many(
         {s: len(v) for s, v in plan.items()}, len(rows), torch.device(storage_device), dtype
     )
     batches = _batches([len(t) for t in tokenized], batch_size)
-    for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
+    for batch in progress_bar(batches, desc="collect", unit="batch", enabled=progress):
         toks, mask, shift = pad_tokens(model, [tokenized[i] for i in batch], padding_side)
         out_rows = [r for i in batch for r in rows_of_prompt[i]]
         row_b, index, weight = _row_index(rows, out_rows, batch, shift)

@@ -43,7 +43,6 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mi_cluster.collection.activations import (
     Activations,
@@ -69,6 +68,7 @@ from mi_cluster.collection.store_files import (
 from mi_cluster.core.atomic import atomic_path, atomic_write_text
 from mi_cluster.core.digests import file_sha256
 from mi_cluster.core.model_info import model_info
+from mi_cluster.core.progress import progress_bar
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.provenance import prompt_set_hash, weights_hash
 
@@ -242,7 +242,7 @@ def collect_to_store(
         todo = pending if max_shards is None else pending[:max_shards]
         if todo:  # the index no longer describes the shards
             (directory / "index.json").unlink(missing_ok=True)
-        bar = tqdm(todo, desc=f"rank {rank} shards", unit="shard", disable=not progress)
+        bar = progress_bar(todo, desc=f"rank {rank} shards", unit="shard", enabled=progress)
         for k in bar:
             span = spec.prompt_range(k)
             words = _positions_slice(positions, span)

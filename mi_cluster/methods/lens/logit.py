@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_cluster.collection.activations import Positions, collect
+from mi_cluster.core.display import Summary, short_list, summary_html, summary_repr
 from mi_cluster.core.model_info import model_device, model_info, require_meaningful_logits
 from mi_cluster.core.prompts import get_tokenizer, one_token_id
 from mi_cluster.core.protocols import HookedModel, Tokenizer
@@ -116,6 +117,33 @@ class LensResult:
     positions: tuple[int, ...]
     tokens: tuple[str, ...]
     model_name: str
+
+    def summary(self) -> Summary:
+        """What the result shows first: the lens, model, layers, rows, watched tokens and
+        the last row's top prediction at the first and the last layer."""
+        items = [
+            ("lens", self.lens),
+            ("model", self.model_name),
+            ("layers", short_list(self.layer_labels)),
+            ("rows", f"{len(self.tokens)} positions of {len(self.prompts)} prompts"),
+        ]
+        if self.watch_tokens:
+            items.append(("watching", short_list(self.watch_tokens)))
+        if self.tokens:
+            first, last = self.top_tokens[0][-1][0], self.top_tokens[-1][-1][0]
+            items.append(
+                (
+                    "last row's top-1",
+                    f"{first!r} at {self.layer_labels[0]} -> {last!r} at {self.layer_labels[-1]}",
+                )
+            )
+        return Summary("LensResult", tuple(items))
+
+    def __repr__(self) -> str:
+        return summary_repr(self.summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(self.summary())
 
     @property
     def n_layers(self) -> int:

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mi_cluster.collection.activations import Positions, collect
 from mi_cluster.core.atomic import atomic_path
 from mi_cluster.core.model_info import model_device, model_info, require_meaningful_logits
+from mi_cluster.core.progress import progress_bar
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.readout import check_readout, residual_logits
 from mi_cluster.methods.similarity.distances import kl_from_log_probs
@@ -187,7 +187,7 @@ def train_tuned_lens(
     gen = make_generator(seed)
     losses = torch.zeros(n_tr)
     with _frozen(model):
-        for step in tqdm(range(steps), desc="tuned lens", unit="step", disable=not progress):
+        for step in progress_bar(range(steps), desc="tuned lens", unit="step", enabled=progress):
             idx = torch.randint(n_tokens, (tokens_per_step,), generator=gen).to(dev)
             with torch.no_grad():
                 final = torch.log_softmax(residual_logits(model, resid[-1, idx]).float(), -1)

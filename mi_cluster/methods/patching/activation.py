@@ -35,11 +35,12 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
+from mi_cluster.core.display import Summary, shape_of, summary_html, summary_repr
 from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, has_mlps, model_device, site_heads
+from mi_cluster.core.progress import progress_bar
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.core.writes import RESID_MID_REFUSAL, is_additive
 from mi_cluster.methods.patching.inputs import PromptPair, prepare_pair, resolve_positions
@@ -138,6 +139,41 @@ class PatchResult:
     clean: Float[Tensor, " prompt *value"]
     corrupted: Float[Tensor, " prompt *value"]
     value_shape: tuple[int, ...] = ()
+
+    def summary(self) -> Summary:
+        """What the result shows first: the sweep, its shape, the unpatched metric and the
+        site whose patch moves it most (normalised, for a metric of one number)."""
+        axes = [*self.axes, "prompt", *(f"value{i}" for i in range(len(self.value_shape)))]
+        items = [
+            ("site", self.site),
+            ("direction", self.direction),
+            ("metric", self.metric),
+            ("values", shape_of(self.values, axes)),
+        ]
+        if not self.value_shape:
+            items += [
+                ("clean", f"{float(self.clean.mean()):.4g}"),
+                ("corrupted", f"{float(self.corrupted.mean()):.4g}"),
+            ]
+            try:
+                norm = self.normalised()
+            except PatchingError:
+                return Summary("PatchResult", tuple(items))
+            flat = int(norm.abs().nan_to_num(-1.0).argmax())
+            index = torch.unravel_index(torch.tensor(flat), tuple(norm.shape))
+            where = " ".join(self._label(a, int(i)) for a, i in zip(self.axes, index, strict=True))
+            items.append(("largest", f"{where}: {float(norm.flatten()[flat]):.3g} of the gap"))
+        return Summary("PatchResult", tuple(items))
+
+    def _label(self, axis: str, i: int) -> str:
+        names = self.labels.get(axis, [])
+        return names[i] if i < len(names) else f"{axis} {i}"
+
+    def __repr__(self) -> str:
+        return summary_repr(self.summary())
+
+    def _repr_html_(self) -> str:
+        return summary_html(self.summary())
 
     def mean(self) -> Float[Tensor, "..."]:
         """The metric averaged over prompts, per site."""
@@ -328,7 +364,7 @@ def activation_patching(
     layer_numbers = torch.tensor(layers)
     order = site_order(shape, kind.axes, by_position and runs.runner.prefix is not None)
     passes = my_share(plan_passes(len(order), max(1, rows // pair.batch)))
-    for first, stop in tqdm(passes, desc=f"patch {site}", unit="pass", disable=not progress):
+    for first, stop in progress_bar(passes, desc=f"patch {site}", unit="pass", enabled=progress):
         flat = order[first:stop].sort().values  # sites, numbered layer by layer
         layer_index = (flat // per_layer).repeat_interleave(pair.batch)
         grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()

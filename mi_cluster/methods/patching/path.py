@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mi_cluster.collection.distributed import my_share, sum_across_ranks
 from mi_cluster.core.hooks import hook_name
 from mi_cluster.core.model_info import architecture_name, site_heads
+from mi_cluster.core.progress import progress_bar
 from mi_cluster.core.protocols import HookedModel
 from mi_cluster.methods.patching.activation import (
     PatchResult,
@@ -137,11 +137,11 @@ def path_patching(
     k = n_metric_positions(metric.positions, pair.n_pos)
     rows = rows_per_pass(model, pair.n_pos, k, max_batch_size)
     flat_values = values.view(n_layers * n_heads, pair.batch, *metric.shape)
-    for first, stop in tqdm(
+    for first, stop in progress_bar(
         my_share(plan_passes(n_layers * n_heads, max(1, rows // pair.batch))),
         desc="path patching",
         unit="pass",
-        disable=not progress,
+        enabled=progress,
     ):
         senders = torch.arange(first, stop)  # numbered layer by layer
         prompt = torch.arange(pair.batch).repeat(len(senders))

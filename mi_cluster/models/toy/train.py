@@ -236,7 +236,11 @@ def _final_metrics(model: Any, tokenizer: Any, bos: int) -> dict[str, dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``mi-cluster train-toy`` command: train, then install into ``--out``."""
-    parser = argparse.ArgumentParser(prog=COMMAND, description=(__doc__ or COMMAND).splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=COMMAND,
+        description=(__doc__ or COMMAND).splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -246,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="write into a non-empty directory of yours"
     )
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--layers", type=int, default=TrainConfig.n_layers)
-    parser.add_argument("--heads", type=int, default=TrainConfig.n_heads)
-    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed")
+    parser.add_argument("--layers", type=int, default=TrainConfig.n_layers, help="layers")
+    parser.add_argument("--heads", type=int, default=TrainConfig.n_heads, help="heads per layer")
+    parser.add_argument(
+        "--threads", type=int, default=TrainConfig.threads, help="CPU threads (1: reproducible)"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = TrainConfig(
