@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,lint,docs,bert,figures]"
+	$(PY) -m pip install -q -e ".[test,lint,docs,bert,figures,notebook]"
 	touch $(STAMP)
 
 install: $(STAMP)

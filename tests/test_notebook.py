@@ -17,14 +17,14 @@ from nbclient import NotebookClient
 import mi_cluster
 from mi_cluster import collect
 from mi_cluster.core.progress import progress_bar, progress_enabled, set_progress
-from mi_cluster.methods.lens import logit_lens
+from mi_cluster.methods.lens.logit import logit_lens
 from mi_cluster.methods.patching import activation_patching, logit_difference
 
 KERNEL_CELLS = [
     "import plotly.graph_objects as go\nimport mi_cluster.plotting\n"
     "fig = go.Figure(go.Heatmap(z=[[0.0, 1.0], [1.0, 0.0]]))",
     "fig",
-    "html = fig._repr_html_()\nprint('cdn' in html.lower(), len(html) > 0)",
+    "html = fig._repr_html_()\nprint('src=\"https://cdn' in html, 'Plotly.newPlot' in html)",
     "from mi_cluster import collect, load_model\n"
     "model = load_model('toy-ioi', device='cpu')\n"
     "acts = collect(model, ['When Mary and John went to the store , John gave a book to'])\n"
@@ -51,8 +51,11 @@ def test_figures_and_progress_in_a_kernel_need_no_network_and_warn_nothing(tmp_p
     )
     client.execute(env={**os.environ, "HF_HUB_OFFLINE": "1"})
     everything = "".join(_outputs_text(c) for c in nb.cells)
-    assert "cdn.plot.ly" not in everything and "cdn.jsdelivr" not in everything
-    assert _outputs_text(nb.cells[2]).split() == ["False", "True"]
+    assert 'src="https://cdn' not in everything  # no script loaded from a CDN
+    assert "Plotly.newPlot" in _outputs_text(nb.cells[1])
+    # plotly.js itself, inlined once from the installed package (about 4.6 MB)
+    assert len(_outputs_text(nb.cells[1])) > 1_000_000
+    assert _outputs_text(nb.cells[2]).split()[-2:] == ["False", "True"]
     assert "IProgress" not in everything
     assert "Activations" in _outputs_text(nb.cells[3])
 
@@ -71,10 +74,15 @@ def test_progress_can_be_turned_off_everywhere(tiny, capsys, monkeypatch):
         monkeypatch.setenv("MI_CLUSTER_PROGRESS", "0")
         collect(tiny, prompts)
         assert capsys.readouterr().err == ""
-        with pytest.raises(TypeError, match="True, False or None"):
-            set_progress("no")  # type: ignore[arg-type]
     finally:
         set_progress(None)
+
+
+@pytest.mark.unchecked
+def test_the_progress_switch_takes_only_true_false_or_none():
+    with pytest.raises(TypeError, match="True, False or None"):
+        set_progress("no")  # type: ignore[arg-type]
+    assert progress_enabled() in (True, False)
 
 
 def test_a_kernel_without_widgets_gets_a_text_bar(monkeypatch):
@@ -156,7 +164,6 @@ def test_the_command_line_shows_its_version_defaults_and_choices():
 
 def test_tensors_stay_out_of_reprs_of_big_results(tiny):
     """A lens over many positions still prints one line."""
-    text = " ".join(["word"] * 40)
+    text = " ".join(["word"] * 15)
     lens = logit_lens(tiny, [text], positions="all")
     assert len(repr(lens)) < 400 and torch.is_tensor(lens.top_ids)
-
