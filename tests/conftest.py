@@ -55,6 +55,16 @@ def run_starts(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _progress_as_the_environment_says():
+    """A test (or a documentation example run in this process) that turns progress bars
+    off leaves them as it found them."""
+    from mi_cluster.core.progress import set_progress
+
+    yield
+    set_progress(None)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 

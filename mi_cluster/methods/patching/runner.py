@@ -102,7 +102,13 @@ class LayerRunner:
             (``from_pos``) as well as a layer, reading earlier positions' keys and values
             from the base run (kept for these rows only); done only for a causal model
             where a run from the middle of the prompts reproduces the model's own
-            (:attr:`prefix_refusal` says why not otherwise).
+            (``prefix_refusal`` says why not otherwise).
+
+    Attributes:
+        prefix: the kept keys and values (a ``PrefixKeys``) where runs may start at a
+            position, else None.
+        prefix_refusal: why they may not (``"not asked for"`` without ``reuse_prefix``),
+            or None where they may.
     """
 
     def __init__(
