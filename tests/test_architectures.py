@@ -34,6 +34,7 @@ CORRUPT = [
     "When Eve and Paul went to the store, Mark gave a cup to",
 ]
 MODELS = list(ZOO)
+POSITION_SITES = [k for k, (_, axes) in AXES.items() if "pos" in axes]
 
 
 @pytest.fixture(scope="session")
@@ -275,10 +276,14 @@ def _refused_sites(name: str, ref) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_activation_patching_equals_hugging_face(zoo, name):
+def test_activation_patching_equals_hugging_face(zoo, name, run_starts):
     """Every site kind, denoising and noising, against the same patch made with plain
     hooks on the Hugging Face model (grouped key/value heads patched as the model has
-    them); resid_mid refused where there is none."""
+    them); resid_mid refused where there is none. Position-specific sites, denoising, run
+    one site per pass, so in a causal model each patched run starts at its site's own position
+    (earlier positions' keys and values read from the unpatched run, rotary embeddings
+    at the true positions, sliding windows and masks cut as the model built them), while
+    the reference recomputes every position; BERT's runs all start at 0."""
     from mi_cluster.methods.patching import PatchingError, activation_patching
 
     model, ref = zoo.bridge(name), zoo.reference(name)
@@ -288,11 +293,19 @@ def test_activation_patching_equals_hugging_face(zoo, name):
     refused = _refused_sites(name, ref)
     for kind in [k for k in AXES if k not in refused]:
         for direction in ("denoise", "noise"):
+            one_site = kind in POSITION_SITES and direction == "denoise"
+            rows = len(clean) if one_site else None
+            run_starts.clear()
             got = activation_patching(
-                model, clean, corrupted, metric, kind, direction=direction, progress=False
-            )
+                model, clean, corrupted, metric, kind, direction=direction,
+                max_batch_size=rows, progress=False,
+            )  # fmt: skip
             want = analyses.sweep(clean, corrupted, kind, direction, theirs)
             close(got.values, want, msg=f"{kind} {direction}")
+            if one_site:
+                starts = sorted(set(run_starts))
+                expected = [0] if name == "bert" else list(range(clean.shape[1]))
+                assert starts == expected, (kind, direction, starts)
     for kind, words in refused.items():
         with pytest.raises(PatchingError, match=words):
             activation_patching(model, clean, corrupted, metric, kind, progress=False)
@@ -600,33 +613,6 @@ def test_resid_post_against_output_hidden_states(zoo, name):
             assert not torch.allclose(got, want, atol=1e-3)  # centring (post-LN): equal
             got, want = centred(got), centred(want)
         close(got, want, msg=processing)
-
-
-POSITION_SITES = [k for k, (_, axes) in AXES.items() if "pos" in axes]
-
-
-@pytest.mark.parametrize("name", CAUSAL)
-def test_runs_from_the_patched_position_equal_hugging_face(zoo, name, run_starts):
-    """One site per pass, so each patched run starts at its site's own position (the
-    earlier positions' keys and values read from the unpatched run, rotary embeddings at
-    the true positions, sliding windows and masks cut as the model built them): every
-    position-specific site kind equals plain hooks on the Hugging Face model, which
-    recompute every position."""
-    from mi_cluster.methods.patching import activation_patching
-
-    model, ref = zoo.bridge(name), zoo.reference(name)
-    clean, corrupted = _pair(model)
-    metric, theirs = _metrics(model)
-    analyses = Analyses(ref)
-    refused = _refused_sites(name, ref)
-    n_pos = clean.shape[1]
-    for kind in [k for k in POSITION_SITES if k not in refused]:
-        run_starts.clear()
-        got = activation_patching(
-            model, clean, corrupted, metric, kind, max_batch_size=len(clean), progress=False
-        )
-        close(got.values, analyses.sweep(clean, corrupted, kind, "denoise", theirs), msg=kind)
-        assert sorted(set(run_starts)) == list(range(n_pos)), (kind, sorted(set(run_starts)))
 
 
 def test_a_bidirectional_model_recomputes_every_position(zoo, run_starts):
