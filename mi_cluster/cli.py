@@ -397,12 +397,19 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose help shows every option's default (and choices)."""
+    return sub.add_parser(
+        name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
 def _add_collect(sub: argparse._SubParsersAction) -> None:
     """The ``collect`` command's options."""
-    col = sub.add_parser(
+    col = _command(
+        sub,
         "collect",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="collect one site at every layer into a sharded on-disk store (resumable); "
+        "collect one site at every layer into a sharded on-disk store (resumable); "
         "under torchrun or srun each rank writes its own shards",
     )
     col.add_argument("--model", required=True, help="a model name or directory")
@@ -439,10 +446,10 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 
 def _add_train_lens(sub: argparse._SubParsersAction) -> None:
     """The ``train-lens`` command's options."""
-    lens = sub.add_parser(
+    lens = _command(
+        sub,
         "train-lens",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "
+        "train a tuned lens (per-layer translators, Belrose et al. 2023); for toy-ioi on "
         "its training distribution. Writes a new file (the shipped lens is read-only)",
     )
     lens.add_argument("--model", default="toy-ioi", help="model")
@@ -471,10 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="test whether subject position makes objects name-like (names vs objects in "
+        "test whether subject position makes objects name-like (names vs objects in "
         "subject/object position, per layer, with CIs) and write figures to figures/",
     )
     demo.add_argument("--model", default="minilm", help="model to load (offline)")
@@ -484,10 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--static", action="store_true", help="also PNG/SVG (needs a Chromium), as make figures"
     )
     demo.set_defaults(func=_cmd_demo)
-    figures = sub.add_parser(
+    figures = _command(
+        sub,
         "figures",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="regenerate figures/ offline: the demo and every experiment, deterministically, "
+        "regenerate figures/ offline: the demo and every experiment, deterministically, "
         "with figures/README.md (run from the repository root)",
     )
     figures.add_argument("--out", default="figures", help="output directory")
