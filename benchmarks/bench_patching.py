@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import io
 import itertools
 import os
@@ -362,6 +363,17 @@ def main() -> None:
     parser.add_argument("--sweeps", default=",".join(SWEEPS), help="which sweeps to run")
     parser.add_argument("--peers", default="TransformerLens,nnsight", help="'' for none")
     args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in ("TransformerLens", "nnsight")]
+    if unknown:
+        parser.error(f"unknown peers {unknown}: use TransformerLens and/or nnsight")
+    if "nnsight" in peers and importlib.util.find_spec("nnsight") is None:
+        parser.error(
+            'nnsight is not installed: pip install -e ".[bench]", or --peers TransformerLens'
+        )
+    unknown = [s for s in args.sweeps.split(",") if s and s not in SWEEPS]
+    if unknown:
+        parser.error(f"unknown sweeps {unknown}: use {list(SWEEPS)}")
     dev = torch.device(args.device)
     model, hf, ct, xt, metric, peer_metric, fwd = setup(args.arch, dev)
     cfg = model.cfg
@@ -381,7 +393,6 @@ def main() -> None:
         by_pos = [int(x) for x in args.by_pos_layers.split(",")]
     layers = {"head_out": every, "resid_pre": every, "head_out_by_pos": by_pos}
     sweeps = {s: layers[s] for s in args.sweeps.split(",") if s}
-    peers = [p for p in args.peers.split(",") if p]
     results = compare_sweeps(model, hf, ct, xt, (metric, peer_metric), sweeps, dev, peers)
     if args.arch == "gpt2-small" and "head_out" in results:
         path_and_attribution(model, ct, xt, metric, fwd, results["head_out"], dev)
