@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from mi_cluster.core.jupyter import in_jupyter_kernel
+
 __all__ = ["progress_bar", "progress_enabled", "set_progress"]
 
 T = TypeVar("T")
@@ -50,12 +52,7 @@ def _bar_class() -> Any:
     """tqdm's widget bar in a Jupyter kernel that can draw it, else its text bar."""
     from tqdm.std import tqdm
 
-    try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
-    except ImportError:
-        return tqdm
-    shell = get_ipython()
-    if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
+    if not in_jupyter_kernel():
         return tqdm
     try:
         import ipywidgets  # noqa: F401  # the widget bar needs it

@@ -14,20 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OFFLINE_RENDERER", "in_jupyter_kernel", "render_offline_in_notebooks"]
+from mi_cluster.core.jupyter import in_jupyter_kernel
+
+__all__ = ["OFFLINE_RENDERER", "render_offline_in_notebooks"]
 
 OFFLINE_RENDERER = "mi_cluster_notebook"
 """The name under which the offline renderer is registered with ``plotly.io.renderers``."""
-
-
-def in_jupyter_kernel() -> bool:
-    """Whether this process is a Jupyter kernel (not a terminal IPython or a script)."""
-    try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def render_offline_in_notebooks() -> None:

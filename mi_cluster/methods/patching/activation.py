@@ -71,6 +71,7 @@ __all__ = [
     "check_site",
     "metric_hook_layer",
     "metric_on_run",
+    "run_offset",
     "run_with_metric",
     "site_order",
 ]
@@ -211,7 +212,7 @@ class Runs:
 
     def offset(self, which: str) -> int:
         """The first row of the ``"clean"`` or ``"corrupted"`` prompts in the runs' batch."""
-        return 0 if which == "clean" else self.batch
+        return run_offset(which, self.batch)
 
     def cache(self, name: str, which: str) -> Tensor:
         """One run's cached activation at hook ``name``, ``[prompt, ...]``."""
@@ -227,6 +228,12 @@ class Runs:
         return logits.gather(
             1, positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
         )
+
+
+def run_offset(which: str, batch: int) -> int:
+    """The first row of the ``"clean"`` or ``"corrupted"`` prompts in a batch holding
+    ``batch`` clean prompts, then their corrupted partners."""
+    return 0 if which == "clean" else batch
 
 
 def cached_runs(
@@ -247,7 +254,7 @@ def cached_runs(
         mask = torch.cat([clean_mask, corrupted_mask])
     reuse = None
     if reuse_prefix is not None:
-        start = 0 if reuse_prefix == "clean" else pair.batch
+        start = run_offset(reuse_prefix, pair.batch)
         reuse = torch.arange(start, start + pair.batch)
     runner = LayerRunner(model, tokens, mask, sorted(set(cache_sites)), reuse_prefix=reuse)
     return Runs(runner, pair.batch)
@@ -362,7 +369,8 @@ def activation_patching(
     per_layer = int(torch.tensor(shape[1:]).prod())
     flat_values = values.view(len(layers) * per_layer, pair.batch, *metric.shape)
     layer_numbers = torch.tensor(layers)
-    order = site_order(shape, kind.axes, by_position and runs.runner.prefix is not None)
+    reusing = runs.runner.prefix is not None  # asked for by position, and the model allows it
+    order = site_order(shape, kind.axes, reusing)
     passes = my_share(plan_passes(len(order), max(1, rows // pair.batch)))
     for first, stop in progress_bar(passes, desc=f"patch {site}", unit="pass", enabled=progress):
         flat = order[first:stop].sort().values  # sites, numbered layer by layer
@@ -370,7 +378,7 @@ def activation_patching(
         grid = torch.unravel_index(flat % per_layer, tuple(shape[1:])) if kind.axes else ()
         prompt = torch.arange(pair.batch).repeat(len(flat))
         index = {a: g.repeat_interleave(pair.batch) for a, g in zip(kind.axes, grid, strict=True)}
-        from_pos = int(index["pos"].min()) if by_position and runs.runner.prefix is not None else 0
+        from_pos = int(index["pos"].min()) if reusing else 0
         patches = _patch_hooks(
             kind, layers, layer_index, index, prompt, runs=runs, source=source, from_pos=from_pos
         )
