@@ -36,6 +36,8 @@ def main() -> int:
     import kaleido
     import plotly.io as pio
 
+    from mi_cluster.plotting.font import embed_in_svg
+
     job = json.loads(sys.stdin.read())
     fig = pio.from_json(job["figure"])
     kaleido.write_fig_from_object_sync(
@@ -51,6 +53,8 @@ def main() -> int:
     for path, fmt in job["targets"]:
         if fmt == "svg":
             _fixed_ids(path)
+            svg = Path(path).read_text(encoding="utf-8")
+            Path(path).write_text(embed_in_svg(svg), encoding="utf-8")
     return 0
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +15,9 @@ import plotly.graph_objects as go
 
 from mi_cluster.core.atomic import atomic_path, atomic_write_text
 from mi_cluster.core.provenance import Provenance
+from mi_cluster.plotting.browser import INSTALL_HINT, FigureExportError, chromium_path
+from mi_cluster.plotting.font import fontconfig_env, plain_text
+from mi_cluster.plotting.html import write_html
 
 __all__ = [
     "FigureExportError",
@@ -25,60 +26,24 @@ __all__ = [
     "figures_index",
     "save_figure",
     "save_formats",
+    "static_figure",
     "write_experiment",
 ]
 
 STATIC_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp")
 DEFAULT_FORMATS = ("html", "png", "svg")
-PLOTLY_JS = "plotly.min.js"
 # Seconds a static export may take before its browser is killed (env MI_CLUSTER_EXPORT_TIMEOUT).
 EXPORT_TIMEOUT_S = float(os.environ.get("MI_CLUSTER_EXPORT_TIMEOUT", "120"))
 PNG_SCALE = 2  # static pixels per layout pixel: a 500-px figure is 1000 px, 300 dpi at 3.3 in
-_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-INSTALL_HINT = (
-    "install Debian's Chromium (apt-get install chromium) or point BROWSER_PATH at a "
-    "Chromium or Chrome binary; mi_cluster never downloads a browser"
-)
 
 
-class FigureExportError(RuntimeError):
-    """A static figure (PNG, SVG, PDF) could not be rendered: kaleido or a Chromium is
-    missing, failed, or did not answer within the time-out."""
-
-
-def chromium_path() -> str | None:
-    """The browser kaleido will use: ``BROWSER_PATH`` if set, else a Chromium or Chrome on
-    ``PATH``; None if there is none."""
-    override = os.environ.get("BROWSER_PATH")
-    if override:
-        return override if Path(override).is_file() else None
-    return next((p for p in map(shutil.which, _BROWSERS) if p), None)
-
-
-def _local_plotly_js(directory: Path) -> None:
-    """Write the installed plotly.js as ``plotly.min.js`` in ``directory`` unless the same
-    file is there already (atomically: a reader never sees half a library)."""
-    from plotly.offline import get_plotlyjs
-
-    js = get_plotlyjs()
-    target = directory / PLOTLY_JS
-    if target.is_file() and target.stat().st_size == len(js.encode("utf-8")):
-        if target.read_text(encoding="utf-8") == js:
-            return
-    with atomic_path(target) as tmp:
-        tmp.write_text(js, encoding="utf-8")
-
-
-def _write_html(fig: go.Figure, target: Path, embed_plotlyjs: bool) -> None:
-    if not embed_plotlyjs:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _local_plotly_js(target.parent)
-    with atomic_path(target) as tmp:
-        js = True if embed_plotlyjs else PLOTLY_JS
-        div_id = "fig-" + "".join(c if c.isalnum() else "-" for c in target.stem)
-        fig.write_html(
-            str(tmp), include_plotlyjs=js, full_html=True, auto_play=False, div_id=div_id
-        )
+def static_figure(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` for a still image: an animation's play buttons and slider, which
+    do nothing on paper, are taken off (its first frame is what is drawn)."""
+    out = go.Figure(fig)
+    out.layout.updatemenus = ()
+    out.layout.sliders = ()
+    return out
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -115,7 +80,7 @@ def _write_static(fig: go.Figure, targets: list[tuple[Path, str]], timeout: floa
     with contextlib.ExitStack() as stack:
         tmps = [(stack.enter_context(atomic_path(p)), fmt) for p, fmt in targets]
         job = {
-            "figure": fig.to_json(),
+            "figure": static_figure(fig).to_json(),
             "targets": [[str(t), fmt] for t, fmt in tmps],
             "scale": PNG_SCALE,
         }
@@ -124,7 +89,7 @@ def _write_static(fig: go.Figure, targets: list[tuple[Path, str]], timeout: floa
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "BROWSER_PATH": browser},
+            env={**os.environ, "BROWSER_PATH": browser, **fontconfig_env()},
             start_new_session=True,  # its own process group: the browser dies with it
         )
         try:
@@ -186,7 +151,7 @@ def save_figure(
         raise ValueError(f"unknown figure format(s) {unknown}; use html or {STATIC_FORMATS}")
     paths = {f: Path(f"{os.fspath(target)}.{f}") for f in formats}
     if "html" in paths:
-        _write_html(fig, paths["html"], embed_plotlyjs)
+        write_html(fig, paths["html"], embed_plotlyjs)
     static = [(paths[f], f) for f in formats if f != "html"]
     if static:
         paths[formats[0]].parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +188,7 @@ def figure_record(fig: go.Figure) -> dict:
     the same for every animation frame; with its title."""
     spec = json.loads(fig.to_json() or "")  # (None only when writing to a file)
     title = (spec.get("layout", {}).get("title") or {}).get("text") or ""
-    out = {"title": re.sub(r"<[^>]+>", " ", title).strip(), "data": _traces(spec["data"])}
+    out = {"title": plain_text(title), "data": _traces(spec["data"])}
     if spec.get("frames"):
         out["frames"] = [
             {"name": f.get("name"), "data": _traces(f.get("data", []))} for f in spec["frames"]
@@ -254,8 +219,20 @@ def write_experiment(
       files; :func:`figures_index` builds ``figures/README.md`` from these.
 
     Every file is written atomically. Returns the files written and the messages of static
-    exports that failed (see :func:`save_formats`)."""
+    exports that failed (see :func:`save_formats`). A figure that states no colour scale or
+    leaves a numeric axis untitled (:func:`~mi_cluster.plotting.check.spec_problems`) is
+    refused with :class:`ValueError` before anything is written."""
+    from mi_cluster.plotting.check import spec_problems
     from mi_cluster.plotting.strips import keyframe_strip
+
+    found = {kind: spec_problems(fig) for kind, fig in figures.items()}
+    found.update(
+        {f"{kind} (key frames)": spec_problems(keyframe_strip(fig))
+         for kind, fig in figures.items() if fig.frames}
+    )  # fmt: skip
+    if any(found.values()):
+        lines = [f"{kind}: {p}" for kind, problems in found.items() for p in problems]
+        raise ValueError(f"{stem}: figures a reviewer would send back: " + "; ".join(lines))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
