@@ -46,6 +46,13 @@ SUMMARY_PROMPTS = {
 }
 
 
+def focused_heads(p, layer: int, n: int = 4) -> list[int]:
+    """The ``n`` heads of ``layer`` whose attention is most concentrated (largest mean of
+    each query's top weight): an all-heads head view is a tangle on paper."""
+    top = p.pattern[p.layer_index(layer)].max(-1).values.mean(-1)
+    return sorted(top.topk(min(n, top.shape[0])).indices.tolist())
+
+
 def run(
     name: str, text: str, text_b: str | None, hv_layer: int, nv: tuple, out: Path, png: bool
 ) -> dict:
@@ -67,8 +74,8 @@ def run(
     layer, head = nv[0], nv[1]
     figs = {
         "model_view": plot_model_view(p),
-        "head_view": plot_head_view(p, hv_layer),
-        "neuron_view": plot_neuron_view(view),
+        "head_view": plot_head_view(p, hv_layer, heads=focused_heads(p, hv_layer)),
+        "neuron_view": plot_neuron_view(view, model_name=name),
         "pattern": plot_pattern(p, layer, head),
     }
     extremes = {}

@@ -399,8 +399,10 @@ def figures(name: str, found: dict, claims: list) -> dict:
                 "copy score (paper)",
                 "negative copy score (paper)",
             ],  # fmt: skip
+            ["logit diff (IO − S)"] * 2 + ["attention"] * 4 + ["fraction of names"] * 2,
             title=f"{name}: every head, discovery prompts (n = {n})",
             columns=4,
+            stated={"attention": (0.0, 1.0), "fraction of names": (0.0, 1.0)},
         ),
         "scatter": value_scatter(
             x,

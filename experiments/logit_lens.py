@@ -115,7 +115,7 @@ def run(name: str, out: Path, n: int, png: bool, progress: bool) -> dict:
     for kind, lens in lenses.items():
         few = logit_lens(model, shown, "last", lens=lens, k=8, watch=watch, progress=False)
         figs[f"predictions_{kind}"] = plot_lens_predictions(few, 0)
-        figs[f"ranks_{kind}"] = plot_lens_ranks(few, [0])
+        figs[f"ranks_{kind}"] = plot_lens_ranks(few, [0], vocab_size=model.cfg.d_vocab)
         record["lenses"][kind]["top_predictions"] = {
             shown[i]: {
                 lab: list(few.top_tokens[j][i][:5]) for j, lab in enumerate(few.layer_labels)

@@ -156,16 +156,19 @@ def run(models: list[str], out: Path, n_permutations: int = 10_000, png: bool = 
     hover = [f"{WORDS[i]} / {WORDS[j]}" for i, j in iu.T.tolist()]
     off = cos_first[iu[0], iu[1]].tolist() + cos_second[iu[0], iu[1]].tolist()
     lo, hi = min(off), max(off)
+    blank = torch.eye(len(WORDS), dtype=torch.bool)  # each word with itself: 1, not data
     matrices_fig = similarity_heatmaps(
         [
-            SimilarityMatrix(cos_first, f"cosine: {what_first}", True),
-            SimilarityMatrix(cos_second, f"cosine: {what_second}", True),
+            SimilarityMatrix(cos_first.masked_fill(blank, float("nan")), f"{what_first}", True),
+            SimilarityMatrix(cos_second.masked_fill(blank, float("nan")), f"{what_second}", True),
         ],
         WORDS,
-        title="Cosine similarity of 18 words (space, furniture, fruit)",
+        title="Cosine similarity of 18 words (space, furniture, fruit); the diagonal "
+        "(each word with itself, 1) is left blank, so the scale spans the pairs",
         zmin=lo,
         zmax=hi,
         show_values=False,
+        unit="cosine",
     )
     scatter_fig = value_scatter(
         a_vals.tolist(),

@@ -8,14 +8,15 @@ builder takes a ``window`` of positions to show.
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Sequence
 
-import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mi_cluster.methods.attention import AttentionPatterns, NeuronView
+from mi_cluster.plotting.scales import add_colour_axes, colour_scale
 from mi_cluster.plotting.style import PALETTE, apply_paper_style
 
 __all__ = ["head_colors", "plot_head_view", "plot_model_view", "plot_neuron_view", "plot_pattern"]
@@ -31,11 +32,16 @@ _LEVELS = (
 
 
 def head_colors(n_heads: int) -> list[str]:
-    """One colour per head: the colour-blind-safe palette up to 8 heads, then Dark24."""
+    """One colour per head drawn: the colour-blind-safe palette up to 8 heads, beyond that
+    hues spaced evenly round the colour wheel, neighbours alternating dark and light, so
+    no two are near-identical."""
     if n_heads <= len(PALETTE):
         return list(PALETTE[:n_heads])
-    pool = list(plotly.colors.qualitative.Dark24)
-    return [pool[h % len(pool)] for h in range(n_heads)]
+    out = []
+    for h in range(n_heads):
+        r, g, b = colorsys.hls_to_rgb(h / n_heads, 0.32 if h % 2 else 0.55, 0.8)
+        out.append(f"#{round(255 * r):02x}{round(255 * g):02x}{round(255 * b):02x}")
+    return out
 
 
 def _windowed(p: AttentionPatterns, window: tuple[int, int] | None, show_special: bool):
@@ -133,12 +139,13 @@ def plot_head_view(
     """bertviz's head view: tokens in two columns (queries left, keys right), a line from
     each query to each key it attends to, opacity by weight (five levels), one colour per
     head, several heads overlaid (click a legend entry to hide a head). Weights below
-    ``min_weight`` are not drawn."""
+    ``min_weight`` are not drawn. For a still image give a few ``heads`` (default: all,
+    which only an interactive view can untangle); each drawn head gets its own colour."""
     p = _windowed(p, window, show_special)
     li = p.layer_index(layer)
     n_heads = p.pattern.shape[1]
     heads = list(range(n_heads)) if heads is None else list(heads)
-    colors = head_colors(n_heads)
+    colors = dict(zip(heads, head_colors(len(heads)), strict=True))
     n = len(p.labels)
     y = [-float(i) for i in range(n)]
     fig = go.Figure()
@@ -192,7 +199,9 @@ def plot_head_view(
     fig.update_xaxes(visible=False, range=[-0.7, 1.7])
     fig.update_yaxes(visible=False, range=[-n + 0.3, 1.0])
     fig.update_layout(
-        title=title or f"{p.model_name}: head view of layer {layer}",
+        title=title
+        or f"{p.model_name}: head view of layer {layer}"
+        + (f" (heads {', '.join(f'H{h}' for h in heads)})" if len(heads) < n_heads else ""),
         legend={"orientation": "h", "x": 0, "y": 0, "yanchor": "top", "entrywidth": 56},
         margin={"t": 70, "l": 20, "r": 20, "b": 30 + 26 * math.ceil(len(heads) / 8)},
     )
@@ -200,10 +209,11 @@ def plot_head_view(
     return apply_paper_style(fig, width=620, height=int(max(360, height)))
 
 
-def plot_neuron_view(nv: NeuronView, title: str | None = None) -> go.Figure:
+def plot_neuron_view(nv: NeuronView, title: str | None = None, model_name: str = "") -> go.Figure:
     """bertviz's neuron view for one head and query token: the query vector q, the key
     vectors k, their elementwise product q × k, the scores q · k / scale and the softmax
-    (the attention weights), one row per key token."""
+    (the attention weights), one row per key token. q and k share one colour scale, q × k
+    has its own; both colour bars are titled; ``model_name`` heads the default title."""
     keys = list(nv.labels)
     d = nv.q.shape[0]
     fig = make_subplots(
@@ -223,28 +233,18 @@ def plot_neuron_view(nv: NeuronView, title: str | None = None) -> go.Figure:
             "softmax",
         ),
     )
-    vec_bound = float(max(nv.q.abs().max(), nv.k.abs().max())) or 1.0
-    prod_bound = float(nv.product.abs().max()) or 1.0
+    vectors = colour_scale("q, k component", [nv.q, nv.k], diverging=True)
+    products = colour_scale("q × k term", [nv.product], diverging=True)
+    vec_axis, prod_axis = add_colour_axes(fig, [vectors, products])
     dims = list(range(d))
-    heat = {"colorscale": "RdBu", "zmid": 0, "showscale": False}
     fig.add_trace(
-        go.Heatmap(
-            z=[nv.q.tolist()], x=dims, y=[keys[nv.query]], zmin=-vec_bound, zmax=vec_bound, **heat
-        ),
+        go.Heatmap(z=[nv.q.tolist()], x=dims, y=[keys[nv.query]], coloraxis=vec_axis),
         row=1,
         col=1,
     )
+    fig.add_trace(go.Heatmap(z=nv.k.tolist(), x=dims, y=keys, coloraxis=vec_axis), row=2, col=1)
     fig.add_trace(
-        go.Heatmap(z=nv.k.tolist(), x=dims, y=keys, zmin=-vec_bound, zmax=vec_bound, **heat),
-        row=2,
-        col=1,
-    )
-    fig.add_trace(
-        go.Heatmap(
-            z=nv.product.tolist(), x=dims, y=keys, zmin=-prod_bound, zmax=prod_bound, **heat
-        ),
-        row=2,
-        col=2,
+        go.Heatmap(z=nv.product.tolist(), x=dims, y=keys, coloraxis=prod_axis), row=2, col=2
     )
     finite = [s if math.isfinite(s) else None for s in nv.scores.tolist()]
     fig.add_trace(
@@ -273,11 +273,13 @@ def plot_neuron_view(nv: NeuronView, title: str | None = None) -> go.Figure:
             categoryarray=keys,
         )
     fig.update_xaxes(showticklabels=False, row=1, col=1)
-    fig.update_xaxes(title_text="dimension", row=2, col=1)
-    fig.update_xaxes(title_text="dimension", row=2, col=2)
-    fig.update_xaxes(range=[0, 1], row=2, col=4)
+    fig.update_xaxes(title_text="head dimension", row=2, col=1)
+    fig.update_xaxes(title_text="head dimension", row=2, col=2)
+    fig.update_xaxes(title_text="score", row=2, col=3)
+    fig.update_xaxes(title_text="attention", range=[0, 1], row=2, col=4)
+    who = f"{model_name}: " if model_name else ""
     fig.update_layout(
-        title=title or f"Neuron view: L{nv.layer}H{nv.head}, query {keys[nv.query]!r}",
+        title=title or f"{who}neuron view of L{nv.layer}H{nv.head}, query {keys[nv.query]!r}",
         margin={"t": 100},
     )
     return apply_paper_style(fig, width=1000, height=int(max(360, 20 * len(keys) + 180)))

@@ -37,7 +37,6 @@ def alignment_heatmap(alignment: LayerAlignment, title: str = "") -> go.Figure:
             zmin=-1,
             zmax=1,
             colorscale=DIVERGING,
-            reversescale=True,
             colorbar={"title": {"text": "Pearson r"}},
             text=[[f"{v:.2f}" for v in row] for row in z.tolist()],
             texttemplate="%{text}",

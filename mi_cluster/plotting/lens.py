@@ -5,6 +5,7 @@ the top token for one prompt. Per-layer curves (KL, logit difference) use
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 
@@ -63,21 +64,13 @@ def plot_lens_predictions(
     fig = _probability_map(result, probs, x, text, "%{y}, rank %{x}: %{text} (p = %{z:.3f})", 11)
     fig.update_xaxes(title_text="rank", side="top")
     prompt = result.prompts[result.prompt_index[row]]
+    prompt = html.escape(prompt if len(prompt) < 110 else prompt[:107] + "...")
     where = f"after {_shown(result.tokens[row])!r} (position {result.positions[row]})"
+    heading = title or f"{result.model_name}, {result.lens} lens: top predictions {where}"
     fig.update_layout(
-        title=title or f"{result.model_name}, {result.lens} lens: top predictions {where}",
-        annotations=[
-            {
-                "text": prompt if len(prompt) < 110 else prompt[:107] + "...",
-                "xref": "paper",
-                "yref": "paper",
-                "x": 0,
-                "y": -0.06,
-                "showarrow": False,
-                "font": {"size": 11, "color": "#555555"},
-            }
-        ],
-        margin={"t": 140, "b": 60},
+        # the prompt as the title's last line, where the layout keeps room for it
+        title=f"{heading}<br><span style='font-size:12px;color:#555555'>{prompt}</span>",
+        margin={"t": 140, "b": 30},
     )
     return apply_paper_style(
         fig, width=int(max(520, 90 * k + 160)), height=int(36 * result.n_layers + 200)
@@ -85,10 +78,16 @@ def plot_lens_predictions(
 
 
 def plot_lens_ranks(
-    result: LensResult, rows: Sequence[int] | None = None, title: str | None = None
+    result: LensResult,
+    rows: Sequence[int] | None = None,
+    title: str | None = None,
+    vocab_size: int | None = None,
 ) -> go.Figure:
     """The rank (0 = most likely) of each watched token at every layer: one column per
-    watched token and row, coloured on a log scale (ecco's ``rankings_watch``)."""
+    watched token and row, coloured on a log scale (ecco's ``rankings_watch``). The scale
+    runs from rank 0 to the last rank of a ``vocab_size`` vocabulary, so maps of one model
+    (the logit and the tuned lens) are drawn on the same scale; without it, to the largest
+    rank shown."""
     if not result.watch_ids:
         raise ValueError("no watched tokens: give watch=[...] to logit_lens")
     rows = [0] if rows is None else list(rows)
@@ -107,6 +106,11 @@ def plot_lens_ranks(
         for layer in range(result.n_layers)
     ]
     text = [[str(ranks[c][layer]) for c in range(len(columns))] for layer in range(result.n_layers)]
+    last = vocab_size - 1 if vocab_size else max(max(r) for r in ranks)
+    top = math.log10(max(last, 1) + 1)
+    # round ranks for ticks, none crowding the last rank's tick (at least 0.3 decades apart)
+    marks = [m for m in (0, 9, 99, 999, 9999, 99999) if math.log10((last + 1) / (m + 1)) > 0.3]
+    marks.append(last)
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -116,7 +120,12 @@ def plot_lens_ranks(
             texttemplate="%{text}",
             colorscale="Viridis_r",
             zmin=0,
-            colorbar={"title": "log10(rank + 1)"},
+            zmax=top,
+            colorbar={
+                "title": {"text": "rank (log scale)", "side": "right"},
+                "tickvals": [math.log10(m + 1) for m in dict.fromkeys(marks)],
+                "ticktext": [str(m) for m in dict.fromkeys(marks)],
+            },
             hovertemplate="%{y}, %{x}: rank %{text}<extra></extra>",
         )
     )

@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 
 from mi_cluster.methods.paired import PairedComparison
 from mi_cluster.plotting.lines import Band, layer_bands
-from mi_cluster.plotting.style import SEQUENTIAL, apply_paper_style
+from mi_cluster.plotting.scales import add_colour_axes, colour_scale
+from mi_cluster.plotting.style import apply_paper_style
 
 __all__ = ["paired_heatmap", "paired_lines"]
 
@@ -51,11 +52,11 @@ def paired_heatmap(
             z=values.tolist(),
             x=x,
             y=list(c.layer_labels),
-            colorscale=SEQUENTIAL,
-            colorbar={"title": unit},
+            coloraxis="coloraxis",
             hovertemplate="%{y}, %{x}: %{z:.4f}<extra></extra>",
         )
     )
+    add_colour_axes(fig, [colour_scale(unit, [values])])  # from zero, or around it if signed
     fig.update_yaxes(autorange="reversed", title_text="layer", type="category")
     fig.update_xaxes(title_text="position", tickangle=-45, type="category")
     head = title or f"{c.model_name}: {name} by layer and position"

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mi_cluster.methods.patching import PatchResult
+from mi_cluster.plotting.scales import add_colour_axes, colour_scale
 from mi_cluster.plotting.style import apply_paper_style
 
 __all__ = ["patching_maps"]
@@ -39,7 +40,8 @@ def patching_maps(
             base = r.corrupted if r.direction == "denoise" else r.clean
             z = r.mean() - base.mean()
         panels.append(z.detach().double().cpu())
-    bound = max(float(z.abs().max()) for z in panels) or 1.0
+    what = "normalised effect" if normalised else f"Δ {results[0].metric}"
+    scale = colour_scale(what, panels, diverging=True)
     names = list(titles) if titles is not None else [f"{r.site} ({r.direction})" for r in results]
     fig = make_subplots(rows=1, cols=len(results), subplot_titles=names, horizontal_spacing=0.07)
     for k, (r, z) in enumerate(zip(results, panels, strict=True)):
@@ -61,22 +63,16 @@ def patching_maps(
         fig.update_xaxes(
             title_text=r.axes[1].replace("pos", "position"),
             tickangle=-45 if r.axes[1] == "pos" else 0,
+            tickfont_size=11,
             row=1,
             col=k + 1,
         )
-    what = "normalised effect" if normalised else f"Δ {results[0].metric}"
+    add_colour_axes(fig, [scale])
     fig.update_layout(
-        coloraxis={
-            "colorscale": "RdBu",
-            "cmid": 0,
-            "cmin": -bound,
-            "cmax": bound,
-            "colorbar": {"title": what},
-        },
         title={"text": title, "x": 0.5, "xanchor": "center"},
         margin={"b": 110},
     )
-    widths = sum(max(260, 26 * len(r.labels[r.axes[1]])) for r in results)
+    widths = sum(max(260, 34 * len(r.labels[r.axes[1]])) for r in results)
     return apply_paper_style(
         fig, width=widths + 220, height=420 + 18 * len(results[0].labels["layer"])
     )

@@ -5,12 +5,12 @@ subjecthood from object to subject position
 from __future__ import annotations
 
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 
 from mi_cluster.methods.stats import SCOPES
 from mi_cluster.plotting.heads import head_maps
-from mi_cluster.plotting.style import PALETTE, apply_paper_style
+from mi_cluster.plotting.scales import add_colour_axes, colour_scale
+from mi_cluster.plotting.style import PALETTE, apply_paper_style, rgba
 from mi_cluster.studies.subject_object.role_shift import ComponentShare, RoleShiftAttribution
 
 __all__ = ["role_shift_forest", "role_shift_heads", "role_shift_positions"]
@@ -38,19 +38,17 @@ def _subtitle(a: RoleShiftAttribution) -> str:
 def role_shift_heads(a: RoleShiftAttribution) -> go.Figure:
     """Layer x head maps of the fraction of the shift each head carries (its output at
     every position patched from the subject into the object form), then for each path
-    receiver the fraction its upstream senders carry through it (blank: no path); one
-    colour scale for all."""
+    receiver the fraction its upstream senders carry through it (rows: the layers that can
+    send to it); one colour scale for all."""
     heads = a.components.get("head_out")
     if heads is None:
         raise ValueError("the attribution has no head_out site to draw")
     maps, titles = [heads.fraction], ["each head's output (all positions)"]
-    for receiver, share in a.paths.items():
-        full = torch.full_like(heads.fraction, float("nan"))
-        full[: share.fraction.shape[0]] = share.fraction
-        maps.append(full)
+    for receiver, share in a.paths.items():  # senders: the layers before the receiver
+        maps.append(share.fraction)
         titles.append(f"path: sender -> {receiver} (q, k, v)")
     return head_maps(
-        maps, titles, title=_subtitle(a), columns=min(3, len(maps)), shared_scale="fraction"
+        maps, titles, ["fraction"] * len(maps), title=_subtitle(a), columns=min(3, len(maps))
     )
 
 
@@ -62,7 +60,7 @@ def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
     if not kinds:
         raise ValueError("the attribution has no by-position site (resid_pre, mlp_out) to draw")
     shares = [a.components[k] for k in kinds]
-    bound = max(float(s.fraction.abs().max()) for s in shares) or 1.0
+    scale = colour_scale("fraction", [s.fraction for s in shares], diverging=True)
     fig = make_subplots(
         rows=1, cols=len(kinds), subplot_titles=[_TITLE_KINDS[k] for k in kinds],
         horizontal_spacing=0.08,
@@ -85,13 +83,8 @@ def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
         )
         fig.update_yaxes(autorange="reversed", row=1, col=k + 1)
         fig.update_xaxes(title_text="position (W = the read word)", row=1, col=k + 1)
-    fig.update_layout(
-        coloraxis={
-            "colorscale": "RdBu", "cmid": 0, "cmin": -bound, "cmax": bound,
-            "colorbar": {"title": "fraction"},
-        },
-        title={"text": _subtitle(a), "x": 0.5, "xanchor": "center"},
-    )  # fmt: skip
+    add_colour_axes(fig, [scale])
+    fig.update_layout(title={"text": _subtitle(a), "x": 0.5, "xanchor": "center"})
     n_off = len(shares[0].labels["offset"])
     return apply_paper_style(fig, width=len(kinds) * max(380, 46 * n_off) + 200, height=460)
 
@@ -99,7 +92,7 @@ def role_shift_positions(a: RoleShiftAttribution) -> go.Figure:
 _STATES = (
     ("across", "reliable for templates in general (Holm p < {alpha})"),
     ("within", "reliable for these templates only (Holm p < {alpha})"),
-    ("none", "not reliable"),
+    ("none", "not reliable (Holm p ≥ {alpha} for both)"),
 )
 
 
@@ -120,7 +113,7 @@ def _rows(a: RoleShiftAttribution, share: ComponentShare, kind: str) -> list[dic
     ]  # fmt: skip
 
 
-def _bars(rows: list[dict], low: str, high: str, color: str, thickness: int, width: int):
+def _bars(rows: list[dict], low: str, high: str, color: str, thickness: float, width: float):
     """Asymmetric error bars from each row's estimate to its ``low`` and ``high``."""
     return {
         "type": "data", "symmetric": False, "thickness": thickness, "width": width,
@@ -152,7 +145,7 @@ def role_shift_forest(a: RoleShiftAttribution, top: int = 14) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[r["f"] for r in sub],
-                error_x=_bars(sub, "low", "high", color, thickness=1, width=0),
+                error_x=_bars(sub, "low", "high", rgba(color, 0.5), thickness=1.5, width=3),
                 marker={"size": 1, "color": color},
                 showlegend=False,
                 hoverinfo="skip",

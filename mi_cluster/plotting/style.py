@@ -1,7 +1,8 @@
 """One paper style for every mi_cluster figure: a plotly template (``"mi_cluster"``), the
 palette and colour scales, and sizes for a one-column or a full-width figure.
 
-- White background, Arial, a colour-blind-safe categorical palette (Okabe-Ito).
+- White background, the packaged Source Sans Pro (:mod:`mi_cluster.plotting.font`), a
+  colour-blind-safe categorical palette (Okabe-Ito).
 - ``DIVERGING`` (centred at zero; patching, attribution, effects) and ``SEQUENTIAL``
   (similarities, attention, probabilities).
 - Builders are sized for a full-width figure (6.75 in): at their default 13-px font and
@@ -14,10 +15,14 @@ palette and colour scales, and sizes for a one-column or a full-width figure.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from mi_cluster.plotting.font import FONT_STACK, text_width
 
 __all__ = [
     "DIVERGING",
@@ -27,9 +32,11 @@ __all__ = [
     "SEQUENTIAL",
     "apply_paper_style",
     "color_for",
+    "legend_below",
     "marker_for",
     "paper_size",
     "rgba",
+    "wrap_text",
 ]
 
 # Colour-blind-safe (Okabe-Ito).
@@ -38,22 +45,24 @@ DIVERGING = "RdBu"  # blue positive, red negative; always with a zero midpoint
 SEQUENTIAL = "Blues"
 PAPER_WIDTH_IN = {"column": 3.25, "full": 6.75}
 PAPER_DPI = 300
+TITLE_PX, SUBPLOT_TITLE_PX = 18, 16  # plotly's sizes for a 13-px font
 _PX_PER_IN = 96
-FONT = "Arial, Helvetica, sans-serif"
-# The subject/object design's groups: names blue, objects vermillion/orange; circles for
-# names, diamonds for objects; filled in subject position, open in object position.
+# The subject/object design's groups: names blue, objects vermillion/orange, dark in
+# subject position and light in object position; circles and diamonds for names and
+# objects in subject position, squares and triangles in object position. All filled: an
+# open marker means "not significant" in every mi_cluster figure.
 GROUP_STYLES: dict[str, tuple[str, str]] = {
     "name · subject": ("#0072B2", "circle"),
-    "name · object": ("#56B4E9", "circle-open"),
+    "name · object": ("#56B4E9", "square"),
     "object · subject": ("#D55E00", "diamond"),
-    "object · object": ("#E69F00", "diamond-open"),
+    "object · object": ("#E69F00", "triangle-up"),
     "name · alone": ("#000000", "circle-dot"),
     "object · alone": ("#999999", "diamond-dot"),
 }
 
 _template = go.layout.Template(pio.templates["simple_white"])
 _layout: Any = _template.layout  # plotly's stubs do not type a template's layout
-_layout.font = {"family": FONT, "size": 13, "color": "#222222"}
+_layout.font = {"family": FONT_STACK, "size": 13, "color": "#222222"}
 _layout.colorway = list(PALETTE)
 _layout.paper_bgcolor = "white"
 _layout.plot_bgcolor = "white"
@@ -91,10 +100,76 @@ def _has_subplot_titles(fig: go.Figure) -> bool:
     )
 
 
+def wrap_text(text: str, width: float, size: float) -> str:
+    """``text`` with ``<br>`` put between words so no line is wider than ``width`` pixels at
+    ``size`` pixels in the figures' font (lines it has already are kept; a single word
+    wider than ``width`` stays whole)."""
+    out = []
+    for line in re.split(r"<br\s*/?>", text, flags=re.IGNORECASE):
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and text_width(trial, size) > width:
+                out.append(current)
+                current = word
+            else:
+                current = trial
+        out.append(current)
+    return "<br>".join(out)
+
+
+def _fit_subplot_titles(fig: go.Figure, plot_width: float) -> None:
+    """Wrap each subplot title to the width of its column."""
+    axes = [fig.layout[a] for a in fig.layout if a.startswith("xaxis")]  # type: ignore[attr-defined]
+    domains = sorted({tuple(a.domain or (0.0, 1.0)) for a in axes})
+    for note in fig.layout.annotations or ():
+        if note.xref != "paper" or note.yanchor != "bottom" or not note.text:
+            continue
+        widths = [(d1 - d0) for d0, d1 in domains if d0 - 1e-6 <= note.x <= d1 + 1e-6]
+        if widths:
+            size = (note.font.size if note.font else None) or SUBPLOT_TITLE_PX
+            note.text = wrap_text(note.text, min(widths) * plot_width + 8, size)
+
+
+def legend_below(fig: go.Figure) -> go.Figure:
+    """Put the legend in a band of its own along the bottom edge of a styled figure (call
+    it after :func:`apply_paper_style`), under the x-axis titles, never over them; the
+    figure grows by the band, which has a row for every line the entries wrap to."""
+    traces: Sequence[Any] = fig.data  # pyright: ignore[reportAssignmentType]
+    names = [t.name for t in traces if t.name and t.showlegend is not False]
+    width = fig.layout.width or 760
+    lines, used = 1, 0.0
+    for name in dict.fromkeys(names):
+        entry = text_width(name, 13) + 50  # symbol, gap and padding
+        if used and used + entry > width - 20:
+            lines, used = lines + 1, 0.0
+        used += entry
+    band = 10 + 24 * lines
+    fig.update_layout(
+        legend={
+            "orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom",
+            "yref": "container",
+        },
+        margin_b=(fig.layout.margin.b or 60) + band,
+        height=(fig.layout.height or 560) + band,
+    )  # fmt: skip
+    fig.update_layout(title_y=1 - 12 / fig.layout.height)  # where apply_paper_style put it
+    return fig
+
+
 def apply_paper_style(fig: go.Figure, width: int = 760, height: int = 560) -> go.Figure:
-    """The mi_cluster template, the figure's size, and a top margin that keeps the title
-    (every line of it) clear of the subplot titles."""
+    """The mi_cluster template, the figure's size, titles wrapped to fit the figure (and
+    subplot titles to their column), and a top margin that keeps the title (every line of
+    it) clear of the subplot titles."""
     fig.update_layout(template="mi_cluster", width=width, height=height)
+    margin = fig.layout.margin
+    plot_width = width - (margin.l if margin.l is not None else 70) - (margin.r or 30)
+    _fit_subplot_titles(fig, plot_width)
+    if fig.layout.title.text:
+        fig.layout.title.text = wrap_text(fig.layout.title.text, width - 40, TITLE_PX)
+    for frame in fig.frames or ():  # an animation's frames bring titles of their own
+        if frame.layout and frame.layout.title and frame.layout.title.text:
+            frame.layout.title.text = wrap_text(frame.layout.title.text, width - 40, TITLE_PX)
     title = fig.layout.title.text or ""
     lines = title.count("<br>") + 1 if title else 0
     top = 30 + 26 * lines + (24 if _has_subplot_titles(fig) else 0)

@@ -83,6 +83,7 @@ class HeadClaim:
         n_prompts: prompts the effect was measured on.
         p_min: the smallest p-value the null allows (1 / number of head sets when all
             are enumerated): a set that beats every other can score no lower.
+        unit: the effect's unit (a figure's axis title).
     """
 
     claim: str
@@ -94,6 +95,7 @@ class HeadClaim:
     null: str
     n_prompts: int
     p_min: float = 0.0
+    unit: str = ""
 
     def supported(self, alpha: float = 0.05, min_effect: float = 0.0) -> bool:
         """p below ``alpha``, the interval excludes zero on the effect's side, and the
@@ -200,10 +202,12 @@ def _against_sets(
     pool: Pool,
     alternative: Alternative,
     seed: int,
+    unit: str,
     note: str = "",
 ) -> HeadClaim:
     """A claim whose effect is the mean of ``per_unit`` (prompts or names; bootstrapped for
-    the interval), compared with the same effect of other head sets (``null``)."""
+    the interval) in ``unit``, compared with the same effect of other head sets
+    (``null``)."""
     effect = float(per_unit.mean())
     low, high = bootstrap_ci(per_unit, seed)
     where = "from the same layers" if pool == "same_layers" else "from any layer"
@@ -218,6 +222,7 @@ def _against_sets(
         null=f"{count} head sets of the same size {where}{note}",
         n_prompts=len(per_unit),
         p_min=1 / len(sets) if exact else 1 / (1 + len(sets)),
+        unit=unit,
     )
 
 
@@ -391,6 +396,7 @@ def ablation_test(
         pool=pool,
         alternative=alternative,
         seed=seed,
+        unit="drop in logit difference IO − S",
     )
 
 
@@ -426,6 +432,7 @@ def attention_test(
         null="sign flips of the per-prompt differences (no preference)",
         n_prompts=len(prompts),
         p_min=2.0 ** -len(prompts) if test.exact else 1 / (1 + test.n_permutations),
+        unit="attention probability difference",
     )
 
 
@@ -465,6 +472,7 @@ def copy_score_test(
         pool=pool,
         alternative="greater",
         seed=seed,
+        unit=f"fraction of names in the top {k}",
     )
 
 
@@ -519,5 +527,6 @@ def direct_effect_test(
         pool=pool,
         alternative=alternative,
         seed=seed,
+        unit="drop in logit difference IO − S",
         note=", sums of single-head effects",
     )
