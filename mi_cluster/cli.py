@@ -282,7 +282,29 @@ def run_figures(
         if error:
             echo("    " + error.replace("\n", "\n    "))
     atomic_write_text(out / "README.md", figures_index(out))
+    _write_contact_sheet(out, echo)
     return results
+
+
+CONTACT_SHEET = "contact_sheet.png"
+
+
+def _write_contact_sheet(out: Path, echo) -> None:
+    """Every PNG figure of ``out`` in one image, ``out/contact_sheet.png``."""
+    from mi_cluster.core.atomic import atomic_path
+    from mi_cluster.plotting.contact import contact_sheet
+
+    pngs = sorted(p for p in out.glob("*.png") if p.name != CONTACT_SHEET)
+    if not pngs:
+        return
+    try:
+        data = contact_sheet(pngs)
+    except ImportError:
+        echo("contact sheet not written: it needs Pillow (pip install pillow)")
+        return
+    with atomic_path(out / CONTACT_SHEET) as tmp:
+        tmp.write_bytes(data)
+    echo(f"wrote {out / CONTACT_SHEET} ({len(pngs)} figures)")
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:

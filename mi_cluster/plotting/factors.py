@@ -12,12 +12,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mi_cluster.methods.factors import ActivationFactors
+from mi_cluster.plotting.font import text_width
 from mi_cluster.plotting.style import apply_paper_style, rgba
 
 __all__ = ["component_colors", "plot_factor_heatmap", "plot_factor_text", "plot_factor_top_tokens"]
 
-_CHAR = 7.2  # px per character at the text figure's font size (Arial 12)
+_FONT = 12  # px, the text figure's font size
 _LINE = 26  # px per line of text
+_PAD, _GAP = 3.0, 4.0  # px inside a word's box at each end; px between words
 
 
 def component_colors(n: int) -> list[str]:
@@ -32,6 +34,18 @@ def _display(token: str) -> tuple[str, bool]:
     if token.startswith("##"):
         return token[2:], True
     return token.strip() or "␣", False
+
+
+def _words(tokens: Sequence[str]) -> list[list[int]]:
+    """Token indices grouped into words: a piece that joins the previous one (``##ve``)
+    belongs to its word."""
+    words: list[list[int]] = []
+    for i, token in enumerate(tokens):
+        if words and _display(token)[1]:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    return words
 
 
 def plot_factor_text(
@@ -54,40 +68,40 @@ def plot_factor_text(
     shapes, xs, ys, texts, hovers = [], [], [], [], []
     x, line = 0.0, 0
     usable = width - 40
-    for i, token in enumerate(f.tokens):
-        shown, joins = _display(token)
-        w = _CHAR * len(shown) + 6
-        gap = 0.0 if joins else 4.0
-        if x > 0 and x + gap + w > usable:
-            x, line, gap = 0.0, line + 1, 0.0
-        x0 = x + gap
-        y0 = -line * _LINE
-        c = comps[int(which[i])]
-        shapes.append(
-            {
-                "type": "rect",
-                "x0": x0,
-                "x1": x0 + w,
-                "y0": y0 - _LINE / 2 + 2,
-                "y1": y0 + _LINE / 2 - 2,
-                "fillcolor": rgba(colors[c], 0.85 * float(strength[i])),
-                "line": {"width": 0},
-                "layer": "below",
-            }
-        )
-        xs.append(x0 + w / 2)
-        ys.append(y0)
-        texts.append(shown)
-        values = ", ".join(f"C{cc}: {float(acts[j, i]):.2f}" for j, cc in enumerate(comps))
-        hovers.append(f"{f.labels[i]}<br>{values}")
-        x = x0 + w
+    for word in _words(f.tokens):  # a word's pieces stay together on one line
+        pieces = [(i, _display(f.tokens[i])[0]) for i in word]
+        widths = [
+            text_width(shown, _FONT) + (_PAD if k == 0 else 0)
+            for k, (_, shown) in enumerate(pieces)
+        ]
+        widths[-1] += _PAD
+        if x > 0 and x + _GAP + sum(widths) > usable:
+            x, line = 0.0, line + 1
+        x += _GAP if x > 0 else 0.0
+        for (i, shown), w in zip(pieces, widths, strict=True):
+            y0 = -line * _LINE
+            c = comps[int(which[i])]
+            shapes.append(
+                {
+                    "type": "rect", "x0": x, "x1": x + w,
+                    "y0": y0 - _LINE / 2 + 2, "y1": y0 + _LINE / 2 - 2,
+                    "fillcolor": rgba(colors[c], 0.85 * float(strength[i])),
+                    "line": {"width": 0}, "layer": "below",
+                }
+            )  # fmt: skip
+            xs.append(x + w / 2)
+            ys.append(y0)
+            texts.append(shown)
+            values = ", ".join(f"C{cc}: {float(acts[j, i]):.2f}" for j, cc in enumerate(comps))
+            hovers.append(f"{f.labels[i]}<br>{values}")
+            x += w
     fig = go.Figure(
         go.Scatter(
             x=xs,
             y=ys,
             mode="text",
             text=texts,
-            textfont={"size": 12, "color": "#000000"},
+            textfont={"size": _FONT, "color": "#000000"},
             hovertext=hovers,
             hoverinfo="text",
             showlegend=False,
@@ -119,28 +133,36 @@ def plot_factor_text(
 
 
 def plot_factor_heatmap(f: ActivationFactors, title: str | None = None) -> go.Figure:
-    """Component x token heatmap of the factor activations (tokens in passage order)."""
+    """Component x token heatmap of the factor activations (tokens in passage order). Every
+    token is a column; tick labels are the tokens as they read (WordPiece ``##`` dropped),
+    every one where they fit and every k-th where they would crowd (hover names all)."""
     z = f.activations.double().cpu()
+    n = len(f.labels)
+    width = int(min(2400, max(700, 7 * n + 200)))
+    every = max(1, math.ceil(13 * n / (width - 200)))  # 13 px per label at 10 px
     fig = go.Figure(
         go.Heatmap(
             z=z.tolist(),
-            x=list(f.labels),
+            x=list(range(n)),
             y=[f"C{c}" for c in range(f.n_components)],
             colorscale="Viridis",
             zmin=0,
-            colorbar={"title": "activation"},
-            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+            colorbar={"title": {"text": "activation", "side": "right"}},
+            customdata=[list(f.labels)] * f.n_components,
+            hovertemplate="%{y}, %{customdata}: %{z:.3f}<extra></extra>",
         )
     )
-    n = len(f.labels)
-    fig.update_xaxes(title_text="token", tickangle=-90, tickfont={"size": 9 if n < 120 else 6})
+    ticks = list(range(0, n, every))
+    fig.update_xaxes(
+        title_text="token" + (f" (one in {every} labelled)" if every > 1 else ""),
+        tickmode="array", tickvals=ticks, ticktext=[_display(f.tokens[i])[0] for i in ticks],
+        tickangle=-90, tickfont={"size": 10},
+    )  # fmt: skip
     fig.update_yaxes(autorange="reversed", title_text="component")
     fig.update_layout(
         title=title or f"{f.model_name}: NMF component activation by token ({f.site})"
     )
-    return apply_paper_style(
-        fig, width=int(min(2400, max(700, 7 * n + 200))), height=int(40 * f.n_components + 260)
-    )
+    return apply_paper_style(fig, width=width, height=int(40 * f.n_components + 260))
 
 
 def plot_factor_top_tokens(
@@ -156,7 +178,7 @@ def plot_factor_top_tokens(
         cols=cols,
         subplot_titles=[f"C{c}" for c in range(f.n_components)],
         horizontal_spacing=0.12,
-        vertical_spacing=0.12,
+        vertical_spacing=0.5 / rows,
     )
     for c, top in enumerate(tops):
         fig.add_trace(
@@ -174,5 +196,6 @@ def plot_factor_top_tokens(
         fig.update_yaxes(
             autorange="reversed", tickfont={"size": 10}, row=c // cols + 1, col=c % cols + 1
         )
+        fig.update_xaxes(title_text="activation", row=c // cols + 1, col=c % cols + 1)
     fig.update_layout(title=title or f"{f.model_name}: top tokens of each NMF component ({f.site})")
-    return apply_paper_style(fig, width=240 * cols + 120, height=int((22 * n + 60) * rows + 120))
+    return apply_paper_style(fig, width=240 * cols + 120, height=int((22 * n + 110) * rows + 120))

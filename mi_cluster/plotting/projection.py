@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from mi_cluster.methods.projections import LayerProjection
+from mi_cluster.plotting.font import text_width
+from mi_cluster.plotting.labels import place_labels
 from mi_cluster.plotting.style import apply_paper_style, color_for, marker_for
 
 __all__ = ["animation_controls", "layer_scatter"]
@@ -49,36 +51,43 @@ def layer_scatter(
     if normalise:
         rms = coords.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)
         coords = coords / rms[:, None, None]
+    lim = float(coords[..., :2].abs().max()) * 1.15
+    legend = max(text_width(g, 13) for g in groups) + 70  # px right of the plot
     points = _Points(
-        coords, list(labels), list(groups), list(hover or labels), list(pairs), show_labels
-    )
+        coords, list(labels), list(groups), list(hover or labels), list(pairs), show_labels,
+        lim, (_WIDTH - 70 - legend, _HEIGHT - _MARGIN_T - _MARGIN_B),
+    )  # fmt: skip
     evr = projection.explained_variance_ratio.detach().cpu()
     comp = projection.component_labels or ("component 1", "component 2")
 
-    def frame_title(layer: int) -> str:
+    def frame_title(layer: int, shown: int) -> str:
         v = evr[layer]
+        left_off = f"; {shown} of {len(labels)} labels drawn (no overlaps; hover for all)"
         return (
             f"{title}<br><sup>layer {layer_labels[layer]}: {comp[0]} {100 * v[0]:.1f}%, "
-            f"{comp[1]} {100 * v[1]:.1f}% of variance; {projection.basis}</sup>"
+            f"{comp[1]} {100 * v[1]:.1f}% of variance; {projection.basis}"
+            f"{left_off if show_labels and shown < len(labels) else ''}</sup>"
         )
 
-    frames = [
-        go.Frame(
-            data=points.traces(layer),
-            name=str(layer),
-            layout={"title": {"text": frame_title(layer)}},
+    frames = []
+    for layer in range(coords.shape[0]):
+        traces, shown = points.traces(layer)
+        frames.append(
+            go.Frame(
+                data=traces, name=str(layer), layout={"title": {"text": frame_title(layer, shown)}}
+            )
         )
-        for layer in range(coords.shape[0])
-    ]
     fig = go.Figure(data=frames[0].data, frames=frames)
-    lim = float(coords[..., :2].abs().max()) * 1.15
     unit = " (scaled per layer)" if normalise else ""
     fig.update_xaxes(title=f"{comp[0]}{unit}", range=[-lim, lim], zeroline=True, autorange=False)
     fig.update_yaxes(title=f"{comp[1]}{unit}", range=[-lim, lim], zeroline=True, autorange=False)
     sliders, buttons = animation_controls(layer_labels)
-    fig.update_layout(title={"text": frame_title(0)}, sliders=sliders, updatemenus=buttons)
-    fig.update_layout(margin={"b": 150, "t": 100})
-    return apply_paper_style(fig, width=880, height=760)
+    fig.update_layout(title=frames[0].layout.title, sliders=sliders, updatemenus=buttons)
+    fig.update_layout(margin={"b": _MARGIN_B, "t": _MARGIN_T})
+    fig = apply_paper_style(fig, width=_WIDTH, height=_HEIGHT)
+    # the legend in a margin of its own, so the plot area is the size labels were placed in
+    fig.update_layout(margin_r=legend, legend={"x": 1.02, "xanchor": "left", "y": 1})
+    return fig
 
 
 def _checked_coords(
@@ -104,6 +113,11 @@ def _checked_coords(
     return coords
 
 
+# The scatter's size and margins (the left one apply_paper_style's), for label placement
+_WIDTH, _HEIGHT, _MARGIN_T, _MARGIN_B = 880, 760, 110, 150
+_LABEL_PX, _MARKER_PX = 10, 9
+
+
 @dataclass(frozen=True)
 class _Points:
     """The scatter's points at every layer, with their text, groups and joined pairs."""
@@ -114,9 +128,22 @@ class _Points:
     hover: list[str]
     pairs: list[tuple[int, int]]
     show_labels: bool
+    lim: float  # the axes run from -lim to lim
+    plot_px: tuple[float, float]  # the plot area's width and height
 
-    def traces(self, layer: int) -> list[go.Scatter]:
-        """The lines joining pairs, then one marker trace per group, at ``layer``."""
+    def _places(self, layer: int) -> list[str | None]:
+        """Each label's text position at ``layer`` (None: left off, it would overlap)."""
+        c = self.coords[layer]
+        w, h = self.plot_px
+        scale = (w / (2 * self.lim), h / (2 * self.lim))
+        px = [((x + self.lim) * scale[0], (y + self.lim) * scale[1]) for x, y in c[:, :2].tolist()]
+        texts = self.labels if self.show_labels else [""] * len(self.labels)
+        return place_labels(px, texts, size=_LABEL_PX, marker=_MARKER_PX, canvas=(w, h))
+
+    def traces(self, layer: int) -> tuple[list[go.Scatter], int]:
+        """The lines joining pairs, then one marker trace per group, at ``layer``; and how
+        many labels are drawn."""
+        places = self._places(layer)
         xs: list[float | None] = []
         ys: list[float | None] = []
         c = self.coords[layer]
@@ -134,22 +161,22 @@ class _Points:
         for g in order:
             idx = [i for i, group in enumerate(self.groups) if group == g]
             color = color_for(g, order)
-            marker = {"size": 9, "color": color, "symbol": marker_for(g, order)}
+            marker = {"size": _MARKER_PX, "color": color, "symbol": marker_for(g, order)}
             out.append(
                 go.Scatter(
                     x=c[idx, 0].tolist(),
                     y=c[idx, 1].tolist(),
                     mode="markers+text" if self.show_labels else "markers",
                     name=g,
-                    text=[self.labels[i] for i in idx],
-                    textposition="top center",
-                    textfont={"size": 8, "color": "#555555"},
+                    text=[self.labels[i] if places[i] else "" for i in idx],
+                    textposition=[places[i] or "top center" for i in idx],
+                    textfont={"size": _LABEL_PX, "color": "#444444"},
                     hovertext=[self.hover[i] for i in idx],
                     hoverinfo="text",
                     marker={**marker, "line": {"width": 1.2, "color": color}},
                 )
             )
-        return out
+        return out, sum(p is not None for p in places)
 
 
 def animation_controls(frame_labels: Sequence[str]) -> tuple[list[dict], list[dict]]:

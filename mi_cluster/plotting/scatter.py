@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -21,7 +22,10 @@ def value_scatter(
     hover: Sequence[str] | None = None,
     groups: Sequence[str] | None = None,
 ) -> go.Figure:
-    """One point per pair ``(x[i], y[i])``, coloured by ``groups`` if given."""
+    """One point per pair ``(x[i], y[i])``, coloured by ``groups`` if given. Pairs that
+    coincide are drawn once with a marker whose area grows with their number, and the
+    title says how many points fell on how many places (40 prompts on 3 dots is said, not
+    hidden)."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} x values and {len(y)} y values")
     labels = list(groups) if groups is not None else [""] * len(x)
@@ -29,25 +33,37 @@ def value_scatter(
         raise ValueError(f"{len(labels)} groups for {len(x)} points")
     hover = list(hover) if hover is not None else [""] * len(x)
     fig = go.Figure()
+    distinct = 0
     for k, g in enumerate(dict.fromkeys(labels)):
-        idx = [i for i, lab in enumerate(labels) if lab == g]
+        points: dict[tuple[float, float], list[int]] = {}  # a point -> the pairs drawn there
+        for i, lab in enumerate(labels):
+            if lab == g:
+                points.setdefault((float(x[i]), float(y[i])), []).append(i)
+        distinct += len(points)
+        counts = [len(idx) for idx in points.values()]
         fig.add_trace(
             go.Scatter(
-                x=[float(x[i]) for i in idx],
-                y=[float(y[i]) for i in idx],
+                x=[p[0] for p in points],
+                y=[p[1] for p in points],
                 mode="markers",
                 name=g or "pairs",
                 showlegend=bool(g),
-                hovertext=[hover[i] for i in idx],
+                hovertext=[
+                    hover[idx[0]] + (f" (and {len(idx) - 1} more here)" if len(idx) > 1 else "")
+                    for idx in points.values()
+                ],
                 hoverinfo="text+x+y",
                 marker={
-                    "size": 7,
+                    "size": [7 * math.sqrt(c) for c in counts],  # area in proportion to count
                     "color": PALETTE[k % len(PALETTE)],
                     "opacity": 0.7,
                     "line": {"width": 0.5},
                 },
             )
         )
+    if distinct < len(x):
+        note = f"{len(x)} points at {distinct} distinct places; marker area ∝ points there"
+        title = f"{title}<br><span style='font-size:12px'>{note}</span>" if title else note
     fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"})
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
