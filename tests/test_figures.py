@@ -45,7 +45,9 @@ def _animation() -> go.Figure:
 
 
 def _heatmap() -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=[[0, 1, 2], [3, 4, 5]], colorscale="Blues"))
+    fig = go.Figure(
+        go.Heatmap(z=[[0, 1, 2], [3, 4, 5]], colorscale="Blues", colorbar_title="count")
+    )
     return apply_paper_style(fig, 400, 300)
 
 

@@ -83,8 +83,8 @@ def test_paired_figures(toy):
     lines = paired_lines(c)
     names = [ann.text for ann in lines.layout.annotations]
     assert "linear CKA of the residuals" in names and "Jensen-Shannon divergence" in names
-    means = [t for t in lines.data if t.name == "mean over pairs (95% CI)"]
-    assert len(means) == 3  # KL, JS, cosine, each with its band
+    means = [t for t in lines.data if t.name == "mean over pairs (95% CI)" and t.x[0] is not None]
+    assert len(means) == 3  # KL, JS, cosine, each with its band (and one legend entry)
     np.testing.assert_allclose(means[1].y, c.per_pair["js"].mean(-1).numpy(), rtol=1e-9)
     heat = paired_heatmap(c, "kl")
     values, labels = c.by_position("kl")
