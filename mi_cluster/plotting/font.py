@@ -35,6 +35,7 @@ FONT_FAMILY = "Source Sans Pro"
 FONT_STACK = f"'{FONT_FAMILY}', sans-serif"
 # plotly's text markup: the tags it draws; any other "<" is a character ("p < 0.05")
 MARKUP = re.compile(r"</?(?:b|i|br|sup|sub|span|a|em|s|u)\b[^>]*>", re.IGNORECASE)
+_SMALL = 0.7  # plotly draws <sup> and <sub> at 70% of the size around them
 _WEIGHTS = {"normal": "SourceSansPro-Regular.ttf", "bold": "SourceSansPro-Bold.ttf"}
 
 
@@ -105,18 +106,21 @@ def _advances(weight: str) -> tuple[dict[int, int], int, int]:
 
 def text_width(text: str, size: float, bold: bool = False) -> float:
     """The width in pixels of the longest line of ``text`` (plotly's markup: ``<br>`` ends a
-    line, ``<b>`` is bold, other tags draw nothing) at ``size`` pixels, in the figures'
-    font; kerning is ignored (a pixel or two on a title)."""
-    widest = 0.0
+    line, ``<b>`` is bold, ``<sup>``/``<sub>`` are 70% high, other tags draw nothing) at
+    ``size`` pixels, in the figures' font; kerning is ignored (a pixel or two on a
+    title)."""
+    widest, in_bold, small = 0.0, False, False  # <b> and <sup>/<sub> run across lines
     for line in re.split(r"<br\s*/?>", text, flags=re.IGNORECASE):
-        total, in_bold = 0.0, False
+        total = 0.0
         for k, piece in enumerate(re.split(f"({MARKUP.pattern})", line, flags=re.IGNORECASE)):
             if k % 2:  # a tag
                 tag = piece.lower().replace(" ", "")
                 in_bold = True if tag == "<b>" else False if tag == "</b>" else in_bold
+                small = tag in ("<sup>", "<sub>") or (small and tag not in ("</sup>", "</sub>"))
                 continue
             widths, em, missing = _advances("bold" if bold or in_bold else "normal")
-            total += sum(widths.get(ord(c), missing) for c in html.unescape(piece)) * size / em
+            scale = size * (_SMALL if small else 1.0) / em
+            total += sum(widths.get(ord(c), missing) for c in html.unescape(piece)) * scale
         widest = max(widest, total)
     return widest
 

@@ -113,7 +113,8 @@ def layer_bands(
             legend entry across panels.
         layer_labels: x-axis categories.
         title: figure title.
-        y_titles: panel title -> y-axis title (default: the panel's title).
+        y_titles: panel title -> y-axis title (default: the panel's title; with
+            ``shared_y`` only the left column's axes, which carry the tick labels).
         colors: series name -> colour (default: the palette in order of appearance).
         zero_line: draw y = 0 in every panel.
         note: a line under the title (e.g. what filled markers mean).
@@ -152,7 +153,10 @@ def layer_bands(
         for name, band in ordered:
             _add_line(fig, x, name, band, _style(name, band, palette, references), row=row, col=col)
         fig.update_xaxes(title_text="layer", type="category", row=row, col=col)
-        fig.update_yaxes(title_text=(y_titles or {}).get(panel, panel), row=row, col=col)
+        ticks = not shared_y or col == 1  # shared: tick labels (and the title) on the left
+        fig.update_yaxes(
+            title_text=(y_titles or {}).get(panel, panel) if ticks else None, row=row, col=col
+        )
         if zero_line:
             line = {"color": "#bbbbbb", "width": 1}
             fig.add_hline(y=0, line=line, row=row, col=col)  # pyright: ignore[reportArgumentType]

@@ -103,7 +103,8 @@ def _has_subplot_titles(fig: go.Figure) -> bool:
 def wrap_text(text: str, width: float, size: float) -> str:
     """``text`` with ``<br>`` put between words so no line is wider than ``width`` pixels at
     ``size`` pixels in the figures' font (lines it has already are kept; a single word
-    wider than ``width`` stays whole)."""
+    wider than ``width`` stays whole; a comparison such as ``p < 0.05`` is never split)."""
+    text = re.sub(r" (<|>|=|≤|≥|±|≈) ", "\u00a0\\1\u00a0", text)  # glue "p < 0.05"
     out = []
     for line in re.split(r"<br\s*/?>", text, flags=re.IGNORECASE):
         current = ""
