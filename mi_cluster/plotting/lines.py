@@ -49,18 +49,23 @@ def _style(
     return palette[name], "solid", False
 
 
-def _add_band(fig: go.Figure, x: list, name: str, band: Band, style, *, row: int, col: int) -> None:
+def _add_band(
+    fig: go.Figure, x: list, name: str, band: Band, style, *, row: int, col: int, crowded: bool
+) -> None:
+    """A series' confidence band; where several bands share a panel (``crowded``), each a
+    faint fill with its edges drawn thin in its colour, so none hides another."""
     if band.low is None or band.high is None:
         return
     color, _, reference = style
+    edge = {"width": 1, "color": rgba(color, 0.55)} if crowded else {"width": 0}
     fig.add_trace(
         go.Scatter(
             x=x + x[::-1],
             y=[float(v) for v in band.high] + [float(v) for v in band.low][::-1],
             mode="lines",
             fill="toself",
-            fillcolor=rgba(color, 0.08 if reference else 0.15),
-            line={"width": 0},
+            fillcolor=rgba(color, 0.06 if reference or crowded else 0.15),
+            line=edge,
             hoverinfo="skip",
             showlegend=False,
             legendgroup=name,
@@ -148,8 +153,10 @@ def layer_bands(
                     raise ValueError(f"{panel!r} / {name!r}: {len(seq)} {what} for {len(x)} layers")
         # bands first, references' lightest and lowest, so no band hides another's line
         ordered = sorted(series.items(), key=lambda item: not item[1].reference)
+        crowded = sum(b.low is not None and b.high is not None for b in series.values()) > 1
         for name, band in ordered:
-            _add_band(fig, x, name, band, _style(name, band, palette, references), row=row, col=col)
+            style = _style(name, band, palette, references)
+            _add_band(fig, x, name, band, style, row=row, col=col, crowded=crowded)
         for name, band in ordered:
             _add_line(fig, x, name, band, _style(name, band, palette, references), row=row, col=col)
         fig.update_xaxes(title_text="layer", type="category", row=row, col=col)
