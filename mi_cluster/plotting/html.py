@@ -20,10 +20,11 @@ __all__ = ["MODEBAR_PX", "PLOTLY_JS", "html_layout", "write_html"]
 PLOTLY_JS = "plotly.min.js"
 MODEBAR_PX = 44  # the vertical toolbar's strip, added to the right margin
 _CONFIG = {"responsive": True, "displaylogo": False}
-# After the font has loaded, plotly lays the text out again with its real widths.
+# After the font has loaded, plotly lays the text out again with its real widths (plotly
+# puts the page's div id in place of {plot_id}).
 _AFTER_FONT = (
-    "document.fonts.load(\"13px '" + FONT_FAMILY + "'\").then(function () {{"
-    " Plotly.Plots.resize(document.getElementById('{plot_id}')); }});"
+    "document.fonts.load(\"13px '" + FONT_FAMILY + "'\").then(function () {"
+    " Plotly.Plots.resize(document.getElementById('{plot_id}')); });"
 )
 
 
