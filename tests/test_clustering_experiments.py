@@ -92,8 +92,10 @@ def test_save_figure_writes_one_local_plotly_copy_or_embeds_it(tmp_path):
     save_figure(fig, tmp_path / "alone" / "c.html", embed_plotlyjs=True)
     assert (tmp_path / "alone" / "c.html").stat().st_size > 1_000_000
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
+    assert "data:font/ttf;base64," in (tmp_path / "alone" / "c.html").read_text()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["a.html", "alone", "b.html", "plotly.min.js"]
+    fonts = ["SourceSansPro-Bold.ttf", "SourceSansPro-Regular.ttf"]  # beside them, once
+    assert names == [*fonts, "a.html", "alone", "b.html", "plotly.min.js"]
 
 
 def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_path, monkeypatch):
@@ -112,7 +114,9 @@ def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_pat
         and "apt-get install chromium" in failed[0]
     )
     assert not (tmp_path / "fig.png").exists()  # no partial file left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html", "plotly.min.js"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "SourceSansPro-Bold.ttf", "SourceSansPro-Regular.ttf", "fig.html", "plotly.min.js",
+    ]  # fmt: skip
 
 
 def test_rsa_embeddings_compares_two_models_of_different_widths(tmp_path):

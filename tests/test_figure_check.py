@@ -173,7 +173,9 @@ def test_svg_embeds_the_font_and_is_the_same_bytes_each_time(tmp_path):
     (b,) = save_figure(fig, tmp_path / "b.svg")
     assert a.read_bytes() == b.read_bytes()
     faces = re.findall(r"@font-face\{[^}]*\}", a.read_text(encoding="utf-8"))
-    assert len(faces) == 2 and all("data:font/ttf;base64," in f for f in faces)
+    assert len(faces) == 2 and all("data:font/ttf;base64," in f for f in faces)  # with bold
+    (plain,) = save_figure(_line(title="Wombat"), tmp_path / "plain.svg")
+    assert plain.read_text(encoding="utf-8").count("@font-face") == 1  # no bold, no bold face
     assert a.stat().st_size < 60_000  # subsets, not the whole font (290 KB a weight)
 
 

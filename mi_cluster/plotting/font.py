@@ -141,14 +141,18 @@ def _face(weight: str, src: str) -> str:
 
 def embed_in_svg(svg: str) -> str:
     """``svg`` with the glyphs its text uses embedded as ``@font-face`` rules (TrueType
-    subsets in data URIs), so it renders in the figures' font on a machine without it.
+    subsets in data URIs; the bold face only where some text is bold), so it renders in the
+    figures' font on a machine without it.
     Needs fontTools (the ``figures`` extra)."""
     if "<style" in svg[:2000] and FONT_FAMILY in svg[:2000]:
         return svg  # embedded already
     text = "".join(html.unescape(t) for t in re.findall(r">([^<>]+)<", svg))
     chars = "".join(sorted(set(text) | set("0123456789.,-−+ ")))
     rules = []
+    bold = re.search(r"font-weight:\s*(bold|[6-9]00)", svg) is not None
     for weight, path in font_files().items():
+        if weight == "bold" and not bold:  # plotly draws bold only for <b>
+            continue
         data = base64.b64encode(_subset(path, chars)).decode("ascii")
         rules.append(_face(weight, f"url(data:font/ttf;base64,{data}) format('truetype')"))
     style = "<defs><style>" + "".join(rules) + "</style></defs>"
