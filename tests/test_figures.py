@@ -159,6 +159,7 @@ def test_weights_hash_follows_the_weights(tiny):
     assert weights_hash(other) != weights_hash(tiny)
 
 
+@pytest.mark.slow  # the demo twice, with static export: about a minute
 def test_figures_command_is_deterministic_and_reports_failures(tmp_path):
     out = tmp_path / "figs"
     cmd = [sys.executable, "-m", "mi_cluster.cli", "figures", "--only", "demo", "--out", str(out)]
@@ -171,6 +172,7 @@ def test_figures_command_is_deterministic_and_reports_failures(tmp_path):
     assert {p.name: p.read_text() for p in out.glob("*.json")} == numbers  # identical
     readme = (out / "README.md").read_text()
     assert readme.count("| `demo_") == 3 and "mi_cluster.cli demo" in readme
+    assert (out / "contact_sheet.png").is_file() and "contact_sheet.png" in first.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "mi_cluster.cli", "figures", "--only", "nonsense"],
         cwd=ROOT,
