@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "FONT_FAMILY",
     "FONT_STACK",
+    "MARKUP",
     "embed_in_svg",
     "font_face_css",
     "font_files",

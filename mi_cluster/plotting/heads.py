@@ -154,9 +154,7 @@ def claims_forest(claims: Sequence[HeadClaim], title: str = "", alpha: float = 0
         high = max(0.0, *(c.ci_high for c in group))
         pad = 0.08 * (high - low or 1.0)  # markers at the ends stay whole
         unit = next((c.unit for c in group if c.unit), "effect")
-        fig.update_xaxes(
-            range=[low - pad, high + pad], title_text=unit, row=k + 1, col=1
-        )
+        fig.update_xaxes(range=[low - pad, high + pad], title_text=unit, row=k + 1, col=1)
     fig.update_layout(
         title={"text": title, "x": 0.5, "xanchor": "center"},
     )

@@ -22,7 +22,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from mi_cluster.plotting.font import FONT_STACK, text_width
+from mi_cluster.plotting.font import FONT_STACK, MARKUP, text_width
 
 __all__ = [
     "DIVERGING",
@@ -105,6 +105,7 @@ def wrap_text(text: str, width: float, size: float) -> str:
     ``size`` pixels in the figures' font (lines it has already are kept; a single word
     wider than ``width`` stays whole; a comparison such as ``p < 0.05`` is never split)."""
     text = re.sub(r" (<|>|=|≤|≥|±|≈) ", "\u00a0\\1\u00a0", text)  # glue "p < 0.05"
+    text = MARKUP.sub(lambda m: m.group(0).replace(" ", "\x00"), text)  # tags stay whole
     out = []
     for line in re.split(r"<br\s*/?>", text, flags=re.IGNORECASE):
         current = ""
@@ -116,7 +117,7 @@ def wrap_text(text: str, width: float, size: float) -> str:
             else:
                 current = trial
         out.append(current)
-    return "<br>".join(out)
+    return "<br>".join(out).replace("\x00", " ")
 
 
 def _fit_subplot_titles(fig: go.Figure, plot_width: float) -> None:
