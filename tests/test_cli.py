@@ -31,7 +31,8 @@ def test_demo_writes_figures_and_reports_the_effect_with_its_ci(tmp_path, capsys
             assert low - 1e-9 <= inter["estimate"][i] <= high + 1e-9
     assert summary["answer"].startswith("Model minilm")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "SourceSansPro-Bold.ttf",  # the font, beside the pages like plotly.js
+        "SourceSansPro-Bold.ttf",  # the font and its licence, beside the pages like plotly.js
+        "SourceSansPro-LICENSE.txt",
         "SourceSansPro-Regular.ttf",
         "demo.json",
         "demo_pca_by_layer.html",

@@ -94,7 +94,7 @@ def test_save_figure_writes_one_local_plotly_copy_or_embeds_it(tmp_path):
     assert not (tmp_path / "alone" / "plotly.min.js").exists()
     assert "data:font/ttf;base64," in (tmp_path / "alone" / "c.html").read_text()
     names = sorted(p.name for p in tmp_path.iterdir())
-    fonts = ["SourceSansPro-Bold.ttf", "SourceSansPro-Regular.ttf"]  # beside them, once
+    fonts = ["SourceSansPro-Bold.ttf", "SourceSansPro-LICENSE.txt", "SourceSansPro-Regular.ttf"]
     assert names == [*fonts, "a.html", "alone", "b.html", "plotly.min.js"]
 
 
@@ -115,7 +115,8 @@ def test_save_formats_reports_a_static_export_failure_and_keeps_the_rest(tmp_pat
     )
     assert not (tmp_path / "fig.png").exists()  # no partial file left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "SourceSansPro-Bold.ttf", "SourceSansPro-Regular.ttf", "fig.html", "plotly.min.js",
+        "SourceSansPro-Bold.ttf", "SourceSansPro-LICENSE.txt", "SourceSansPro-Regular.ttf",
+        "fig.html", "plotly.min.js",
     ]  # fmt: skip
 
 

@@ -255,6 +255,7 @@ def test_html_is_responsive_with_the_toolbar_clear_of_the_title(tmp_path):
     assert laid.modebar.orientation == "v" and laid.margin.r == 30 + MODEBAR_PX
     assert '"orientation":"v"' in text and '"autosize":true' in text
     assert "@font-face" in text and (tmp_path / "SourceSansPro-Regular.ttf").is_file()
+    assert "Open Font License" in (tmp_path / "SourceSansPro-LICENSE.txt").read_text()
     assert "cdn" not in text.lower()
 
 

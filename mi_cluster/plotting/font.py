@@ -25,7 +25,9 @@ __all__ = [
     "MARKUP",
     "embed_in_svg",
     "font_face_css",
+    "FONT_LICENSE",
     "font_files",
+    "font_license",
     "fontconfig_env",
     "plain_text",
     "text_width",
@@ -38,6 +40,14 @@ FONT_STACK = f"'{FONT_FAMILY}', sans-serif"
 MARKUP = re.compile(r"</?(?:b|i|br|sup|sub|span|a|em|s|u)\b[^>]*>", re.IGNORECASE)
 _SMALL = 0.7  # plotly draws <sup> and <sub> at 70% of the size around them
 _WEIGHTS = {"normal": "SourceSansPro-Regular.ttf", "bold": "SourceSansPro-Bold.ttf"}
+
+
+FONT_LICENSE = "SourceSansPro-LICENSE.txt"  # the name its licence is copied under
+
+
+def font_license() -> Path:
+    """The font's licence (SIL Open Font License 1.1), which goes wherever its files go."""
+    return font_files()["normal"].parent / "LICENSE.txt"
 
 
 def font_files() -> dict[str, Path]:

@@ -2,8 +2,8 @@
 
 A page fills its window's width at the figure's height, redraws when the window changes,
 keeps plotly's toolbar in a strip of its own at the right edge (never over the title) and
-loads plotly.js and the font from files beside it, written once for all figures in a
-folder (never from a CDN); or carries both inside it (``embed=True``)."""
+loads plotly.js and the font (with its licence) from files beside it, written once for
+all figures in a folder (never from a CDN); or carries both inside it (``embed=True``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from mi_cluster.core.atomic import atomic_path
-from mi_cluster.plotting.font import FONT_FAMILY, font_face_css, font_files
+from mi_cluster.plotting.font import (
+    FONT_FAMILY,
+    FONT_LICENSE,
+    font_face_css,
+    font_files,
+    font_license,
+)
 
 __all__ = ["MODEBAR_PX", "PLOTLY_JS", "html_layout", "write_html"]
 
@@ -45,6 +51,7 @@ def _local_assets(directory: Path) -> None:
     _asset(directory, PLOTLY_JS, get_plotlyjs().encode("utf-8"))
     for path in font_files().values():
         _asset(directory, path.name, path.read_bytes())
+    _asset(directory, FONT_LICENSE, font_license().read_bytes())  # the OFL travels with it
 
 
 def _embedded_font_css() -> str:
