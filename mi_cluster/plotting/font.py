@@ -11,13 +11,17 @@ same on every machine whatever fonts it has.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+import os
 import re
 import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from mi_cluster.core.atomic import atomic_write_text
 
 __all__ = [
     "FONT_FAMILY",
@@ -65,20 +69,26 @@ def font_files() -> dict[str, Path]:
 
 @cache
 def _fontconfig_file() -> str:
-    """A fontconfig file (in a temporary folder kept for the process's life) that reads the
-    system's configuration and adds the font's folder."""
-    folder = Path(tempfile.mkdtemp(prefix="mi_cluster_fonts_"))
-    fonts = html.escape(str(font_files()["normal"].parent))
-    (folder / "fonts.conf").write_text(
+    """A fontconfig file that reads the system's configuration and adds the font's folder;
+    one per user and installation, in the temporary directory, written once and reused
+    (with its font cache) by every later export, never one folder per process."""
+    fonts = str(font_files()["normal"].parent)
+    owner = f"{os.getuid()}" if hasattr(os, "getuid") else "user"
+    key = hashlib.sha256(f"{owner}:{fonts}".encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"mi_cluster_fonts_{key}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    conf = (
         '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">\n'
         "<fontconfig>\n"
         '  <include ignore_missing="yes">/etc/fonts/fonts.conf</include>\n'
-        f"  <dir>{fonts}</dir>\n"
+        f"  <dir>{html.escape(fonts)}</dir>\n"
         f"  <cachedir>{html.escape(str(folder / 'cache'))}</cachedir>\n"
-        "</fontconfig>\n",
-        encoding="utf-8",
+        "</fontconfig>\n"
     )
-    return str(folder / "fonts.conf")
+    target = folder / "fonts.conf"
+    if not target.is_file() or target.read_text(encoding="utf-8") != conf:
+        atomic_write_text(target, conf)
+    return str(target)
 
 
 def fontconfig_env() -> dict[str, str]:
